@@ -1,0 +1,256 @@
+//! The Kubernetes side: what salve reads and writes, behind one small trait.
+//!
+//! [`Cluster`] is the seam between the engine and the API server. Each method is one
+//! API call, so the engine can record every call (verb, path, dry-run, status) on the
+//! remediation's timeline exactly as it happened. [`KubeCluster`] is the kube-rs
+//! implementation; tests run it against a stateful fake API server over HTTP.
+
+mod kube;
+pub mod rollback;
+mod workload;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub use self::kube::KubeCluster;
+pub use workload::{Revision, Workload};
+
+/// The workload kinds salve can act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+}
+
+impl WorkloadKind {
+    /// The kind as Kubernetes spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "Deployment",
+            WorkloadKind::StatefulSet => "StatefulSet",
+        }
+    }
+
+    /// The REST resource name (`deployments`), as in API paths.
+    pub fn plural(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "deployments",
+            WorkloadKind::StatefulSet => "statefulsets",
+        }
+    }
+
+    /// Reads a stored kind back.
+    pub fn parse(s: &str) -> Option<WorkloadKind> {
+        match s {
+            "Deployment" => Some(WorkloadKind::Deployment),
+            "StatefulSet" => Some(WorkloadKind::StatefulSet),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for WorkloadKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A workload named precisely: kind, namespace and name, each valid for Kubernetes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct TargetRef {
+    pub kind: WorkloadKind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl TargetRef {
+    /// Checks the names as the API server would (DNS-1123), so a bad label value
+    /// from an alert is refused before any call is made.
+    pub fn new(kind: WorkloadKind, namespace: &str, name: &str) -> Result<TargetRef, String> {
+        if !is_dns_label(namespace) {
+            return Err(format!("{namespace:?} is not a valid namespace name"));
+        }
+        if name.len() > 253 || !name.split('.').all(is_dns_label) {
+            return Err(format!("{name:?} is not a valid {kind} name"));
+        }
+        Ok(TargetRef {
+            kind,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// The key that serialises work on one workload (the per-target lock).
+    pub fn key(&self) -> String {
+        format!("{}/{}/{}", self.kind, self.namespace, self.name)
+    }
+
+    /// The object's API path, as recorded on the timeline.
+    pub fn path(&self) -> String {
+        format!(
+            "/apis/apps/v1/namespaces/{}/{}/{}",
+            self.namespace,
+            self.kind.plural(),
+            self.name
+        )
+    }
+}
+
+impl fmt::Display for TargetRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// A change salve makes, computed from the rule and the workload as just read.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Change {
+    /// Set `spec.replicas` through the `scale` subresource.
+    Scale { replicas: i32 },
+    /// Put a previous ReplicaSet's pod template (and annotations) back, as `kubectl rollout undo`.
+    Rollback {
+        to_revision: i64,
+        template: serde_json::Value,
+        annotations: BTreeMap<String, String>,
+    },
+    /// Stamp `kubectl.kubernetes.io/restartedAt` on the pod template, as `kubectl rollout restart`.
+    Restart { restarted_at: String },
+}
+
+/// One API call, described for the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiCall {
+    pub verb: &'static str,
+    pub path: String,
+    pub dry_run: bool,
+}
+
+impl ApiCall {
+    /// The GET of the workload itself.
+    pub fn read(target: &TargetRef) -> ApiCall {
+        ApiCall {
+            verb: "GET",
+            path: target.path(),
+            dry_run: false,
+        }
+    }
+
+    /// The LIST of a Deployment's ReplicaSets.
+    pub fn list_revisions(target: &TargetRef) -> ApiCall {
+        ApiCall {
+            verb: "LIST",
+            path: format!("/apis/apps/v1/namespaces/{}/replicasets", target.namespace),
+            dry_run: false,
+        }
+    }
+
+    /// The PATCH a change sends.
+    pub fn write(target: &TargetRef, change: &Change, dry_run: bool) -> ApiCall {
+        let path = match change {
+            Change::Scale { .. } => format!("{}/scale", target.path()),
+            Change::Rollback { .. } | Change::Restart { .. } => target.path(),
+        };
+        let path = if dry_run {
+            format!("{path}?dryRun=All")
+        } else {
+            path
+        };
+        ApiCall {
+            verb: "PATCH",
+            path,
+            dry_run,
+        }
+    }
+}
+
+/// Why a call failed, carrying the API's status so the engine can decide:
+/// retry a conflict on fresh state, record a forbidden or missing target as a failure.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClusterError {
+    /// The API server answered with an error status.
+    #[error("{code} {reason}: {message}")]
+    Api {
+        code: u16,
+        reason: String,
+        message: String,
+    },
+    /// The API server could not be reached or answered nonsense.
+    #[error("Kubernetes API unavailable: {0}")]
+    Transport(String),
+    /// The workload is in a state the action cannot apply to.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl ClusterError {
+    /// The HTTP status, when the API server gave one.
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            ClusterError::Api { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// A stale write (409): worth another go on freshly read state.
+    pub fn is_conflict(&self) -> bool {
+        self.code() == Some(409)
+    }
+}
+
+/// The calls the engine makes against a cluster; one method, one API call.
+#[async_trait]
+pub trait Cluster: Send + Sync {
+    /// GET the workload and its status.
+    async fn read(&self, target: &TargetRef) -> Result<Workload, ClusterError>;
+
+    /// LIST the Deployment's ReplicaSets (its revisions), oldest first.
+    async fn revisions(&self, workload: &Workload) -> Result<Vec<Revision>, ClusterError>;
+
+    /// PATCH the change, made conditional on the `resourceVersion` read with `workload`
+    /// (a stale write is a 409). With `dry_run` the server validates and persists nothing.
+    async fn write(
+        &self,
+        workload: &Workload,
+        change: &Change,
+        dry_run: bool,
+    ) -> Result<(), ClusterError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_names_follow_dns_rules() {
+        assert!(TargetRef::new(WorkloadKind::Deployment, "shop", "checkout").is_ok());
+        assert!(TargetRef::new(WorkloadKind::Deployment, "shop", "web.v2").is_ok());
+        assert!(TargetRef::new(WorkloadKind::Deployment, "Shop", "checkout").is_err());
+        assert!(TargetRef::new(WorkloadKind::Deployment, "shop", "-x").is_err());
+        assert!(TargetRef::new(WorkloadKind::Deployment, "shop", "a/b").is_err());
+        assert!(TargetRef::new(WorkloadKind::Deployment, "", "a").is_err());
+    }
+
+    #[test]
+    fn dry_run_calls_are_marked_in_the_path() {
+        let t = TargetRef::new(WorkloadKind::StatefulSet, "db", "pg").unwrap();
+        let call = ApiCall::write(&t, &Change::Scale { replicas: 3 }, true);
+        assert_eq!(
+            call.path,
+            "/apis/apps/v1/namespaces/db/statefulsets/pg/scale?dryRun=All"
+        );
+    }
+}

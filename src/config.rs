@@ -1,0 +1,218 @@
+//! Command line and environment: one clap struct documents every flag and variable.
+//!
+//! Settings are validated once, at start-up, into [`ServeSettings`]; a bad setting is a
+//! clear message and exit code 2 before anything listens. Secrets come from files or
+//! environment variables and are never printed.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::engine::Limits;
+use crate::ingest::WebhookAuth;
+
+/// salve: self-healing remediation for Kubernetes, driven by Alertmanager.
+#[derive(Debug, Parser)]
+#[command(name = "salve", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the webhook, the engine and the audit API.
+    Serve(ServeArgs),
+    /// List what salve did, newest first.
+    History(HistoryArgs),
+    /// Work with the Rego policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+/// Policy subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Run the `test_*` rules of a policy directory.
+    Test {
+        /// The policy directory.
+        #[arg(default_value = "policies")]
+        dir: PathBuf,
+    },
+}
+
+/// Where the knowledge base lives.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// SQLite (`sqlite://data/salve.db`) or PostgreSQL (`postgres://user@host/db`) URL.
+    #[arg(
+        long = "database",
+        env = "SALVE_DATABASE_URL",
+        default_value = "sqlite://data/salve.db"
+    )]
+    pub url: String,
+}
+
+/// `salve serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Keep it on loopback unless webhook auth is configured.
+    #[arg(long, env = "SALVE_LISTEN", default_value = "127.0.0.1:9095")]
+    pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Directory with rule files (YAML), Rego policies and their data documents.
+    #[arg(long, env = "SALVE_POLICIES", default_value = "policies")]
+    pub policies: PathBuf,
+
+    /// Kubeconfig to use. Without it: in-cluster config, then $KUBECONFIG or
+    /// ~/.kube/config; with none of those salve runs offline (records, never calls).
+    #[arg(long, env = "SALVE_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Read the cluster and send server-side dry-runs only; never change anything.
+    #[arg(long, env = "SALVE_DRY_RUN")]
+    pub dry_run: bool,
+
+    /// File holding the bearer token the webhook requires.
+    #[arg(long, env = "SALVE_WEBHOOK_TOKEN_FILE")]
+    pub webhook_token_file: Option<PathBuf>,
+
+    /// User name the webhook requires with basic auth.
+    #[arg(
+        long,
+        env = "SALVE_WEBHOOK_BASIC_USER",
+        requires = "webhook_basic_password_file"
+    )]
+    pub webhook_basic_user: Option<String>,
+
+    /// File holding the basic-auth password.
+    #[arg(
+        long,
+        env = "SALVE_WEBHOOK_BASIC_PASSWORD_FILE",
+        requires = "webhook_basic_user"
+    )]
+    pub webhook_basic_password_file: Option<PathBuf>,
+
+    /// Largest webhook body accepted, in bytes.
+    #[arg(long, env = "SALVE_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Real changes allowed per rolling hour across all workloads.
+    #[arg(long, env = "SALVE_MAX_ACTIONS_PER_HOUR", default_value_t = 20)]
+    pub max_actions_per_hour: u32,
+
+    /// Longest wait for one Kubernetes API call, e.g. `30s`.
+    #[arg(long, env = "SALVE_CALL_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub call_timeout: Duration,
+
+    /// Log format.
+    #[arg(long, env = "SALVE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `salve history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// How many remediations to show.
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value = "table")]
+    pub output: OutputFormat,
+}
+
+/// How listings are printed.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+/// Everything `serve` needs, validated.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub policies: PathBuf,
+    pub kubeconfig: Option<PathBuf>,
+    pub dry_run: bool,
+    pub auth: WebhookAuth,
+    pub max_body_bytes: usize,
+    pub limits: Limits,
+}
+
+/// A setting that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn read_secret(path: &Path, what: &str) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("cannot read {what} from {}: {e}", path.display())))?;
+    let secret = text.trim().to_owned();
+    if secret.is_empty() {
+        return Err(ConfigError(format!(
+            "{what} file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(secret)
+}
+
+impl ServeArgs {
+    /// Validates the flags into settings.
+    pub fn settings(&self) -> Result<ServeSettings, ConfigError> {
+        if !self.policies.is_dir() {
+            return Err(ConfigError(format!(
+                "policy directory {} does not exist",
+                self.policies.display()
+            )));
+        }
+        let bearer_token = self
+            .webhook_token_file
+            .as_deref()
+            .map(|p| read_secret(p, "webhook token"))
+            .transpose()?;
+        let basic = match (&self.webhook_basic_user, &self.webhook_basic_password_file) {
+            (Some(user), Some(file)) => {
+                Some((user.clone(), read_secret(file, "webhook password")?))
+            }
+            _ => None,
+        };
+        if self.max_body_bytes < 1024 {
+            return Err(ConfigError("--max-body-bytes must be at least 1024".into()));
+        }
+        Ok(ServeSettings {
+            listen: self.listen,
+            database_url: self.database.url.clone(),
+            policies: self.policies.clone(),
+            kubeconfig: self.kubeconfig.clone(),
+            dry_run: self.dry_run,
+            auth: WebhookAuth {
+                bearer_token,
+                basic,
+            },
+            max_body_bytes: self.max_body_bytes,
+            limits: Limits {
+                max_actions_per_hour: self.max_actions_per_hour,
+                call_timeout: self.call_timeout,
+                ..Limits::default()
+            },
+        })
+    }
+}

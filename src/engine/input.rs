@@ -1,0 +1,74 @@
+//! The policy input document: everything a guardrail may look at, in one stable shape.
+//!
+//! This document is the contract with policy authors (documented in
+//! `policies/README.md`), and it is stored verbatim with every verdict so an auditor
+//! can re-run the exact evaluation. Its `version` changes only when a field changes
+//! meaning or disappears; new fields may be added.
+
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use serde_json::{Value, json};
+
+use super::plan::Plan;
+use crate::alert::Alert;
+use crate::cluster::{TargetRef, Workload};
+use crate::remediation::Mode;
+use crate::rules::Rule;
+use crate::store::targets::HistoryEntry;
+
+/// The input document's format version.
+pub const INPUT_VERSION: u32 = 1;
+
+/// How far back `input.history.remediations` reaches.
+pub const HISTORY_WINDOW: Duration = Duration::hours(24);
+
+/// Everything the input is built from.
+pub struct InputParts<'a> {
+    pub now: DateTime<Utc>,
+    pub mode: Mode,
+    pub alert: &'a Alert,
+    pub rule: &'a Rule,
+    pub target: &'a TargetRef,
+    pub plan: &'a Plan,
+    pub workload: Option<&'a Workload>,
+    pub history: &'a [HistoryEntry],
+}
+
+/// Builds the document policy evaluates as `input`.
+pub fn build(p: &InputParts<'_>) -> Value {
+    let hour_ago = p.now - Duration::hours(1);
+    let actions_last_hour = p
+        .history
+        .iter()
+        .filter_map(|h| h.acted_at.as_deref())
+        .filter_map(|t| DateTime::parse_from_rfc3339(t).ok())
+        .filter(|t| *t >= hour_ago)
+        .count();
+    let last_action_at = p.history.iter().find_map(|h| h.acted_at.clone());
+    json!({
+        "version": INPUT_VERSION,
+        "now": p.now.to_rfc3339_opts(SecondsFormat::Micros, true),
+        "mode": p.mode.as_str(),
+        "alert": p.alert,
+        "rule": {
+            "name": p.rule.name,
+            "file": p.rule.file,
+            "matchers": p.rule.matchers.iter().map(|m| m.to_string()).collect::<Vec<_>>(),
+            "cooldown_seconds": p.rule.cooldown.as_secs(),
+            "max_attempts": p.rule.max_attempts,
+        },
+        "action": {
+            "type": p.plan.action,
+            "target": p.target,
+            "from": p.plan.from,
+            "to": p.plan.to,
+            "description": p.plan.description,
+        },
+        "target": p.workload,
+        "history": {
+            "window_seconds": HISTORY_WINDOW.num_seconds(),
+            "remediations": p.history,
+            "actions_last_hour": actions_last_hour,
+            "last_action_at": last_action_at,
+        },
+    })
+}

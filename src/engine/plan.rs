@@ -1,0 +1,196 @@
+//! Turning a rule's action into the exact change for the workload as it is now.
+//!
+//! The rule says "scale by 1 within 2..=10"; the plan says "scale from 4 to 5".
+//! Plans are made from state read just before (and again after any conflict), and
+//! they are what policy judges: `input.action` carries `from` and `to`.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Value, json};
+
+use crate::cluster::rollback::{self, RollbackPlan};
+use crate::cluster::{Change, ClusterError, Revision, TargetRef, Workload};
+use crate::rules::{ActionSpec, ReplicaChange};
+
+/// A concrete change, described for policy and people.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The write to send; `None` in offline mode, where the cluster was not read.
+    pub change: Option<Change>,
+    pub action: &'static str,
+    pub from: Value,
+    pub to: Value,
+    /// "scale Deployment shop/checkout from 2 to 3 replicas"
+    pub description: String,
+}
+
+/// What planning concluded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Planned {
+    Act(Plan),
+    /// Nothing to change; the reason says why.
+    NoOp(String),
+}
+
+/// Plans `action` for `target`. `workload` is `None` only in offline mode; `revisions`
+/// is given for rollbacks. An impossible action (no history, paused) is an error.
+pub fn plan(
+    action: &ActionSpec,
+    target: &TargetRef,
+    workload: Option<&Workload>,
+    revisions: &[Revision],
+    now: DateTime<Utc>,
+) -> Result<Planned, ClusterError> {
+    let kind = action.kind();
+    Ok(match (action, workload) {
+        (ActionSpec::Scale(spec), Some(w)) => {
+            let to = spec.desired(w.replicas);
+            if to == w.replicas {
+                return Ok(Planned::NoOp(format!(
+                    "{target} already has {to} replicas (rule bounds {}..={})",
+                    spec.min, spec.max
+                )));
+            }
+            Planned::Act(Plan {
+                change: Some(Change::Scale { replicas: to }),
+                action: kind,
+                from: json!({"replicas": w.replicas}),
+                to: json!({"replicas": to}),
+                description: format!("scale {target} from {} to {to} replicas", w.replicas),
+            })
+        }
+        (ActionSpec::Scale(spec), None) => {
+            let (to, description) = match spec.change {
+                ReplicaChange::To(n) => (
+                    json!({"replicas": n}),
+                    format!("scale {target} to {n} replicas"),
+                ),
+                ReplicaChange::By(n) => (
+                    Value::Null,
+                    format!(
+                        "scale {target} by {n:+} replicas (within {}..={})",
+                        spec.min, spec.max
+                    ),
+                ),
+            };
+            Planned::Act(Plan {
+                change: None,
+                action: kind,
+                from: Value::Null,
+                to,
+                description,
+            })
+        }
+        (ActionSpec::Rollback, Some(w)) => match rollback::plan(w, revisions)? {
+            RollbackPlan::AlreadyAt { revision } => Planned::NoOp(format!(
+                "{target} already runs the template of its previous revision {revision}"
+            )),
+            RollbackPlan::Restore {
+                from_revision,
+                change,
+            } => {
+                let Change::Rollback { to_revision, .. } = &change else {
+                    unreachable!("rollback::plan restores with a Rollback change")
+                };
+                let from = from_revision.map_or("its current revision".to_owned(), |r| {
+                    format!("revision {r}")
+                });
+                Planned::Act(Plan {
+                    description: format!(
+                        "roll back {target} from {from} to revision {to_revision}"
+                    ),
+                    from: json!({"revision": from_revision}),
+                    to: json!({"revision": to_revision}),
+                    action: kind,
+                    change: Some(change),
+                })
+            }
+        },
+        (ActionSpec::Rollback, None) => Planned::Act(Plan {
+            change: None,
+            action: kind,
+            from: Value::Null,
+            to: Value::Null,
+            description: format!("roll back {target} to its previous revision"),
+        }),
+        (ActionSpec::Restart, w) => {
+            let at = now.to_rfc3339_opts(SecondsFormat::Secs, true);
+            Planned::Act(Plan {
+                change: w.map(|_| Change::Restart {
+                    restarted_at: at.clone(),
+                }),
+                action: kind,
+                from: json!({"restarted_at": w.and_then(|w| w.restarted_at.clone())}),
+                to: json!({"restarted_at": at}),
+                description: format!("restart the pods of {target}"),
+            })
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::WorkloadKind;
+    use crate::rules::ScaleSpec;
+
+    fn target() -> TargetRef {
+        TargetRef::new(WorkloadKind::Deployment, "shop", "checkout").unwrap()
+    }
+
+    fn workload(replicas: i32) -> Workload {
+        let obj = json!({"metadata": {"resourceVersion": "1"}, "spec": {"replicas": replicas}});
+        Workload::from_object(target(), &obj)
+    }
+
+    fn scale_by(n: i32, max: i32) -> ActionSpec {
+        ActionSpec::Scale(ScaleSpec {
+            change: ReplicaChange::By(n),
+            min: 1,
+            max,
+        })
+    }
+
+    #[test]
+    fn scale_plans_from_current_replicas() {
+        let p = plan(
+            &scale_by(1, 10),
+            &target(),
+            Some(&workload(2)),
+            &[],
+            Utc::now(),
+        )
+        .unwrap();
+        let Planned::Act(p) = p else {
+            panic!("expected a plan")
+        };
+        assert_eq!(p.change, Some(Change::Scale { replicas: 3 }));
+        assert_eq!(p.from, json!({"replicas": 2}));
+        assert_eq!(
+            p.description,
+            "scale Deployment shop/checkout from 2 to 3 replicas"
+        );
+    }
+
+    #[test]
+    fn scale_at_the_bound_is_a_no_op() {
+        let p = plan(
+            &scale_by(1, 10),
+            &target(),
+            Some(&workload(10)),
+            &[],
+            Utc::now(),
+        )
+        .unwrap();
+        assert!(matches!(p, Planned::NoOp(r) if r.contains("already has 10 replicas")));
+    }
+
+    #[test]
+    fn offline_plans_describe_without_a_change() {
+        let Planned::Act(p) = plan(&scale_by(2, 10), &target(), None, &[], Utc::now()).unwrap()
+        else {
+            panic!("expected a plan")
+        };
+        assert_eq!(p.change, None);
+        assert!(p.description.contains("by +2"), "{}", p.description);
+    }
+}

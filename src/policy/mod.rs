@@ -1,0 +1,261 @@
+//! Guardrails in Rego, evaluated in-process with regorus; failing closed.
+//!
+//! The verdict contract is Gatekeeper's and conftest's: policies add messages to the
+//! set `data.salve.deny`; an empty set allows the change, each message is a reason to
+//! refuse it. Anything else is a denial too: a policy directory that defines no
+//! `deny`, a `deny` that is not a set, an evaluation error, or an evaluation that runs
+//! past its time limit. The error is recorded as the reason, so an auditor sees why.
+//!
+//! A [`PolicySet`] is compiled once and shared; each evaluation works on its own clone
+//! of the compiled engine, so evaluations never see each other's input.
+
+pub mod testing;
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use regorus::utils::limits::ExecutionTimerConfig;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::bundle::{Bundle, BundleFile, FileKind};
+
+/// The rule whose value is the verdict.
+pub const VERDICT_RULE: &str = "data.salve.deny";
+
+/// How long one evaluation may run before it counts as a failure (and so a denial).
+const EVALUATION_TIME_LIMIT: Duration = Duration::from_secs(2);
+
+/// A policy directory that cannot be loaded; the message carries file and line.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PolicyError {
+    /// A Rego module does not parse or compile; regorus's message names file:line:column.
+    #[error("{0}")]
+    Rego(String),
+    /// A data document is not valid JSON/YAML, or not an object.
+    #[error("{file}: {reason}")]
+    Data { file: String, reason: String },
+    /// There is nothing to evaluate.
+    #[error("no Rego policy found in {0}: refusing to run without guardrails")]
+    Empty(String),
+}
+
+/// Compiled Rego modules plus their data documents, with the hash that identifies them.
+#[derive(Clone)]
+pub struct PolicySet {
+    engine: regorus::Engine,
+    /// SHA-256 of every module and data document: which policy produced a verdict.
+    pub hash: String,
+    /// The modules' paths, relative to the policy directory.
+    pub modules: Vec<String>,
+}
+
+impl std::fmt::Debug for PolicySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicySet")
+            .field("hash", &self.hash)
+            .field("modules", &self.modules)
+            .finish()
+    }
+}
+
+/// The answer to "may salve make this change?", with everything needed to explain it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Verdict {
+    pub allowed: bool,
+    /// The `deny` messages, or the evaluation error, sorted.
+    pub reasons: Vec<String>,
+    /// Set when the verdict is a denial because the policy could not be evaluated.
+    pub error: Option<String>,
+    pub policy_hash: String,
+}
+
+impl PolicySet {
+    /// Compiles every module and data document of the bundle.
+    pub fn load(bundle: &Bundle) -> Result<PolicySet, PolicyError> {
+        let mut engine = regorus::Engine::new();
+        engine.set_execution_timer_config(ExecutionTimerConfig {
+            limit: EVALUATION_TIME_LIMIT,
+            check_interval: NonZeroU32::MIN,
+        });
+        let mut modules = Vec::new();
+        for file in bundle.of_kind(FileKind::Rego) {
+            engine
+                .add_policy(file.relative.clone(), file.text.clone())
+                .map_err(|e| PolicyError::Rego(e.to_string()))?;
+            modules.push(file.relative.clone());
+        }
+        if modules.is_empty() {
+            return Err(PolicyError::Empty(bundle.root.display().to_string()));
+        }
+        for file in bundle.of_kind(FileKind::Data) {
+            let doc = mounted_data(file)?;
+            engine
+                .add_data(regorus::Value::from(doc))
+                .map_err(|e| PolicyError::Data {
+                    file: file.relative.clone(),
+                    reason: e.to_string(),
+                })?;
+        }
+        Ok(PolicySet {
+            engine,
+            hash: bundle.hash(&[FileKind::Rego, FileKind::Data]),
+            modules,
+        })
+    }
+
+    /// Evaluates the verdict for one policy input document. Never fails: a failure is a denial.
+    pub fn evaluate(&self, input: &Value) -> Verdict {
+        match self.deny_messages(input) {
+            Ok(mut reasons) => {
+                reasons.sort();
+                Verdict {
+                    allowed: reasons.is_empty(),
+                    reasons,
+                    error: None,
+                    policy_hash: self.hash.clone(),
+                }
+            }
+            Err(error) => Verdict {
+                allowed: false,
+                reasons: vec![format!(
+                    "policy evaluation failed, so the change is denied: {error}"
+                )],
+                error: Some(error),
+                policy_hash: self.hash.clone(),
+            },
+        }
+    }
+
+    fn deny_messages(&self, input: &Value) -> Result<Vec<String>, String> {
+        let mut engine = self.engine.clone();
+        engine.set_input(regorus::Value::from(input.clone()));
+        let value = engine
+            .eval_rule(VERDICT_RULE.to_owned())
+            .map_err(|e| e.to_string())?;
+        match value {
+            regorus::Value::Set(set) => Ok(set
+                .iter()
+                .map(|m| match m.as_string() {
+                    Ok(s) => s.to_string(),
+                    Err(_) => m.to_json_str().unwrap_or_else(|_| format!("{m:?}")),
+                })
+                .collect()),
+            regorus::Value::Undefined => Err(format!(
+                "{VERDICT_RULE} is undefined: no loaded policy defines `deny` in package salve"
+            )),
+            other => Err(format!(
+                "{VERDICT_RULE} must be a set of messages, got {other}"
+            )),
+        }
+    }
+
+    /// A clone of the compiled engine, for callers that query other rules (the test runner).
+    pub fn engine(&self) -> regorus::Engine {
+        self.engine.clone()
+    }
+}
+
+/// Reads a data document and nests it under its directory's path, as OPA bundles do.
+fn mounted_data(file: &BundleFile) -> Result<Value, PolicyError> {
+    let err = |reason: String| PolicyError::Data {
+        file: file.relative.clone(),
+        reason,
+    };
+    let doc: Value = if file.relative.ends_with(".json") {
+        serde_json::from_str(&file.text).map_err(|e| err(e.to_string()))?
+    } else {
+        serde_norway::from_str(&file.text).map_err(|e| err(e.to_string()))?
+    };
+    if !doc.is_object() {
+        return Err(err("a data document must be an object".into()));
+    }
+    let dirs: Vec<&str> = file.relative.split('/').collect();
+    let mut mounted = doc;
+    for dir in dirs[..dirs.len() - 1].iter().rev() {
+        mounted = serde_json::json!({ *dir: mounted });
+    }
+    Ok(mounted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn set_of(files: &[(&str, &str)]) -> Result<PolicySet, PolicyError> {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        PolicySet::load(&Bundle::read(dir.path()).unwrap())
+    }
+
+    const CAP: &str = r#"package salve
+deny contains msg if {
+    input.action.to.replicas > data.limits.max_replicas
+    msg := sprintf("above cap %d", [data.limits.max_replicas])
+}
+"#;
+
+    #[test]
+    fn empty_deny_allows_and_messages_deny() {
+        let p = set_of(&[
+            ("cap.rego", CAP),
+            ("limits/data.json", r#"{"max_replicas": 5}"#),
+        ])
+        .unwrap();
+        let ok = p.evaluate(&json!({"action": {"to": {"replicas": 3}}}));
+        assert!(ok.allowed, "{ok:?}");
+        let no = p.evaluate(&json!({"action": {"to": {"replicas": 9}}}));
+        assert!(!no.allowed);
+        assert_eq!(no.reasons, vec!["above cap 5"]);
+        assert_eq!(no.policy_hash, p.hash);
+    }
+
+    #[test]
+    fn fails_closed_when_deny_is_undefined_or_evaluation_errors() {
+        let none = set_of(&[("other.rego", "package other\nallow := true\n")]).unwrap();
+        let v = none.evaluate(&json!({}));
+        assert!(!v.allowed);
+        assert!(
+            v.error.is_some(),
+            "the missing verdict rule is recorded as the error: {v:?}"
+        );
+        assert!(
+            v.reasons[0].starts_with("policy evaluation failed"),
+            "{v:?}"
+        );
+        let erroring = set_of(&[(
+            "boom.rego",
+            "package salve\ndeny contains msg if { x := 1 / input.zero; msg := sprintf(\"%v\", [x]) }\n",
+        )])
+        .unwrap();
+        let v = erroring.evaluate(&json!({"zero": 0}));
+        assert!(!v.allowed, "an erroring policy must deny: {v:?}");
+        assert!(v.error.is_some());
+    }
+
+    #[test]
+    fn a_broken_module_is_refused_with_file_and_line() {
+        let err = set_of(&[(
+            "bad.rego",
+            "package salve\n\ndeny contains msg if {\n  input.x ==\n}\n",
+        )])
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("bad.rego:"), "{text}");
+        assert!(set_of(&[]).is_err(), "no policy at all is refused");
+    }
+
+    #[test]
+    fn yaml_data_mounts_under_its_directory() {
+        let p = set_of(&[("cap.rego", CAP), ("limits/data.yaml", "max_replicas: 2\n")]).unwrap();
+        assert!(
+            !p.evaluate(&json!({"action": {"to": {"replicas": 3}}}))
+                .allowed
+        );
+    }
+}

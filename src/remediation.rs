@@ -1,0 +1,158 @@
+//! The remediation lifecycle as an explicit state machine.
+//!
+//! A remediation is what salve does about one incident. Its state is stored as text
+//! (with a CHECK constraint listing exactly these names) and only ever moves along
+//! the edges [`RemediationState::can_become`] allows; the store enforces each move
+//! with a compare-and-set, so two workers (or two replicas) can never both claim one.
+//!
+//! ```text
+//! pending ──► executing ──► applied
+//!    │            ├──────► failed
+//!    │            └──────► interrupted   (salve stopped mid-write; never re-sent blindly)
+//!    ├──► dry_run   (would have acted: dry-run or offline mode)
+//!    ├──► denied    (policy said no, or could not be evaluated)
+//!    ├──► skipped   (cooldown, target busy, rate limit, nothing to change, resolved)
+//!    └──► failed    (target missing or forbidden, dry-run rejected)
+//! ```
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// Where a remediation is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RemediationState {
+    /// Created for an incident; nothing has been written to the cluster.
+    Pending,
+    /// A real (non-dry-run) write may have been sent. A crash here is never retried blindly.
+    Executing,
+    /// The change was accepted by the Kubernetes API.
+    Applied,
+    /// salve would have acted; it recorded what instead (dry-run or offline mode).
+    DryRun,
+    /// The policy denied the change, or failed to evaluate (fail closed).
+    Denied,
+    /// Nothing was done on purpose: cooldown, busy target, rate limit, no-op, resolved.
+    Skipped,
+    /// The change could not be made: missing or forbidden target, rejected by the API.
+    Failed,
+    /// salve stopped while executing; whether the write landed is for a human to check.
+    Interrupted,
+}
+
+impl RemediationState {
+    /// Every state, for listings and validation.
+    pub const ALL: [RemediationState; 8] = [
+        RemediationState::Pending,
+        RemediationState::Executing,
+        RemediationState::Applied,
+        RemediationState::DryRun,
+        RemediationState::Denied,
+        RemediationState::Skipped,
+        RemediationState::Failed,
+        RemediationState::Interrupted,
+    ];
+
+    /// The name stored in the database and shown in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RemediationState::Pending => "pending",
+            RemediationState::Executing => "executing",
+            RemediationState::Applied => "applied",
+            RemediationState::DryRun => "dry_run",
+            RemediationState::Denied => "denied",
+            RemediationState::Skipped => "skipped",
+            RemediationState::Failed => "failed",
+            RemediationState::Interrupted => "interrupted",
+        }
+    }
+
+    /// Reads a stored name back.
+    pub fn parse(s: &str) -> Option<RemediationState> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Whether the remediation is over.
+    pub fn is_terminal(self) -> bool {
+        !matches!(
+            self,
+            RemediationState::Pending | RemediationState::Executing
+        )
+    }
+
+    /// The lifecycle's edges; anything else is a bug the store refuses.
+    pub fn can_become(self, next: RemediationState) -> bool {
+        use RemediationState::*;
+        match self {
+            Pending => matches!(next, Executing | DryRun | Denied | Skipped | Failed),
+            Executing => matches!(next, Applied | Failed | Interrupted),
+            Applied | DryRun | Denied | Skipped | Failed | Interrupted => false,
+        }
+    }
+}
+
+impl fmt::Display for RemediationState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How salve was allowed to act when it handled a remediation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Server-side dry-run, then the real change.
+    Live,
+    /// Reads the cluster and sends server-side dry-runs only; never changes anything.
+    DryRun,
+    /// No Kubernetes configuration: no calls at all, only a record of what it would do.
+    Offline,
+}
+
+impl Mode {
+    /// The name stored in the database and given to policy as `input.mode`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Live => "live",
+            Mode::DryRun => "dry_run",
+            Mode::Offline => "offline",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RemediationState::*;
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for s in RemediationState::ALL {
+            assert_eq!(RemediationState::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(RemediationState::parse("healed"), None);
+    }
+
+    #[test]
+    fn only_executing_reaches_applied_and_terminal_states_stay() {
+        assert!(Pending.can_become(Executing));
+        assert!(
+            !Pending.can_become(Applied),
+            "a change is applied only after executing"
+        );
+        assert!(
+            !Pending.can_become(Interrupted),
+            "pending work is resumed, not interrupted"
+        );
+        assert!(Executing.can_become(Interrupted));
+        for terminal in RemediationState::ALL
+            .into_iter()
+            .filter(|s| s.is_terminal())
+        {
+            for next in RemediationState::ALL {
+                assert!(!terminal.can_become(next), "{terminal} -> {next}");
+            }
+        }
+    }
+}

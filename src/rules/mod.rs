@@ -1,0 +1,220 @@
+//! Remediation rules: which alert gets which action on which workload.
+//!
+//! Rule files are YAML in the policy directory (see [`crate::bundle`]), each with a
+//! `rules:` list. The first rule whose matchers all accept an alert decides for it,
+//! in file-path order and then in order within the file, as Alertmanager routes
+//! without `continue` do. A rule set loads whole or not at all: one bad rule refuses
+//! the set, with the file, line and reason.
+
+pub mod matcher;
+pub mod model;
+pub mod template;
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::Deserialize;
+
+use crate::alert::Alert;
+use crate::bundle::{Bundle, FileKind};
+pub use model::{ActionSpec, ReplicaChange, Rule, ScaleSpec, TargetTemplate};
+
+/// A rule file that cannot be loaded, with where and why.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct RuleError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub reason: String,
+}
+
+impl fmt::Display for RuleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => write!(f, "{}:{l}:{c}: {}", self.file, self.reason),
+            (Some(l), None) => write!(f, "{}:{l}: {}", self.file, self.reason),
+            _ => write!(f, "{}: {}", self.file, self.reason),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    #[serde(default)]
+    rules: Vec<Rule>,
+}
+
+/// All rules of a policy directory, in the order they are tried.
+#[derive(Debug, Clone, Default)]
+pub struct RuleSet {
+    pub rules: Vec<Rule>,
+}
+
+impl RuleSet {
+    /// Parses every rule file of the bundle; the first error refuses the whole set.
+    pub fn load(bundle: &Bundle) -> Result<RuleSet, RuleError> {
+        let mut rules: Vec<Rule> = Vec::new();
+        let mut seen: HashMap<String, String> = HashMap::new();
+        for file in bundle.of_kind(FileKind::Rules) {
+            let parsed = parse_file(&file.relative, &file.text)?;
+            for mut rule in parsed {
+                if let Some(first) = seen.get(&rule.name) {
+                    return Err(RuleError {
+                        file: file.relative.clone(),
+                        line: line_of(&file.text, &format!("name: {}", rule.name)),
+                        column: None,
+                        reason: format!("rule name {:?} is already used in {first}", rule.name),
+                    });
+                }
+                seen.insert(rule.name.clone(), file.relative.clone());
+                rule.file = file.relative.clone();
+                rules.push(rule);
+            }
+        }
+        Ok(RuleSet { rules })
+    }
+
+    /// The rule that decides for this alert, if any.
+    pub fn first_match(&self, alert: &Alert) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.matches(&alert.labels))
+    }
+
+    /// The rule with this name.
+    pub fn by_name(&self, name: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.name == name)
+    }
+}
+
+/// Parses one rule file's text; `file` is only used in the error.
+pub fn parse_file(file: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    serde_norway::from_str::<RuleFile>(text)
+        .map(|f| f.rules)
+        .map_err(|e| {
+            let loc = e.location();
+            RuleError {
+                file: file.to_owned(),
+                line: loc.as_ref().map(|l| l.line()),
+                column: loc.as_ref().map(|l| l.column()),
+                reason: strip_location(&e.to_string()),
+            }
+        })
+}
+
+/// serde_norway appends " at line L column C"; the location is reported separately.
+fn strip_location(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_owned(),
+        None => msg.to_owned(),
+    }
+}
+
+fn line_of(text: &str, needle: &str) -> Option<usize> {
+    text.lines().position(|l| l.contains(needle)).map(|i| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alert::Labels;
+
+    const GOOD: &str = r#"
+rules:
+  - name: checkout-latency
+    matchers:
+      - alertname="HighRequestLatency"
+      - severity=~"critical|warning"
+    target:
+      kind: Deployment
+      name: "{{ deployment }}"
+    action:
+      scale: { by: 1, max: 10 }
+    cooldown: 15m
+  - name: crashloop-rollback
+    matchers: ['alertname="PodCrashLooping"']
+    target: { kind: Deployment, namespace: "{{ namespace }}", name: "{{ deployment }}" }
+    action: { rollback: {} }
+"#;
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn loads_rules_with_defaults() {
+        let rules = parse_file("rules.yaml", GOOD).unwrap();
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[0].cooldown.as_secs(), 900);
+        assert_eq!(rules[1].cooldown.as_secs(), 600, "default cooldown");
+        assert_eq!(rules[1].max_attempts, 1);
+        assert_eq!(rules[1].action, ActionSpec::Rollback);
+        let l = labels(&[
+            ("alertname", "HighRequestLatency"),
+            ("severity", "critical"),
+        ]);
+        assert!(rules[0].matches(&l));
+        assert!(!rules[1].matches(&l));
+    }
+
+    fn error_of(text: &str) -> RuleError {
+        parse_file("policies/bad.yaml", text).unwrap_err()
+    }
+
+    #[test]
+    fn a_bad_matcher_is_refused_with_file_and_line() {
+        let bad = GOOD.replace(
+            r#"severity=~"critical|warning""#,
+            r#"severity=~"(critical""#,
+        );
+        let err = error_of(&bad);
+        assert_eq!(err.file, "policies/bad.yaml");
+        assert!(err.reason.contains("invalid regular expression"), "{err}");
+        let line = err.line.expect("a line");
+        assert!(
+            (3..=12).contains(&line),
+            "line {line} should fall in the first rule: {err}"
+        );
+        assert!(err.to_string().starts_with("policies/bad.yaml:"), "{err}");
+    }
+
+    #[test]
+    fn unbounded_scale_unknown_fields_and_bad_templates_are_refused() {
+        let unbounded = GOOD.replace("{ by: 1, max: 10 }", "{ by: 1 }");
+        assert!(error_of(&unbounded).reason.contains("needs `max`"));
+        let typo = GOOD.replace("cooldown: 15m", "cooldwn: 15m");
+        let err = error_of(&typo);
+        assert!(err.reason.contains("cooldwn"), "{err}");
+        assert_eq!(err.line, Some(12), "{err}");
+        let tmpl = GOOD.replace(r#"name: "{{ deployment }}""#, r#"name: "{{ deployment""#);
+        assert!(error_of(&tmpl).reason.contains("without closing"));
+        let kind = GOOD.replace("kind: Deployment\n", "kind: DaemonSet\n");
+        assert!(error_of(&kind).reason.contains("DaemonSet"));
+    }
+
+    #[test]
+    fn rollback_of_a_statefulset_is_refused() {
+        let sts = GOOD.replace(
+            "{ kind: Deployment, namespace",
+            "{ kind: StatefulSet, namespace",
+        );
+        assert!(error_of(&sts).reason.contains("Deployment only"));
+    }
+
+    #[test]
+    fn duplicate_names_across_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), GOOD).unwrap();
+        std::fs::write(dir.path().join("b.yaml"), GOOD).unwrap();
+        let bundle = Bundle::read(dir.path()).unwrap();
+        let err = RuleSet::load(&bundle).unwrap_err();
+        assert_eq!(err.file, "b.yaml");
+        assert_eq!(err.line, Some(3));
+        assert!(err.reason.contains("already used in a.yaml"), "{err}");
+    }
+}

@@ -1,0 +1,279 @@
+//! What a remediation rule says, parsed and checked as it is read.
+//!
+//! Every check that can be made without an alert is made while deserializing (each
+//! field type is built with `try_from`), so the YAML parser reports the file position
+//! of the value that is wrong. The engine then only ever sees valid rules.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::matcher::Matcher;
+use super::template::Template;
+use crate::cluster::WorkloadKind;
+
+/// A remediation rule: which alerts, which workload, which action, how often.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "RawRule")]
+pub struct Rule {
+    pub name: String,
+    pub matchers: Vec<Matcher>,
+    pub target: TargetTemplate,
+    pub action: ActionSpec,
+    /// No new action on the same target by this rule until this long after the last one.
+    pub cooldown: Duration,
+    /// The most actions one incident (one firing of one alert) may cause.
+    pub max_attempts: u32,
+    /// The file the rule came from, for the audit trail; set by the loader.
+    #[serde(skip)]
+    pub file: String,
+}
+
+impl Rule {
+    /// Whether every matcher accepts the alert's labels.
+    pub fn matches(&self, labels: &crate::alert::Labels) -> bool {
+        self.matchers.iter().all(|m| m.matches(labels))
+    }
+}
+
+/// The workload a rule acts on, with its names still to be filled from labels.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetTemplate {
+    pub kind: WorkloadKind,
+    #[serde(default = "namespace_from_label")]
+    pub namespace: Template,
+    pub name: Template,
+}
+
+fn namespace_from_label() -> Template {
+    // A constant template; parsing it cannot fail.
+    Template::parse("{{ namespace }}").expect("constant template parses")
+}
+
+/// What to do to the target, with its bounds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActionSpec {
+    /// Change the replica count by `by`, or set it `to`, never leaving `min..=max`.
+    Scale(ScaleSpec),
+    /// Put the Deployment's previous revision back, as `kubectl rollout undo` does.
+    Rollback,
+    /// Restart the pods, as `kubectl rollout restart` does.
+    Restart,
+}
+
+impl ActionSpec {
+    /// The action's name as stored and as `input.action.type` in policy.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ActionSpec::Scale(_) => "scale",
+            ActionSpec::Rollback => "rollback",
+            ActionSpec::Restart => "restart",
+        }
+    }
+}
+
+/// A bounded replica change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScaleSpec {
+    pub change: ReplicaChange,
+    pub min: i32,
+    pub max: i32,
+}
+
+/// Relative or absolute replica change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaChange {
+    By(i32),
+    To(i32),
+}
+
+impl ScaleSpec {
+    /// The replica count this spec asks for, given the current one, always within bounds.
+    pub fn desired(&self, current: i32) -> i32 {
+        match self.change {
+            ReplicaChange::By(n) => current.saturating_add(n).clamp(self.min, self.max),
+            ReplicaChange::To(n) => n,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: String,
+    #[serde(default)]
+    matchers: Vec<String>,
+    target: TargetTemplate,
+    #[serde(with = "serde_norway::with::singleton_map")]
+    action: RawAction,
+    #[serde(default)]
+    cooldown: Option<String>,
+    #[serde(default)]
+    max_attempts: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+enum RawAction {
+    Scale(RawScale),
+    Rollback(Empty),
+    Restart(Empty),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Empty {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScale {
+    by: Option<i32>,
+    to: Option<i32>,
+    min: Option<i32>,
+    max: Option<i32>,
+}
+
+/// Default cooldown: long enough for a rollout and the alert's `for:` to settle.
+const DEFAULT_COOLDOWN: Duration = Duration::from_secs(10 * 60);
+
+impl TryFrom<RawRule> for Rule {
+    type Error = String;
+
+    fn try_from(raw: RawRule) -> Result<Rule, String> {
+        let name = raw.name.trim().to_owned();
+        let name_ok = !name.is_empty()
+            && name.len() <= 128
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !name_ok {
+            return Err(format!(
+                "rule name {:?} must be 1-128 letters, digits, '-', '_' or '.'",
+                raw.name
+            ));
+        }
+        if raw.matchers.is_empty() {
+            return Err(format!(
+                "rule {name:?} has no matchers: a rule must say which alerts it handles"
+            ));
+        }
+        let matchers = raw
+            .matchers
+            .iter()
+            .map(|m| Matcher::parse(m).map_err(|e| format!("rule {name:?}: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let action = raw
+            .action
+            .into_spec()
+            .map_err(|e| format!("rule {name:?}: {e}"))?;
+        if action == ActionSpec::Rollback && raw.target.kind != WorkloadKind::Deployment {
+            return Err(format!(
+                "rule {name:?}: rollback works on a Deployment only (a {} keeps no ReplicaSet revisions)",
+                raw.target.kind
+            ));
+        }
+        let cooldown = match raw.cooldown {
+            None => DEFAULT_COOLDOWN,
+            Some(s) => humantime::parse_duration(s.trim()).map_err(|e| {
+                format!("rule {name:?}: cooldown {s:?} is not a duration like 10m: {e}")
+            })?,
+        };
+        let max_attempts = raw.max_attempts.unwrap_or(1);
+        if max_attempts == 0 {
+            return Err(format!("rule {name:?}: max_attempts must be at least 1"));
+        }
+        Ok(Rule {
+            name,
+            matchers,
+            target: raw.target,
+            action,
+            cooldown,
+            max_attempts,
+            file: String::new(),
+        })
+    }
+}
+
+impl RawAction {
+    fn into_spec(self) -> Result<ActionSpec, String> {
+        Ok(match self {
+            RawAction::Rollback(_) => ActionSpec::Rollback,
+            RawAction::Restart(_) => ActionSpec::Restart,
+            RawAction::Scale(s) => ActionSpec::Scale(s.into_spec()?),
+        })
+    }
+}
+
+impl RawScale {
+    fn into_spec(self) -> Result<ScaleSpec, String> {
+        let change = match (self.by, self.to) {
+            (Some(0), None) => return Err("scale.by must not be 0".into()),
+            (Some(n), None) => ReplicaChange::By(n),
+            (None, Some(n)) => ReplicaChange::To(n),
+            _ => return Err("scale needs exactly one of `by` or `to`".into()),
+        };
+        let (min, max) = match change {
+            // An absolute target is its own bound unless the author gave wider ones.
+            ReplicaChange::To(n) => (self.min.unwrap_or(n), self.max.unwrap_or(n)),
+            ReplicaChange::By(_) => (
+                self.min.unwrap_or(1),
+                self.max
+                    .ok_or("scale.by needs `max`: every automatic scale-up is bounded")?,
+            ),
+        };
+        if min < 0 || max < min {
+            return Err(format!(
+                "scale bounds min={min} max={max} are not 0 <= min <= max"
+            ));
+        }
+        if let ReplicaChange::To(n) = change {
+            if n < min || n > max {
+                return Err(format!("scale.to={n} lies outside min={min} max={max}"));
+            }
+        }
+        Ok(ScaleSpec { change, min, max })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(
+        by: Option<i32>,
+        to: Option<i32>,
+        min: Option<i32>,
+        max: Option<i32>,
+    ) -> Result<ScaleSpec, String> {
+        RawScale { by, to, min, max }.into_spec()
+    }
+
+    #[test]
+    fn scale_by_stays_within_bounds() {
+        let s = spec(Some(2), None, Some(2), Some(5)).unwrap();
+        assert_eq!(s.desired(1), 3);
+        assert_eq!(s.desired(4), 5, "clamped to max");
+        let down = spec(Some(-3), None, Some(2), Some(10)).unwrap();
+        assert_eq!(down.desired(4), 2, "clamped to min");
+    }
+
+    #[test]
+    fn scale_needs_bounds_and_one_change() {
+        assert!(
+            spec(Some(1), None, None, None)
+                .unwrap_err()
+                .contains("needs `max`")
+        );
+        assert!(spec(Some(1), Some(3), None, Some(4)).is_err());
+        assert!(spec(None, None, None, Some(4)).is_err());
+        assert!(spec(Some(0), None, None, Some(4)).is_err());
+        assert!(
+            spec(None, Some(9), Some(1), Some(5))
+                .unwrap_err()
+                .contains("outside")
+        );
+        assert!(spec(Some(1), None, Some(5), Some(2)).is_err());
+        assert_eq!(spec(None, Some(3), None, None).unwrap().desired(7), 3);
+    }
+}

@@ -1,0 +1,214 @@
+//! Deliveries and incidents: what arrived, and which firings are new.
+//!
+//! [`Store::record_delivery`] is the webhook's one write. It stores the raw payload
+//! and folds each alert into its incident in one transaction, so the webhook's 2xx
+//! means all of it is on disk, and a re-send finds its incident already there.
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+
+use super::{Store, StoreError, new_id, timestamp};
+use crate::alert::{Alert, AlertStatus, Delivery};
+
+/// What a delivery changed.
+#[derive(Debug, Clone, Default)]
+pub struct NewIncidents {
+    pub delivery_id: String,
+    /// Incidents seen firing for the first time: the engine decides for these.
+    pub to_decide: Vec<String>,
+    /// Alerts that were re-sends of incidents already known.
+    pub repeated: usize,
+    /// Incidents this delivery marked resolved.
+    pub resolved: usize,
+}
+
+/// An incident as stored.
+#[derive(Debug, Clone)]
+pub struct IncidentRecord {
+    pub id: String,
+    pub alert: Alert,
+    pub status: AlertStatus,
+    pub delivery_count: i64,
+    pub decision: String,
+    pub decision_reason: String,
+}
+
+/// What salve concluded about an incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// No rule matched: nothing to do, recorded so an auditor sees it was considered.
+    NoRule,
+    /// A rule matched but the alert's labels do not name a valid target.
+    NoTarget,
+    /// A rule matched and a remediation was created.
+    Remediation,
+}
+
+impl Decision {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Decision::NoRule => "no_rule",
+            Decision::NoTarget => "no_target",
+            Decision::Remediation => "remediation",
+        }
+    }
+}
+
+impl Store {
+    /// Stores a webhook delivery and its alerts, atomically.
+    pub async fn record_delivery(
+        &self,
+        d: &Delivery,
+        now: DateTime<Utc>,
+    ) -> Result<NewIncidents, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let delivery_id = new_id();
+        let now_s = timestamp(now);
+        sqlx::query(
+            "INSERT INTO deliveries (id, received_at, receiver, status, group_key, alert_count, truncated_alerts, payload)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&delivery_id)
+        .bind(&now_s)
+        .bind(&d.receiver)
+        .bind(d.status.as_str())
+        .bind(&d.group_key)
+        .bind(d.alerts.len() as i64)
+        .bind(d.truncated_alerts as i64)
+        .bind(&d.raw)
+        .execute(&mut *tx)
+        .await?;
+
+        let mut out = NewIncidents {
+            delivery_id: delivery_id.clone(),
+            ..NewIncidents::default()
+        };
+        for alert in &d.alerts {
+            let id = new_id();
+            let alert_json =
+                serde_json::to_string(alert).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let starts_at = timestamp(alert.starts_at);
+            let resolved_at = (alert.status == AlertStatus::Resolved)
+                .then(|| timestamp(alert.ends_at.unwrap_or(now)));
+            let inserted = sqlx::query(
+                "INSERT INTO incidents (id, fingerprint, starts_at, alertname, status, alert, first_seen_at,
+                     last_seen_at, resolved_at, delivery_count, first_delivery_id, decision, decision_reason)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, 1, $9, 'undecided', '')
+                 ON CONFLICT (fingerprint, starts_at) DO NOTHING",
+            )
+            .bind(&id)
+            .bind(alert.fingerprint.as_str())
+            .bind(&starts_at)
+            .bind(alert.alertname())
+            .bind(alert.status.as_str())
+            .bind(&alert_json)
+            .bind(&now_s)
+            .bind(resolved_at.clone())
+            .bind(&delivery_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if inserted {
+                if alert.status == AlertStatus::Firing {
+                    out.to_decide.push(id);
+                }
+                continue;
+            }
+            out.repeated += 1;
+            // A firing re-send never re-opens a resolved incident: Alertmanager gives a
+            // re-fire a new startsAt, so a late firing copy is stale news.
+            let resolved = sqlx::query(
+                "UPDATE incidents SET last_seen_at = $1, delivery_count = delivery_count + 1,
+                     status = CASE WHEN $2 = 'resolved' THEN 'resolved' ELSE status END,
+                     resolved_at = CASE WHEN $2 = 'resolved' AND resolved_at IS NULL THEN $3 ELSE resolved_at END
+                 WHERE fingerprint = $4 AND starts_at = $5 AND status = 'firing'",
+            )
+            .bind(&now_s)
+            .bind(alert.status.as_str())
+            .bind(resolved_at)
+            .bind(alert.fingerprint.as_str())
+            .bind(&starts_at)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if resolved == 0 {
+                sqlx::query(
+                    "UPDATE incidents SET last_seen_at = $1, delivery_count = delivery_count + 1
+                     WHERE fingerprint = $2 AND starts_at = $3",
+                )
+                .bind(&now_s)
+                .bind(alert.fingerprint.as_str())
+                .bind(&starts_at)
+                .execute(&mut *tx)
+                .await?;
+            } else if alert.status == AlertStatus::Resolved {
+                out.resolved += 1;
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// One incident, with its alert as last stored.
+    pub async fn incident(&self, id: &str) -> Result<Option<IncidentRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, alert, status, delivery_count, decision, decision_reason FROM incidents WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?;
+        row.map(|r| {
+            let alert_json: String = r.try_get("alert")?;
+            let status: String = r.try_get("status")?;
+            Ok(IncidentRecord {
+                id: r.try_get("id")?,
+                alert: serde_json::from_str(&alert_json)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                status: if status == "resolved" {
+                    AlertStatus::Resolved
+                } else {
+                    AlertStatus::Firing
+                },
+                delivery_count: r.try_get("delivery_count")?,
+                decision: r.try_get("decision")?,
+                decision_reason: r.try_get("decision_reason")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Firing incidents nobody has decided for yet (acked, then salve stopped).
+    pub async fn undecided_firing_incidents(&self) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id FROM incidents WHERE decision = 'undecided' AND status = 'firing' ORDER BY first_seen_at",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
+    }
+
+    /// Records what salve concluded about an incident.
+    pub async fn set_decision(
+        &self,
+        id: &str,
+        decision: Decision,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE incidents SET decision = $1, decision_reason = $2 WHERE id = $3")
+            .bind(decision.as_str())
+            .bind(reason)
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// How many deliveries are stored (for tests and the readiness summary).
+    pub async fn delivery_count(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM deliveries")
+            .fetch_one(self.pool())
+            .await?;
+        Ok(row.try_get("n")?)
+    }
+}

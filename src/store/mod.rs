@@ -1,0 +1,220 @@
+//! The knowledge base: every alert, decision, verdict, API call and outcome.
+//!
+//! One code path serves SQLite (embedded default, a file in WAL mode) and PostgreSQL
+//! (several replicas sharing one database): sqlx's `Any` driver with one set of
+//! portable migrations and `$N` placeholders, which both backends accept. The
+//! invariants that keep salve from acting twice live in the schema (UNIQUE incident
+//! per firing, UNIQUE remediation per incident, compare-and-set state moves, a lease
+//! per target), so they hold across processes, not only inside one.
+//!
+//! Queries are grouped by what they are about: [`incidents`], [`remediations`],
+//! [`targets`].
+
+pub mod incidents;
+pub mod remediations;
+pub mod targets;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor};
+
+pub use incidents::{IncidentRecord, NewIncidents};
+pub use remediations::{EventKind, NewRemediation, RemediationRecord, TimelineEvent};
+
+/// A failure of the knowledge base, split by what the caller should do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or is busy: worth a retry (the webhook answers 503).
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// A query failed for another reason.
+    #[error("database error: {0}")]
+    Query(#[source] sqlx::Error),
+    /// Stored data does not read back as it was written.
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+    /// Migrations could not be applied.
+    #[error("cannot apply migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> StoreError {
+        let transient = match &e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_) => true,
+            sqlx::Error::Database(db) => {
+                // SQLite: database is locked/busy. PostgreSQL: serialization failure,
+                // deadlock, too many connections, cannot connect now, admin shutdown.
+                let code = db.code().unwrap_or_default();
+                matches!(
+                    code.as_ref(),
+                    "5" | "6" | "517" | "40001" | "40P01" | "53300" | "57P01" | "57P03"
+                )
+            }
+            _ => false,
+        };
+        if transient {
+            StoreError::Unavailable(e)
+        } else {
+            StoreError::Query(e)
+        }
+    }
+}
+
+impl StoreError {
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A handle on the knowledge base; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+impl Store {
+    /// Connects (creating an SQLite file and its directory if needed) and applies migrations.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        let store = Store::connect(url).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Connects without migrating (for `salve migrate` and for read-only tools).
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let url = normalize_sqlite_url(url)?;
+        let options = AnyConnectOptions::from_str(&url)?;
+        let sqlite = url.starts_with("sqlite:");
+        let pool = AnyPoolOptions::new()
+            .max_connections(if sqlite { 4 } else { 10 })
+            .acquire_timeout(Duration::from_secs(5))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if sqlite {
+                        // WAL lets readers run beside the writer; FULL sync makes a commit
+                        // (and so a 2xx to Alertmanager) survive power loss; busy_timeout
+                        // waits for a writer instead of failing at once.
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = FULL").await?;
+                        conn.execute("PRAGMA busy_timeout = 5000").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        Ok(Store { pool })
+    }
+
+    /// Applies the migrations in `migrations/` that have not run yet.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// A trivial query: is the database answering? (`/readyz`)
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The pool, for the query modules.
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+}
+
+/// Ensures an SQLite URL creates its file, and that the file's directory exists.
+fn normalize_sqlite_url(url: &str) -> Result<String, StoreError> {
+    let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    else {
+        return Ok(url.to_owned());
+    };
+    let path = rest.split('?').next().unwrap_or_default();
+    if !path.is_empty() && path != ":memory:" {
+        if let Some(dir) = Path::new(path)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))?;
+        }
+    }
+    if url.contains("mode=") {
+        Ok(url.to_owned())
+    } else if url.contains('?') {
+        Ok(format!("{url}&mode=rwc"))
+    } else {
+        Ok(format!("{url}?mode=rwc"))
+    }
+}
+
+/// The one text form of a time in the database: fixed width, UTC, so text order is time order.
+pub fn timestamp(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+/// Reads a stored time back.
+pub fn parse_timestamp(s: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| StoreError::Corrupt(format!("time {s:?}: {e}")))
+}
+
+/// A new time-ordered id.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_create_their_file() {
+        assert_eq!(
+            normalize_sqlite_url("sqlite::memory:").unwrap(),
+            "sqlite::memory:?mode=rwc"
+        );
+        assert_eq!(
+            normalize_sqlite_url("sqlite://x.db?cache=shared").unwrap(),
+            "sqlite://x.db?cache=shared&mode=rwc"
+        );
+        assert_eq!(
+            normalize_sqlite_url("postgres://h/db").unwrap(),
+            "postgres://h/db"
+        );
+    }
+
+    #[test]
+    fn timestamps_sort_as_text() {
+        let a = timestamp(
+            DateTime::parse_from_rfc3339("2026-01-02T03:04:05.1Z")
+                .unwrap()
+                .to_utc(),
+        );
+        let b = timestamp(
+            DateTime::parse_from_rfc3339("2026-01-02T03:04:05.25Z")
+                .unwrap()
+                .to_utc(),
+        );
+        assert_eq!(a, "2026-01-02T03:04:05.100000Z");
+        assert!(a < b);
+        assert_eq!(parse_timestamp(&a).unwrap().timestamp_subsec_millis(), 100);
+    }
+}

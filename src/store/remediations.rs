@@ -1,0 +1,335 @@
+//! Remediations and their timelines.
+//!
+//! A remediation is created at most once per incident (UNIQUE), moves state only by
+//! compare-and-set (so a second worker or replica cannot claim it too), and every step
+//! is appended to its timeline in the same transaction as the move it explains.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::incidents::Decision;
+use super::{Store, StoreError, new_id, parse_timestamp, timestamp};
+use crate::cluster::TargetRef;
+use crate::remediation::{Mode, RemediationState};
+
+/// What the engine knows when it opens a remediation.
+#[derive(Debug, Clone)]
+pub struct NewRemediation {
+    pub incident_id: String,
+    pub alertname: String,
+    pub rule_name: String,
+    pub rule_file: String,
+    pub action: &'static str,
+    pub target: TargetRef,
+    pub mode: Mode,
+    pub summary: String,
+}
+
+/// The kinds of timeline entries (the schema's CHECK lists the same names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    RuleMatched,
+    PolicyEvaluated,
+    KubeCall,
+    StateChanged,
+}
+
+impl EventKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            EventKind::RuleMatched => "rule_matched",
+            EventKind::PolicyEvaluated => "policy_evaluated",
+            EventKind::KubeCall => "kube_call",
+            EventKind::StateChanged => "state_changed",
+        }
+    }
+}
+
+/// A remediation as stored: the summary line an auditor scans.
+#[derive(Debug, Clone, Serialize)]
+pub struct RemediationRecord {
+    pub id: String,
+    pub incident_id: String,
+    pub created_at: String,
+    pub updated_at: String,
+    /// When a real write was (or may have been) sent; `None` if salve never acted.
+    pub acted_at: Option<String>,
+    pub alertname: String,
+    pub rule: String,
+    pub rule_file: String,
+    pub action: String,
+    pub target: TargetView,
+    pub mode: String,
+    pub state: RemediationState,
+    pub summary: String,
+    pub reasons: Vec<String>,
+}
+
+/// The target as shown in listings.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetView {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+/// One entry of a remediation's timeline.
+#[derive(Debug, Clone, Serialize)]
+pub struct TimelineEvent {
+    pub seq: i64,
+    pub at: String,
+    pub kind: String,
+    pub detail: Value,
+}
+
+const COLUMNS: &str =
+    "id, incident_id, created_at, updated_at, acted_at, alertname, rule_name, rule_file, action,
+    target_kind, target_namespace, target_name, mode, state, summary, reasons";
+
+fn record(r: &AnyRow) -> Result<RemediationRecord, StoreError> {
+    let state: String = r.try_get("state")?;
+    let reasons: String = r.try_get("reasons")?;
+    Ok(RemediationRecord {
+        id: r.try_get("id")?,
+        incident_id: r.try_get("incident_id")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        acted_at: r.try_get("acted_at")?,
+        alertname: r.try_get("alertname")?,
+        rule: r.try_get("rule_name")?,
+        rule_file: r.try_get("rule_file")?,
+        action: r.try_get("action")?,
+        target: TargetView {
+            kind: r.try_get("target_kind")?,
+            namespace: r.try_get("target_namespace")?,
+            name: r.try_get("target_name")?,
+        },
+        mode: r.try_get("mode")?,
+        state: RemediationState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("state {state:?}")))?,
+        summary: r.try_get("summary")?,
+        reasons: serde_json::from_str(&reasons).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+    })
+}
+
+/// A position in the newest-first listing: strictly older than this row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub created_at: String,
+    pub id: String,
+}
+
+impl Cursor {
+    /// The opaque text form handed to clients.
+    pub fn encode(&self) -> String {
+        format!("{}_{}", self.created_at, self.id)
+    }
+
+    /// Reads a client's cursor back; `None` if it is not one of ours.
+    pub fn decode(s: &str) -> Option<Cursor> {
+        let (created_at, id) = s.split_once('_')?;
+        parse_timestamp(created_at).ok()?;
+        Some(Cursor {
+            created_at: created_at.to_owned(),
+            id: id.to_owned(),
+        })
+    }
+}
+
+impl Store {
+    /// Opens the remediation for an incident; `None` if the incident already has one.
+    pub async fn create_remediation(
+        &self,
+        r: &NewRemediation,
+        rule_matched: &Value,
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let id = new_id();
+        let now_s = timestamp(now);
+        let inserted = sqlx::query(
+            "INSERT INTO remediations (id, incident_id, created_at, updated_at, acted_at, alertname, rule_name,
+                 rule_file, action, target_kind, target_namespace, target_name, mode, state, summary, reasons)
+             VALUES ($1, $2, $3, $3, NULL, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', $12, '[]')
+             ON CONFLICT (incident_id) DO NOTHING",
+        )
+        .bind(&id)
+        .bind(&r.incident_id)
+        .bind(&now_s)
+        .bind(&r.alertname)
+        .bind(&r.rule_name)
+        .bind(&r.rule_file)
+        .bind(r.action)
+        .bind(r.target.kind.as_str())
+        .bind(&r.target.namespace)
+        .bind(&r.target.name)
+        .bind(r.mode.as_str())
+        .bind(&r.summary)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !inserted {
+            return Ok(None);
+        }
+        sqlx::query("UPDATE incidents SET decision = $1, decision_reason = $2 WHERE id = $3")
+            .bind(Decision::Remediation.as_str())
+            .bind(format!("rule {} matched", r.rule_name))
+            .bind(&r.incident_id)
+            .execute(&mut *tx)
+            .await?;
+        append(&mut tx, &id, EventKind::RuleMatched, rule_matched, &now_s).await?;
+        tx.commit().await?;
+        Ok(Some(id))
+    }
+
+    /// Adds one entry to a remediation's timeline.
+    pub async fn append_event(
+        &self,
+        remediation_id: &str,
+        kind: EventKind,
+        detail: &Value,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        append(&mut tx, remediation_id, kind, detail, &timestamp(now)).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Moves a remediation from `from` to `to` if (and only if) it is still in `from`.
+    /// Returns whether this caller made the move. Entering `executing` stamps `acted_at`.
+    pub async fn transition(
+        &self,
+        id: &str,
+        from: RemediationState,
+        to: RemediationState,
+        summary: &str,
+        reasons: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        if !from.can_become(to) {
+            return Err(StoreError::Corrupt(format!(
+                "refused state move {from} -> {to} for {id}"
+            )));
+        }
+        let now_s = timestamp(now);
+        let reasons_json =
+            serde_json::to_string(reasons).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut tx = self.pool().begin().await?;
+        let moved = sqlx::query(
+            "UPDATE remediations SET state = $1, summary = $2, reasons = $3, updated_at = $4,
+                 acted_at = CASE WHEN $1 = 'executing' THEN $4 ELSE acted_at END
+             WHERE id = $5 AND state = $6",
+        )
+        .bind(to.as_str())
+        .bind(summary)
+        .bind(&reasons_json)
+        .bind(&now_s)
+        .bind(id)
+        .bind(from.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if moved {
+            let detail =
+                serde_json::json!({"from": from, "to": to, "summary": summary, "reasons": reasons});
+            append(&mut tx, id, EventKind::StateChanged, &detail, &now_s).await?;
+        }
+        tx.commit().await?;
+        Ok(moved)
+    }
+
+    /// One remediation.
+    pub async fn remediation(&self, id: &str) -> Result<Option<RemediationRecord>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM remediations WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(record).transpose()
+    }
+
+    /// A remediation's timeline, in order.
+    pub async fn timeline(&self, id: &str) -> Result<Vec<TimelineEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, at, kind, detail FROM remediation_events WHERE remediation_id = $1 ORDER BY seq",
+        )
+        .bind(id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let detail: String = r.try_get("detail")?;
+                Ok(TimelineEvent {
+                    seq: r.try_get("seq")?,
+                    at: r.try_get("at")?,
+                    kind: r.try_get("kind")?,
+                    detail: serde_json::from_str(&detail)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                })
+            })
+            .collect()
+    }
+
+    /// Remediations newest first, `limit` at a time, strictly older than `before`.
+    pub async fn list_remediations(
+        &self,
+        limit: u32,
+        before: Option<&Cursor>,
+    ) -> Result<Vec<RemediationRecord>, StoreError> {
+        let (created, id) = before
+            .map(|c| (c.created_at.clone(), c.id.clone()))
+            .unwrap_or_else(|| ("9999".to_owned(), String::new()));
+        let sql = format!(
+            "SELECT {COLUMNS} FROM remediations
+             WHERE created_at < $1 OR (created_at = $1 AND id < $2)
+             ORDER BY created_at DESC, id DESC LIMIT $3"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(created)
+            .bind(id)
+            .bind(i64::from(limit))
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(record).collect()
+    }
+
+    /// Ids of remediations in a state (crash recovery looks for `pending` and `executing`).
+    pub async fn remediations_in_state(
+        &self,
+        state: RemediationState,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT id FROM remediations WHERE state = $1 ORDER BY created_at")
+            .bind(state.as_str())
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
+    }
+}
+
+/// Appends a timeline entry inside an open transaction, numbering it after the last.
+async fn append(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    remediation_id: &str,
+    kind: EventKind,
+    detail: &Value,
+    at: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO remediation_events (id, remediation_id, seq, at, kind, detail)
+         SELECT $1, $2, COALESCE(MAX(seq), 0) + 1, $3, $4, $5 FROM remediation_events WHERE remediation_id = $2",
+    )
+    .bind(new_id())
+    .bind(remediation_id)
+    .bind(at)
+    .bind(kind.as_str())
+    .bind(detail.to_string())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
