@@ -115,7 +115,10 @@ impl Salve {
             settings.policies.display()
         );
         let store = Store::open(&settings.database_url).await?;
-        let client = connect_cluster(settings.kubeconfig.as_deref()).await?;
+        let client = match settings.offline {
+            true => None,
+            false => connect_cluster(settings.kubeconfig.as_deref()).await?,
+        };
         let cluster = client.map(|c| Arc::new(KubeCluster::new(c)) as Arc<dyn Cluster>);
         let policy_hash = decisions.policy.hash.clone();
         let engine = Engine::new(

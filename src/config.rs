@@ -79,6 +79,10 @@ pub struct ServeArgs {
     #[arg(long, env = "SALVE_DRY_RUN")]
     pub dry_run: bool,
 
+    /// Never contact Kubernetes, even if a configuration exists: record what would be done.
+    #[arg(long, env = "SALVE_OFFLINE", conflicts_with = "kubeconfig")]
+    pub offline: bool,
+
     /// File holding the bearer token the webhook requires.
     #[arg(long, env = "SALVE_WEBHOOK_TOKEN_FILE")]
     pub webhook_token_file: Option<PathBuf>,
@@ -150,6 +154,8 @@ pub struct ServeSettings {
     pub database_url: String,
     pub policies: PathBuf,
     pub kubeconfig: Option<PathBuf>,
+    /// Do not look for a cluster at all.
+    pub offline: bool,
     pub dry_run: bool,
     pub auth: WebhookAuth,
     pub max_body_bytes: usize,
@@ -202,6 +208,7 @@ impl ServeArgs {
             database_url: self.database.url.clone(),
             policies: self.policies.clone(),
             kubeconfig: self.kubeconfig.clone(),
+            offline: self.offline,
             dry_run: self.dry_run,
             auth: WebhookAuth {
                 bearer_token,

@@ -1,0 +1,773 @@
+//! A stateful fake Kubernetes API server, faithful where salve (and kubectl) depend on it.
+//!
+//! It keeps Deployments, StatefulSets and ReplicaSets in memory and honours:
+//! - GET/LIST/PATCH/PUT of `apps/v1` objects and their `scale` subresource
+//!   (merge, JSON and strategic-merge patches; strategic is treated as merge, which is
+//!   exact for the fields salve and these tests touch);
+//! - `dryRun=All`: full validation and a full answer, nothing persisted;
+//! - `metadata.resourceVersion` in a write as a precondition: 409 Conflict when stale;
+//! - `metadata.generation`, bumped on every spec change, and a controller that rolls
+//!   out instantly (status catches up in the same write);
+//! - ReplicaSets with `deployment.kubernetes.io/revision`, created (or re-used with a
+//!   new revision number) when a Deployment's pod template changes, as the deployment
+//!   controller does;
+//! - 403 Forbidden for namespaces the caller may not touch, 404 NotFound, 422 Invalid;
+//! - the discovery documents kubectl reads (`/api`, `/apis`, `/apis/apps/v1`, `/version`).
+//!
+//! Every request is logged so tests can assert exactly which calls were made.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+/// One request the fake received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub status: u16,
+}
+
+impl Recorded {
+    /// Whether this request asked for a dry run.
+    pub fn dry_run(&self) -> bool {
+        self.query.contains("dryRun=All")
+    }
+
+    /// Whether this request could change state (and was not a dry run).
+    pub fn is_write(&self) -> bool {
+        !matches!(self.method.as_str(), "GET" | "HEAD") && !self.dry_run()
+    }
+}
+
+type Key = (String, String, String);
+
+#[derive(Default)]
+struct KubeState {
+    objects: BTreeMap<Key, Value>,
+    next_rv: u64,
+    next_uid: u64,
+    forbidden: HashSet<String>,
+    requests: Vec<Recorded>,
+    /// Objects another writer changes right after salve's next read of them.
+    interfere_after_read: HashSet<Key>,
+}
+
+/// A running fake API server.
+#[derive(Clone)]
+pub struct FakeKube {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<KubeState>>,
+}
+
+const KINDS: [(&str, &str); 3] = [
+    ("deployments", "Deployment"),
+    ("statefulsets", "StatefulSet"),
+    ("replicasets", "ReplicaSet"),
+];
+
+fn kind_of(resource: &str) -> Option<&'static str> {
+    KINDS.iter().find(|(r, _)| *r == resource).map(|(_, k)| *k)
+}
+
+fn status(code: StatusCode, reason: &str, message: String) -> Response {
+    let body = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code.as_u16(),
+    });
+    (code, Json(body)).into_response()
+}
+
+fn not_found(resource: &str, name: &str) -> Response {
+    status(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        format!("{resource}.apps \"{name}\" not found"),
+    )
+}
+
+fn conflict(resource: &str, name: &str) -> Response {
+    status(
+        StatusCode::CONFLICT,
+        "Conflict",
+        format!(
+            "Operation cannot be fulfilled on {resource}.apps \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+        ),
+    )
+}
+
+fn invalid(kind: &str, name: &str, why: &str) -> Response {
+    status(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "Invalid",
+        format!("{kind}.apps \"{name}\" is invalid: {why}"),
+    )
+}
+
+fn template_hash(template: &Value) -> String {
+    let digest = Sha256::digest(template.to_string().as_bytes());
+    digest.iter().take(5).map(|b| format!("{b:02x}")).collect()
+}
+
+fn without_hash(template: &Value) -> Value {
+    let mut t = template.clone();
+    if let Some(l) = t
+        .pointer_mut("/metadata/labels")
+        .and_then(Value::as_object_mut)
+    {
+        l.remove("pod-template-hash");
+    }
+    t
+}
+
+fn dry_run(q: &BTreeMap<String, String>) -> bool {
+    q.get("dryRun").is_some_and(|v| v == "All")
+}
+
+impl KubeState {
+    fn rv(&mut self) -> String {
+        self.next_rv += 1;
+        self.next_rv.to_string()
+    }
+
+    fn uid(&mut self) -> String {
+        self.next_uid += 1;
+        format!("00000000-0000-4000-8000-{:012}", self.next_uid)
+    }
+
+    fn forbidden(
+        &self,
+        method: &str,
+        resource: &str,
+        sub: Option<&str>,
+        ns: &str,
+        name: &str,
+    ) -> Option<Response> {
+        self.forbidden.contains(ns).then(|| {
+            let verb = match method {
+                "GET" if name.is_empty() => "list",
+                "GET" => "get",
+                "PUT" => "update",
+                _ => "patch",
+            };
+            let res = sub.map_or(resource.to_owned(), |s| format!("{resource}/{s}"));
+            status(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                format!(
+                    "{resource}.apps \"{name}\" is forbidden: User \"system:serviceaccount:salve:salve\" cannot {verb} resource \"{res}\" in API group \"apps\" in the namespace \"{ns}\""
+                ),
+            )
+        })
+    }
+
+    /// Validates what an update would store; `Err` is the API's answer.
+    fn validate(&self, kind: &str, name: &str, ns: &str, obj: &Value) -> Result<(), Response> {
+        if obj["metadata"]["name"] != json!(name) || obj["metadata"]["namespace"] != json!(ns) {
+            return Err(status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "the name and namespace of the object must not change".into(),
+            ));
+        }
+        if let Some(r) = obj["spec"].get("replicas") {
+            if !r.as_i64().is_some_and(|r| r >= 0) {
+                return Err(invalid(
+                    kind,
+                    name,
+                    "spec.replicas: Invalid value: must be greater than or equal to 0",
+                ));
+            }
+        }
+        if matches!(kind, "Deployment" | "StatefulSet") {
+            let containers = &obj["spec"]["template"]["spec"]["containers"];
+            if !containers.as_array().is_some_and(|c| !c.is_empty()) {
+                return Err(invalid(
+                    kind,
+                    name,
+                    "spec.template.spec.containers: Required value",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The write path every change takes: precondition, validation, and (unless dry-run)
+    /// persistence with generation, revision and status bookkeeping.
+    fn update(&mut self, key: &Key, mut new: Value, dry: bool) -> Result<Value, Response> {
+        let (resource, ns, name) = key;
+        let kind = kind_of(resource).unwrap_or("Object");
+        let Some(old) = self.objects.get(key).cloned() else {
+            return Err(not_found(resource, name));
+        };
+        let current_rv = old["metadata"]["resourceVersion"].clone();
+        match &new["metadata"]["resourceVersion"] {
+            Value::Null => {}
+            rv if *rv == current_rv => {}
+            _ => return Err(conflict(resource, name)),
+        }
+        self.validate(kind, name, ns, &new)?;
+        // The server owns these fields.
+        for field in ["uid", "creationTimestamp"] {
+            new["metadata"][field] = old["metadata"][field].clone();
+        }
+        new["metadata"]["generation"] = old["metadata"]["generation"].clone();
+        new["status"] = old["status"].clone();
+        if new["spec"] != old["spec"] {
+            let generation = old["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
+            new["metadata"]["generation"] = json!(generation);
+        }
+        new["metadata"]["resourceVersion"] = current_rv;
+        if dry {
+            return Ok(new);
+        }
+        new["metadata"]["resourceVersion"] = json!(self.rv());
+        if resource == "deployments" {
+            self.reconcile_replica_sets(ns, &mut new);
+        }
+        roll_out(&mut new);
+        self.objects.insert(key.clone(), new.clone());
+        Ok(new)
+    }
+
+    /// What the deployment controller does when a template changes.
+    fn reconcile_replica_sets(&mut self, ns: &str, deploy: &mut Value) {
+        let uid = deploy["metadata"]["uid"].clone();
+        let name = deploy["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let template = without_hash(&deploy["spec"]["template"]);
+        let replicas = deploy["spec"]["replicas"].as_i64().unwrap_or(1);
+        let owned: Vec<Key> = self
+            .objects
+            .iter()
+            .filter(|((r, n, _), o)| {
+                r == "replicasets" && n == ns && o["metadata"]["ownerReferences"][0]["uid"] == uid
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        let revision_of = |o: &Value| {
+            o["metadata"]["annotations"]["deployment.kubernetes.io/revision"]
+                .as_str()
+                .and_then(|r| r.parse::<i64>().ok())
+                .unwrap_or(0)
+        };
+        let max = owned
+            .iter()
+            .map(|k| revision_of(&self.objects[k]))
+            .max()
+            .unwrap_or(0);
+        let existing = owned
+            .iter()
+            .find(|k| without_hash(&self.objects[*k]["spec"]["template"]) == template)
+            .cloned();
+        let current = match existing {
+            Some(k) => {
+                let rev = revision_of(&self.objects[&k]);
+                let rev = if rev == max { rev } else { max + 1 };
+                let next_rv = self.rv();
+                let rs = self.objects.get_mut(&k).expect("listed above");
+                rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"] =
+                    json!(rev.to_string());
+                rs["metadata"]["resourceVersion"] = json!(next_rv);
+                (k, rev)
+            }
+            None => {
+                let hash = template_hash(&template);
+                let rs_name = format!("{name}-{hash}");
+                let mut rs_template = template.clone();
+                rs_template["metadata"]["labels"]["pod-template-hash"] = json!(hash);
+                let mut selector = deploy["spec"]["selector"].clone();
+                selector["matchLabels"]["pod-template-hash"] = json!(hash);
+                let rs = json!({
+                    "apiVersion": "apps/v1", "kind": "ReplicaSet",
+                    "metadata": {
+                        "name": rs_name, "namespace": ns, "uid": self.uid(), "resourceVersion": self.rv(),
+                        "generation": 1, "creationTimestamp": "2026-11-24T00:00:00Z",
+                        "labels": rs_template["metadata"]["labels"].clone(),
+                        "annotations": {"deployment.kubernetes.io/revision": (max + 1).to_string(),
+                                        "deployment.kubernetes.io/desired-replicas": replicas.to_string()},
+                        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": name,
+                                             "uid": uid, "controller": true, "blockOwnerDeletion": true}],
+                    },
+                    "spec": {"replicas": replicas, "selector": selector, "template": rs_template},
+                    "status": {"replicas": replicas, "readyReplicas": replicas, "availableReplicas": replicas},
+                });
+                let key = ("replicasets".to_owned(), ns.to_owned(), rs_name);
+                self.objects.insert(key.clone(), rs);
+                (key, max + 1)
+            }
+        };
+        for k in &owned {
+            if *k != current.0 {
+                let rs = self.objects.get_mut(k).expect("listed above");
+                rs["spec"]["replicas"] = json!(0);
+                rs["status"] = json!({"replicas": 0});
+            }
+        }
+        deploy["metadata"]["annotations"]["deployment.kubernetes.io/revision"] =
+            json!(current.1.to_string());
+    }
+}
+
+/// The controller's instant rollout: status catches up with spec.
+fn roll_out(obj: &mut Value) {
+    if obj["kind"] == "ReplicaSet" {
+        return;
+    }
+    let replicas = obj["spec"]["replicas"].as_i64().unwrap_or(1);
+    obj["status"] = json!({
+        "observedGeneration": obj["metadata"]["generation"].clone(),
+        "replicas": replicas, "updatedReplicas": replicas,
+        "readyReplicas": replicas, "availableReplicas": replicas,
+        "conditions": [
+            {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable", "message": "Deployment has minimum availability."},
+            {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable", "message": "ReplicaSet has successfully progressed."}
+        ],
+    });
+}
+
+fn scale_of(obj: &Value) -> Value {
+    let selector = obj["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    json!({
+        "apiVersion": "autoscaling/v1", "kind": "Scale",
+        "metadata": {
+            "name": obj["metadata"]["name"], "namespace": obj["metadata"]["namespace"],
+            "uid": obj["metadata"]["uid"], "resourceVersion": obj["metadata"]["resourceVersion"],
+            "creationTimestamp": obj["metadata"]["creationTimestamp"],
+        },
+        "spec": {"replicas": obj["spec"]["replicas"]},
+        "status": {"replicas": obj["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector},
+    })
+}
+
+fn apply_patch(content_type: &str, doc: &mut Value, body: &[u8]) -> Result<(), Response> {
+    let bad = |e: String| status(StatusCode::BAD_REQUEST, "BadRequest", e);
+    let patch: Value =
+        serde_json::from_slice(body).map_err(|e| bad(format!("invalid patch body: {e}")))?;
+    let media = content_type.split(';').next().unwrap_or_default().trim();
+    match media {
+        "application/json-patch+json" => {
+            let p: json_patch::Patch =
+                serde_json::from_value(patch).map_err(|e| bad(e.to_string()))?;
+            json_patch::patch(doc, &p).map_err(|e| {
+                status(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Invalid",
+                    format!("the server rejected our request due to an error in our request: {e}"),
+                )
+            })
+        }
+        "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+            json_patch::merge(doc, &patch);
+            Ok(())
+        }
+        other => Err(status(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {other:?})"
+            ),
+        )),
+    }
+}
+
+type Shared = State<Arc<Mutex<KubeState>>>;
+type Params = Query<BTreeMap<String, String>>;
+
+async fn object(
+    State(st): Shared,
+    method: Method,
+    headers: HeaderMap,
+    Path((ns, resource, name)): Path<(String, String, String)>,
+    Query(q): Params,
+    body: Bytes,
+) -> Response {
+    let mut s = st.lock().unwrap();
+    let Some(kind) = kind_of(&resource) else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the server could not find the requested resource".into(),
+        );
+    };
+    if let Some(denied) = s.forbidden(method.as_str(), &resource, None, &ns, &name) {
+        return denied;
+    }
+    let key = (resource.clone(), ns.clone(), name.clone());
+    let Some(current) = s.objects.get(&key).cloned() else {
+        return not_found(&resource, &name);
+    };
+    match method {
+        Method::GET => {
+            if s.interfere_after_read.remove(&key) {
+                let mut changed = current.clone();
+                changed["metadata"]["annotations"]["other-writer/touched"] = json!("true");
+                changed["metadata"]["resourceVersion"] = Value::Null;
+                let _ = s.update(&key, changed, false);
+            }
+            Json(current).into_response()
+        }
+        Method::PATCH => {
+            let mut doc = current;
+            let ct = headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            if let Err(r) = apply_patch(ct, &mut doc, &body) {
+                return r;
+            }
+            match s.update(&key, doc, dry_run(&q)) {
+                Ok(o) => Json(o).into_response(),
+                Err(r) => r,
+            }
+        }
+        Method::PUT => {
+            let mut doc: Value = match serde_json::from_slice(&body) {
+                Ok(v) => v,
+                Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()),
+            };
+            doc["apiVersion"] = current["apiVersion"].clone();
+            doc["kind"] = json!(kind);
+            match s.update(&key, doc, dry_run(&q)) {
+                Ok(o) => Json(o).into_response(),
+                Err(r) => r,
+            }
+        }
+        _ => status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "method not allowed".into(),
+        ),
+    }
+}
+
+async fn scale(
+    State(st): Shared,
+    method: Method,
+    headers: HeaderMap,
+    Path((ns, resource, name)): Path<(String, String, String)>,
+    Query(q): Params,
+    body: Bytes,
+) -> Response {
+    let mut s = st.lock().unwrap();
+    if resource == "replicasets" || kind_of(&resource).is_none() {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the server could not find the requested resource".into(),
+        );
+    }
+    if let Some(denied) = s.forbidden(method.as_str(), &resource, Some("scale"), &ns, &name) {
+        return denied;
+    }
+    let key = (resource.clone(), ns.clone(), name.clone());
+    let Some(parent) = s.objects.get(&key).cloned() else {
+        return not_found(&resource, &name);
+    };
+    let mut sc = scale_of(&parent);
+    match method {
+        Method::GET => return Json(sc).into_response(),
+        Method::PATCH => {
+            let ct = headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            if let Err(r) = apply_patch(ct, &mut sc, &body) {
+                return r;
+            }
+        }
+        Method::PUT => match serde_json::from_slice(&body) {
+            Ok(v) => sc = v,
+            Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()),
+        },
+        _ => {
+            return status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "method not allowed".into(),
+            );
+        }
+    }
+    let mut updated = parent;
+    updated["metadata"]["resourceVersion"] = sc["metadata"]["resourceVersion"].clone();
+    updated["spec"]["replicas"] = sc["spec"]["replicas"].clone();
+    match s.update(&key, updated, dry_run(&q)) {
+        Ok(o) => Json(scale_of(&o)).into_response(),
+        Err(r) => r,
+    }
+}
+
+fn list_of(
+    s: &KubeState,
+    resource: &str,
+    ns: Option<&str>,
+    q: &BTreeMap<String, String>,
+) -> Response {
+    let Some(kind) = kind_of(resource) else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the server could not find the requested resource".into(),
+        );
+    };
+    let wanted: Vec<(String, String)> = q
+        .get("labelSelector")
+        .map(|sel| {
+            sel.split(',')
+                .filter_map(|p| p.split_once('='))
+                .map(|(k, v)| (k.trim_end_matches('=').to_owned(), v.to_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let items: Vec<Value> = s
+        .objects
+        .iter()
+        .filter(|((r, n, _), _)| r == resource && ns.is_none_or(|ns| ns == n))
+        .filter(|(_, o)| {
+            wanted
+                .iter()
+                .all(|(k, v)| o["metadata"]["labels"][k] == json!(v))
+        })
+        .map(|(_, o)| o.clone())
+        .collect();
+    Json(json!({
+        "apiVersion": "apps/v1", "kind": format!("{kind}List"),
+        "metadata": {"resourceVersion": s.next_rv.to_string()},
+        "items": items,
+    }))
+    .into_response()
+}
+
+async fn list_namespaced(
+    State(st): Shared,
+    Path((ns, resource)): Path<(String, String)>,
+    Query(q): Params,
+) -> Response {
+    let s = st.lock().unwrap();
+    if let Some(denied) = s.forbidden("GET", &resource, None, &ns, "") {
+        return denied;
+    }
+    list_of(&s, &resource, Some(&ns), &q)
+}
+
+async fn list_all(State(st): Shared, Path(resource): Path<String>, Query(q): Params) -> Response {
+    let s = st.lock().unwrap();
+    list_of(&s, &resource, None, &q)
+}
+
+fn resource_list() -> Value {
+    let res = |name: &str, singular: &str, kind: &str, short: &[&str]| {
+        json!({"name": name, "singularName": singular, "namespaced": true, "kind": kind,
+               "verbs": ["get", "list", "patch", "update"], "shortNames": short, "categories": ["all"]})
+    };
+    let sub = |name: &str| {
+        json!({"name": format!("{name}/scale"), "singularName": "", "namespaced": true, "group": "autoscaling",
+               "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]})
+    };
+    json!({
+        "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "apps/v1",
+        "resources": [
+            res("deployments", "deployment", "Deployment", &["deploy"]), sub("deployments"),
+            res("statefulsets", "statefulset", "StatefulSet", &["sts"]), sub("statefulsets"),
+            res("replicasets", "replicaset", "ReplicaSet", &["rs"]),
+        ]
+    })
+}
+
+async fn log_requests(
+    State(st): Shared,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = request.method().to_string();
+    let uri: Uri = request.uri().clone();
+    let response = next.run(request).await;
+    st.lock().unwrap().requests.push(Recorded {
+        method,
+        path: uri.path().to_owned(),
+        query: uri.query().unwrap_or_default().to_owned(),
+        status: response.status().as_u16(),
+    });
+    response
+}
+
+impl FakeKube {
+    /// Starts the fake on a free loopback port.
+    pub async fn start() -> FakeKube {
+        let state = Arc::new(Mutex::new(KubeState::default()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new()
+            .route("/version", get(|| async { Json(json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-fake", "platform": "linux/amd64"})) }))
+            .route(
+                "/api",
+                get(move || async move {
+                    Json(json!({"kind": "APIVersions", "versions": ["v1"],
+                        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": addr.to_string()}]}))
+                }),
+            )
+            .route(
+                "/api/v1",
+                get(|| async {
+                    Json(json!({"kind": "APIResourceList", "groupVersion": "v1", "resources": [
+                        {"name": "namespaces", "singularName": "namespace", "namespaced": false, "kind": "Namespace",
+                         "verbs": ["get", "list"], "shortNames": ["ns"]}]}))
+                }),
+            )
+            .route(
+                "/apis",
+                get(|| async {
+                    let v = json!({"groupVersion": "apps/v1", "version": "v1"});
+                    Json(json!({"kind": "APIGroupList", "apiVersion": "v1",
+                        "groups": [{"name": "apps", "versions": [v.clone()], "preferredVersion": v}]}))
+                }),
+            )
+            .route("/apis/apps/v1", get(|| async { Json(resource_list()) }))
+            .route("/apis/apps/v1/{resource}", get(list_all))
+            .route("/apis/apps/v1/namespaces/{ns}/{resource}", get(list_namespaced))
+            .route("/apis/apps/v1/namespaces/{ns}/{resource}/{name}", get(object).patch(object).put(object))
+            .route("/apis/apps/v1/namespaces/{ns}/{resource}/{name}/scale", get(scale).patch(scale).put(scale))
+            .fallback(|| async { status(StatusCode::NOT_FOUND, "NotFound", "the server could not find the requested resource".into()) })
+            .layer(axum::middleware::from_fn_with_state(state.clone(), log_requests))
+            .with_state(state.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        FakeKube { addr, state }
+    }
+
+    /// The server URL for a kubeconfig.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Creates a Deployment with one container, rolled out, with its first ReplicaSet.
+    pub fn add_deployment(&self, ns: &str, name: &str, replicas: i64, image: &str) {
+        self.add_workload("deployments", ns, name, replicas, image);
+    }
+
+    /// Creates a StatefulSet with one container, rolled out.
+    pub fn add_statefulset(&self, ns: &str, name: &str, replicas: i64, image: &str) {
+        self.add_workload("statefulsets", ns, name, replicas, image);
+    }
+
+    fn add_workload(&self, resource: &str, ns: &str, name: &str, replicas: i64, image: &str) {
+        let mut s = self.state.lock().unwrap();
+        let kind = kind_of(resource).unwrap();
+        let uid = s.uid();
+        let rv = s.rv();
+        let mut obj = json!({
+            "apiVersion": "apps/v1", "kind": kind,
+            "metadata": {"name": name, "namespace": ns, "uid": uid, "resourceVersion": rv, "generation": 1,
+                         "creationTimestamp": "2026-11-24T00:00:00Z", "labels": {"app": name}, "annotations": {}},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {"metadata": {"labels": {"app": name}},
+                             "spec": {"containers": [{"name": "app", "image": image}]}},
+            },
+        });
+        if resource == "deployments" {
+            s.reconcile_replica_sets(ns, &mut obj);
+        }
+        roll_out(&mut obj);
+        s.objects
+            .insert((resource.to_owned(), ns.to_owned(), name.to_owned()), obj);
+    }
+
+    /// Changes a Deployment's image the way `kubectl set image` does (a new revision).
+    pub fn set_image(&self, ns: &str, name: &str, image: &str) {
+        let mut s = self.state.lock().unwrap();
+        let key = ("deployments".to_owned(), ns.to_owned(), name.to_owned());
+        let mut obj = s.objects[&key].clone();
+        obj["spec"]["template"]["spec"]["containers"][0]["image"] = json!(image);
+        s.update(&key, obj, false)
+            .map_err(|_| "set_image failed")
+            .unwrap();
+    }
+
+    /// An object as stored now.
+    pub fn get(&self, resource: &str, ns: &str, name: &str) -> Option<Value> {
+        let s = self.state.lock().unwrap();
+        s.objects
+            .get(&(resource.to_owned(), ns.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    /// A Deployment's ReplicaSets, by revision number.
+    pub fn revisions(&self, ns: &str, deployment: &str) -> BTreeMap<i64, Value> {
+        let s = self.state.lock().unwrap();
+        s.objects
+            .iter()
+            .filter(|((r, n, _), o)| {
+                r == "replicasets"
+                    && n == ns
+                    && o["metadata"]["ownerReferences"][0]["name"] == json!(deployment)
+            })
+            .map(|(_, o)| {
+                let rev = o["metadata"]["annotations"]["deployment.kubernetes.io/revision"]
+                    .as_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                (rev, o.clone())
+            })
+            .collect()
+    }
+
+    /// Every request from now on into this namespace gets 403.
+    pub fn forbid_namespace(&self, ns: &str) {
+        self.state.lock().unwrap().forbidden.insert(ns.to_owned());
+    }
+
+    /// After the next GET of this object, another writer changes it (its resourceVersion moves).
+    pub fn interfere_after_next_read(&self, resource: &str, ns: &str, name: &str) {
+        self.state.lock().unwrap().interfere_after_read.insert((
+            resource.to_owned(),
+            ns.to_owned(),
+            name.to_owned(),
+        ));
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    /// The requests that could have changed state (no GETs, no dry runs).
+    pub fn writes(&self) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(Recorded::is_write)
+            .collect()
+    }
+
+    /// A kubeconfig file pointing at this server.
+    pub fn write_kubeconfig(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        let path = dir.join("kubeconfig");
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: salve\n    namespace: default\ncurrent-context: fake\nusers:\n- name: salve\n  user:\n    token: fake-token\n",
+            self.url()
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}

@@ -1,0 +1,232 @@
+//! Test support: a real salve on port 0 with a fresh database, the fake API server,
+//! and helpers to post Alertmanager's real payloads and wait for outcomes.
+//!
+//! Backend: SQLite in a temporary directory by default. With
+//! `SALVE_TEST_DATABASE=postgres`, every test gets a fresh PostgreSQL database created
+//! through `SALVE_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`);
+//! if that server cannot be reached the test fails (it never silently falls back).
+
+#![allow(dead_code)]
+
+pub mod fake_kube;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use salve::app::Salve;
+use salve::config::ServeSettings;
+use salve::engine::Limits;
+use salve::ingest::WebhookAuth;
+use serde_json::Value;
+use sqlx::Connection;
+
+pub use fake_kube::FakeKube;
+
+/// A fixture payload from `tests/fixtures/alertmanager/`.
+pub fn fixture(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/alertmanager")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The repository's `policies/` directory.
+pub fn shipped_policies() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
+}
+
+/// A copy of the shipped policies in `dir`, with `rules.yaml` replaced when given.
+pub fn policies_with_rules(dir: &Path, rules: Option<&str>) -> PathBuf {
+    let out = dir.join("policies");
+    copy_dir(&shipped_policies(), &out);
+    if let Some(r) = rules {
+        std::fs::write(out.join("rules.yaml"), r).unwrap();
+    }
+    out
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// A fresh, empty database for one test.
+pub async fn fresh_database(dir: &Path) -> String {
+    match std::env::var("SALVE_TEST_DATABASE").as_deref() {
+        Ok("postgres") => {
+            let admin = std::env::var("SALVE_TEST_POSTGRES_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+            let name = format!("salve_test_{}", uuid::Uuid::now_v7().simple());
+            let mut conn = sqlx::PgConnection::connect(&admin)
+                .await
+                .unwrap_or_else(|e| {
+                    panic!("SALVE_TEST_DATABASE=postgres but {admin} is unreachable: {e}")
+                });
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+            format!("{base}/{name}")
+        }
+        _ => format!("sqlite://{}", dir.join("salve.db").display()),
+    }
+}
+
+/// How a test salve is set up.
+pub struct Options {
+    pub kube: Option<FakeKube>,
+    pub dry_run: bool,
+    pub rules: Option<String>,
+    pub auth: WebhookAuth,
+    pub limits: Limits,
+    /// Reuse this database instead of a fresh one (restart tests).
+    pub database: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            kube: None,
+            dry_run: false,
+            rules: None,
+            auth: WebhookAuth::default(),
+            limits: Limits {
+                call_timeout: Duration::from_secs(5),
+                ..Limits::default()
+            },
+            database: None,
+        }
+    }
+}
+
+/// A running salve with its temporary files.
+pub struct TestSalve {
+    pub salve: Salve,
+    pub url: String,
+    pub database: String,
+    pub dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+}
+
+/// Starts salve on a free loopback port.
+pub async fn spawn_salve(opts: Options) -> TestSalve {
+    salve::telemetry::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let database = match opts.database {
+        Some(d) => d,
+        None => fresh_database(dir.path()).await,
+    };
+    let settings = ServeSettings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: database.clone(),
+        policies: policies_with_rules(dir.path(), opts.rules.as_deref()),
+        offline: opts.kube.is_none(),
+        kubeconfig: opts.kube.as_ref().map(|k| k.write_kubeconfig(dir.path())),
+        dry_run: opts.dry_run,
+        auth: opts.auth,
+        max_body_bytes: 1024 * 1024,
+        limits: opts.limits,
+    };
+    let salve = Salve::start(&settings)
+        .await
+        .unwrap_or_else(|e| panic!("salve did not start: {e}"));
+    let url = format!("http://{}", salve.addr);
+    TestSalve {
+        salve,
+        url,
+        database,
+        dir,
+        http: reqwest::Client::new(),
+    }
+}
+
+impl TestSalve {
+    /// Posts a webhook body; returns status and JSON body.
+    pub async fn post_alerts(&self, body: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/alerts", self.url))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// GETs an API path as JSON.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The listing, newest first.
+    pub async fn remediations(&self) -> Vec<Value> {
+        let (status, body) = self.get("/api/v1/remediations?limit=500").await;
+        assert_eq!(status, 200, "{body}");
+        body["items"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Waits until `count` remediations exist and all have left `pending`/`executing`.
+    pub async fn settled(&self, count: usize) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let items = self.remediations().await;
+            let done = items.len() >= count
+                && items
+                    .iter()
+                    .all(|r| !matches!(r["state"].as_str(), Some("pending" | "executing")));
+            if done {
+                return items;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "remediations did not settle: {items:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// One remediation with its timeline.
+    pub async fn detail(&self, id: &str) -> Value {
+        let (status, body) = self.get(&format!("/api/v1/remediations/{id}")).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+}
+
+/// The timeline entries of one kind.
+pub fn events<'a>(detail: &'a Value, kind: &str) -> Vec<&'a Value> {
+    detail["timeline"]
+        .as_array()
+        .map(|t| t.iter().filter(|e| e["kind"] == kind).collect())
+        .unwrap_or_default()
+}
+
+/// A one-alert firing payload for a Deployment, built from the real fixture's shape.
+pub fn firing_for(alertname: &str, namespace: &str, deployment: &str, fingerprint: &str) -> String {
+    let mut v: Value = serde_json::from_str(&fixture("firing-from-prometheus-rule.json")).unwrap();
+    let labels = serde_json::json!({
+        "alertname": alertname, "namespace": namespace, "deployment": deployment, "severity": "critical"
+    });
+    v["alerts"][0]["labels"] = labels.clone();
+    v["alerts"][0]["fingerprint"] = Value::String(fingerprint.to_owned());
+    v["commonLabels"] = labels;
+    v.to_string()
+}
