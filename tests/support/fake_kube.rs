@@ -80,15 +80,32 @@ fn kind_of(resource: &str) -> Option<&'static str> {
     KINDS.iter().find(|(r, _)| *r == resource).map(|(_, k)| *k)
 }
 
-fn status(code: StatusCode, reason: &str, message: String) -> Response {
-    let body = json!({
-        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-        "message": message, "reason": reason, "code": code.as_u16(),
-    });
-    (code, Json(body)).into_response()
+/// An API error answer: a `Status` object with its HTTP code.
+struct ApiFailure {
+    code: StatusCode,
+    reason: &'static str,
+    message: String,
 }
 
-fn not_found(resource: &str, name: &str) -> Response {
+impl IntoResponse for ApiFailure {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": self.message, "reason": self.reason, "code": self.code.as_u16(),
+        });
+        (self.code, Json(body)).into_response()
+    }
+}
+
+fn status(code: StatusCode, reason: &'static str, message: String) -> ApiFailure {
+    ApiFailure {
+        code,
+        reason,
+        message,
+    }
+}
+
+fn not_found(resource: &str, name: &str) -> ApiFailure {
     status(
         StatusCode::NOT_FOUND,
         "NotFound",
@@ -96,7 +113,7 @@ fn not_found(resource: &str, name: &str) -> Response {
     )
 }
 
-fn conflict(resource: &str, name: &str) -> Response {
+fn conflict(resource: &str, name: &str) -> ApiFailure {
     status(
         StatusCode::CONFLICT,
         "Conflict",
@@ -106,7 +123,7 @@ fn conflict(resource: &str, name: &str) -> Response {
     )
 }
 
-fn invalid(kind: &str, name: &str, why: &str) -> Response {
+fn invalid(kind: &str, name: &str, why: &str) -> ApiFailure {
     status(
         StatusCode::UNPROCESSABLE_ENTITY,
         "Invalid",
@@ -152,7 +169,7 @@ impl KubeState {
         sub: Option<&str>,
         ns: &str,
         name: &str,
-    ) -> Option<Response> {
+    ) -> Option<ApiFailure> {
         self.forbidden.contains(ns).then(|| {
             let verb = match method {
                 "GET" if name.is_empty() => "list",
@@ -172,7 +189,7 @@ impl KubeState {
     }
 
     /// Validates what an update would store; `Err` is the API's answer.
-    fn validate(&self, kind: &str, name: &str, ns: &str, obj: &Value) -> Result<(), Response> {
+    fn validate(&self, kind: &str, name: &str, ns: &str, obj: &Value) -> Result<(), ApiFailure> {
         if obj["metadata"]["name"] != json!(name) || obj["metadata"]["namespace"] != json!(ns) {
             return Err(status(
                 StatusCode::BAD_REQUEST,
@@ -181,7 +198,7 @@ impl KubeState {
             ));
         }
         if let Some(r) = obj["spec"].get("replicas") {
-            if !r.as_i64().is_some_and(|r| r >= 0) {
+            if r.as_i64().is_none_or(|r| r < 0) {
                 return Err(invalid(
                     kind,
                     name,
@@ -191,7 +208,7 @@ impl KubeState {
         }
         if matches!(kind, "Deployment" | "StatefulSet") {
             let containers = &obj["spec"]["template"]["spec"]["containers"];
-            if !containers.as_array().is_some_and(|c| !c.is_empty()) {
+            if containers.as_array().is_none_or(|c| c.is_empty()) {
                 return Err(invalid(
                     kind,
                     name,
@@ -204,7 +221,7 @@ impl KubeState {
 
     /// The write path every change takes: precondition, validation, and (unless dry-run)
     /// persistence with generation, revision and status bookkeeping.
-    fn update(&mut self, key: &Key, mut new: Value, dry: bool) -> Result<Value, Response> {
+    fn update(&mut self, key: &Key, mut new: Value, dry: bool) -> Result<Value, ApiFailure> {
         let (resource, ns, name) = key;
         let kind = kind_of(resource).unwrap_or("Object");
         let Some(old) = self.objects.get(key).cloned() else {
@@ -360,7 +377,27 @@ fn scale_of(obj: &Value) -> Value {
     })
 }
 
-fn apply_patch(content_type: &str, doc: &mut Value, body: &[u8]) -> Result<(), Response> {
+/// The document a PATCH or PUT asks for, starting from `current`.
+fn requested(
+    method: &Method,
+    headers: &HeaderMap,
+    current: Value,
+    body: &[u8],
+) -> Result<Value, ApiFailure> {
+    if *method == Method::PUT {
+        return serde_json::from_slice(body)
+            .map_err(|e| status(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()));
+    }
+    let mut doc = current;
+    let ct = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    apply_patch(ct, &mut doc, body)?;
+    Ok(doc)
+}
+
+fn apply_patch(content_type: &str, doc: &mut Value, body: &[u8]) -> Result<(), ApiFailure> {
     let bad = |e: String| status(StatusCode::BAD_REQUEST, "BadRequest", e);
     let patch: Value =
         serde_json::from_slice(body).map_err(|e| bad(format!("invalid patch body: {e}")))?;
@@ -403,61 +440,57 @@ async fn object(
     body: Bytes,
 ) -> Response {
     let mut s = st.lock().unwrap();
-    let Some(kind) = kind_of(&resource) else {
-        return status(
+    match object_call(&mut s, &method, &headers, (resource, ns, name), &q, &body) {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn object_call(
+    s: &mut KubeState,
+    method: &Method,
+    headers: &HeaderMap,
+    key: Key,
+    q: &BTreeMap<String, String>,
+    body: &[u8],
+) -> Result<Value, ApiFailure> {
+    let (resource, ns, name) = &key;
+    let kind = kind_of(resource).ok_or_else(|| {
+        status(
             StatusCode::NOT_FOUND,
             "NotFound",
             "the server could not find the requested resource".into(),
-        );
-    };
-    if let Some(denied) = s.forbidden(method.as_str(), &resource, None, &ns, &name) {
-        return denied;
+        )
+    })?;
+    if let Some(denied) = s.forbidden(method.as_str(), resource, None, ns, name) {
+        return Err(denied);
     }
-    let key = (resource.clone(), ns.clone(), name.clone());
-    let Some(current) = s.objects.get(&key).cloned() else {
-        return not_found(&resource, &name);
-    };
-    match method {
+    let current = s
+        .objects
+        .get(&key)
+        .cloned()
+        .ok_or_else(|| not_found(resource, name))?;
+    match *method {
         Method::GET => {
             if s.interfere_after_read.remove(&key) {
                 let mut changed = current.clone();
                 changed["metadata"]["annotations"]["other-writer/touched"] = json!("true");
                 changed["metadata"]["resourceVersion"] = Value::Null;
-                let _ = s.update(&key, changed, false);
+                s.update(&key, changed, false)?;
             }
-            Json(current).into_response()
+            Ok(current)
         }
-        Method::PATCH => {
-            let mut doc = current;
-            let ct = headers
-                .get("content-type")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            if let Err(r) = apply_patch(ct, &mut doc, &body) {
-                return r;
-            }
-            match s.update(&key, doc, dry_run(&q)) {
-                Ok(o) => Json(o).into_response(),
-                Err(r) => r,
-            }
-        }
-        Method::PUT => {
-            let mut doc: Value = match serde_json::from_slice(&body) {
-                Ok(v) => v,
-                Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()),
-            };
+        Method::PATCH | Method::PUT => {
+            let mut doc = requested(method, headers, current.clone(), body)?;
             doc["apiVersion"] = current["apiVersion"].clone();
             doc["kind"] = json!(kind);
-            match s.update(&key, doc, dry_run(&q)) {
-                Ok(o) => Json(o).into_response(),
-                Err(r) => r,
-            }
+            s.update(&key, doc, dry_run(q))
         }
-        _ => status(
+        _ => Err(status(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
             "method not allowed".into(),
-        ),
+        )),
     }
 }
 
@@ -470,51 +503,51 @@ async fn scale(
     body: Bytes,
 ) -> Response {
     let mut s = st.lock().unwrap();
-    if resource == "replicasets" || kind_of(&resource).is_none() {
-        return status(
+    match scale_call(&mut s, &method, &headers, (resource, ns, name), &q, &body) {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn scale_call(
+    s: &mut KubeState,
+    method: &Method,
+    headers: &HeaderMap,
+    key: Key,
+    q: &BTreeMap<String, String>,
+    body: &[u8],
+) -> Result<Value, ApiFailure> {
+    let (resource, ns, name) = &key;
+    if resource == "replicasets" || kind_of(resource).is_none() {
+        return Err(status(
             StatusCode::NOT_FOUND,
             "NotFound",
             "the server could not find the requested resource".into(),
-        );
+        ));
     }
-    if let Some(denied) = s.forbidden(method.as_str(), &resource, Some("scale"), &ns, &name) {
-        return denied;
+    if let Some(denied) = s.forbidden(method.as_str(), resource, Some("scale"), ns, name) {
+        return Err(denied);
     }
-    let key = (resource.clone(), ns.clone(), name.clone());
-    let Some(parent) = s.objects.get(&key).cloned() else {
-        return not_found(&resource, &name);
-    };
-    let mut sc = scale_of(&parent);
-    match method {
-        Method::GET => return Json(sc).into_response(),
-        Method::PATCH => {
-            let ct = headers
-                .get("content-type")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            if let Err(r) = apply_patch(ct, &mut sc, &body) {
-                return r;
-            }
-        }
-        Method::PUT => match serde_json::from_slice(&body) {
-            Ok(v) => sc = v,
-            Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()),
-        },
+    let parent = s
+        .objects
+        .get(&key)
+        .cloned()
+        .ok_or_else(|| not_found(resource, name))?;
+    let sc = match *method {
+        Method::GET => return Ok(scale_of(&parent)),
+        Method::PATCH | Method::PUT => requested(method, headers, scale_of(&parent), body)?,
         _ => {
-            return status(
+            return Err(status(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "MethodNotAllowed",
                 "method not allowed".into(),
-            );
+            ));
         }
-    }
+    };
     let mut updated = parent;
     updated["metadata"]["resourceVersion"] = sc["metadata"]["resourceVersion"].clone();
     updated["spec"]["replicas"] = sc["spec"]["replicas"].clone();
-    match s.update(&key, updated, dry_run(&q)) {
-        Ok(o) => Json(scale_of(&o)).into_response(),
-        Err(r) => r,
-    }
+    s.update(&key, updated, dry_run(q)).map(|o| scale_of(&o))
 }
 
 fn list_of(
@@ -528,7 +561,8 @@ fn list_of(
             StatusCode::NOT_FOUND,
             "NotFound",
             "the server could not find the requested resource".into(),
-        );
+        )
+        .into_response();
     };
     let wanted: Vec<(String, String)> = q
         .get("labelSelector")
@@ -565,7 +599,7 @@ async fn list_namespaced(
 ) -> Response {
     let s = st.lock().unwrap();
     if let Some(denied) = s.forbidden("GET", &resource, None, &ns, "") {
-        return denied;
+        return denied.into_response();
     }
     list_of(&s, &resource, Some(&ns), &q)
 }
@@ -647,7 +681,7 @@ impl FakeKube {
             .route("/apis/apps/v1/namespaces/{ns}/{resource}", get(list_namespaced))
             .route("/apis/apps/v1/namespaces/{ns}/{resource}/{name}", get(object).patch(object).put(object))
             .route("/apis/apps/v1/namespaces/{ns}/{resource}/{name}/scale", get(scale).patch(scale).put(scale))
-            .fallback(|| async { status(StatusCode::NOT_FOUND, "NotFound", "the server could not find the requested resource".into()) })
+            .fallback(|| async { status(StatusCode::NOT_FOUND, "NotFound", "the server could not find the requested resource".into()).into_response() })
             .layer(axum::middleware::from_fn_with_state(state.clone(), log_requests))
             .with_state(state.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
