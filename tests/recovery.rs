@@ -1,0 +1,93 @@
+//! A crash at any point resumes or records; it never repeats an action blindly.
+
+mod support;
+
+use chrono::Utc;
+use salve::alert::Delivery;
+use salve::cluster::{TargetRef, WorkloadKind};
+use salve::remediation::{Mode, RemediationState};
+use salve::store::{NewRemediation, Store};
+use support::{FakeKube, Options, fixture, fresh_database, spawn_salve};
+
+#[tokio::test]
+async fn after_a_crash_executing_is_interrupted_not_resent_and_acked_alerts_are_decided() {
+    let kube = FakeKube::start().await;
+    kube.add_deployment("shop", "checkout", 2, "checkout:1.4");
+    kube.add_deployment("shop", "cart", 3, "cart:2.0");
+    let dir = tempfile::tempdir().unwrap();
+    let database = fresh_database(dir.path()).await;
+
+    // The state a crash leaves: one remediation mid-write, one alert acked but never decided.
+    let store = Store::open(&database).await.unwrap();
+    let first = Delivery::parse(fixture("firing-from-prometheus-rule.json").as_bytes()).unwrap();
+    let incident = store
+        .record_delivery(&first, Utc::now())
+        .await
+        .unwrap()
+        .to_decide[0]
+        .clone();
+    let id = store
+        .create_remediation(
+            &NewRemediation {
+                incident_id: incident,
+                alertname: "HighRequestLatency".into(),
+                rule_name: "latency-scale-up".into(),
+                rule_file: "rules.yaml".into(),
+                action: "scale",
+                target: TargetRef::new(WorkloadKind::Deployment, "shop", "checkout").unwrap(),
+                mode: Mode::Live,
+                summary: "scale Deployment shop/checkout: pending".into(),
+            },
+            &serde_json::json!({}),
+            Utc::now(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let moved = store
+        .transition(
+            &id,
+            RemediationState::Pending,
+            RemediationState::Executing,
+            "executing",
+            &[],
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert!(moved);
+    let second = Delivery::parse(fixture("firing-single-api-posted.json").as_bytes()).unwrap();
+    store.record_delivery(&second, Utc::now()).await.unwrap();
+    drop(store);
+
+    let s = spawn_salve(Options {
+        kube: Some(kube.clone()),
+        database: Some(database),
+        ..Options::default()
+    })
+    .await;
+    let items = s.settled(2).await;
+
+    let interrupted = items.iter().find(|r| r["id"] == id.as_str()).unwrap();
+    assert_eq!(interrupted["state"], "interrupted");
+    assert!(
+        interrupted["summary"]
+            .as_str()
+            .unwrap()
+            .contains("not re-sent")
+    );
+    assert_eq!(
+        kube.get("deployments", "shop", "checkout").unwrap()["spec"]["replicas"],
+        2
+    );
+    assert!(
+        kube.requests()
+            .iter()
+            .all(|r| !r.path.contains("/checkout")),
+        "checkout untouched"
+    );
+
+    let decided = items.iter().find(|r| r["id"] != id.as_str()).unwrap();
+    assert_eq!(decided["state"], "applied", "{decided:#}");
+    assert_eq!(decided["rule"], "replicas-mismatch-restart");
+}

@@ -1,0 +1,73 @@
+//! Several salve replicas on one PostgreSQL: an HA Alertmanager pair posts the same
+//! alert to both at once, and exactly one remediation (one Kubernetes write) follows.
+//! Needs a real PostgreSQL (`SALVE_TEST_POSTGRES_URL`); skips loudly without one,
+//! fails under CI.
+
+mod support;
+
+use sqlx::Connection;
+use support::{FakeKube, Options, fixture, spawn_salve};
+
+async fn postgres_database() -> Option<String> {
+    let admin = std::env::var("SALVE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let mut conn = match sqlx::PgConnection::connect(&admin).await {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(
+                std::env::var("CI").is_err(),
+                "PostgreSQL is required under CI: {admin}: {e}"
+            );
+            eprintln!(
+                "\n*** SKIPPED: no PostgreSQL at {admin} ({e}); the multi-replica test did not run ***\n"
+            );
+            return None;
+        }
+    };
+    let name = format!("salve_replicas_{}", uuid::Uuid::now_v7().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let base = admin
+        .rsplit_once('/')
+        .map(|(b, _)| b.to_owned())
+        .unwrap_or(admin);
+    Some(format!("{base}/{name}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_on_one_postgres_act_once_for_an_ha_pairs_duplicates() {
+    let Some(database) = postgres_database().await else {
+        return;
+    };
+    let kube = FakeKube::start().await;
+    kube.add_deployment("shop", "checkout", 2, "checkout:1.4");
+    let opts = || Options {
+        kube: Some(kube.clone()),
+        database: Some(database.clone()),
+        ..Options::default()
+    };
+    let a = spawn_salve(opts()).await;
+    let b = spawn_salve(opts()).await;
+    let body = fixture("firing-from-prometheus-rule.json");
+
+    let posts = (0..3).flat_map(|_| [a.post_alerts(&body), b.post_alerts(&body)]);
+    let answers = futures::future::join_all(posts).await;
+    assert!(answers.iter().all(|(s, _)| *s == 200), "{answers:?}");
+    let new: u64 = answers
+        .iter()
+        .map(|(_, ack)| ack["new_incidents"].as_u64().unwrap())
+        .sum();
+    assert_eq!(new, 1, "one incident across both replicas");
+
+    let items = a.settled(1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(b.remediations().await.len(), 1);
+    assert_eq!(items[0]["state"], "applied");
+    assert_eq!(kube.writes().len(), 1, "{:?}", kube.writes());
+    assert_eq!(
+        kube.get("deployments", "shop", "checkout").unwrap()["spec"]["replicas"],
+        3
+    );
+}

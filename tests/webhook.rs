@@ -1,0 +1,197 @@
+//! The webhook's contract with Alertmanager: 2xx only after commit, 400 with a reason
+//! for what can never be accepted (Alertmanager does not retry 4xx), 401 without the
+//! configured credentials, 503 when storage is unavailable (Alertmanager retries 5xx).
+
+mod support;
+
+use base64::Engine as _;
+use salve::ingest::WebhookAuth;
+use sqlx::Connection;
+use support::{Options, fixture, spawn_salve};
+
+#[tokio::test]
+async fn a_malformed_payload_gets_400_with_the_reason_and_stores_nothing() {
+    let s = spawn_salve(Options::default()).await;
+    let good = fixture("firing-from-prometheus-rule.json");
+    let edit = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut v: serde_json::Value = serde_json::from_str(&good).unwrap();
+        f(&mut v);
+        v.to_string()
+    };
+    let cases = [
+        ("not json".to_owned(), "invalid webhook payload"),
+        (good[..good.len() / 2].to_owned(), "EOF"),
+        (
+            edit(&|v| v["version"] = "3".into()),
+            "unsupported webhook payload version \"3\"",
+        ),
+        (
+            edit(&|v| {
+                v["alerts"][0]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("fingerprint");
+            }),
+            "missing field `fingerprint`",
+        ),
+        (
+            edit(&|v| v["alerts"][0]["status"] = "burning".into()),
+            "neither \"firing\" nor \"resolved\"",
+        ),
+        (
+            edit(&|v| v["alerts"][0]["startsAt"] = "yesterday".into()),
+            "alerts[0].startsAt",
+        ),
+        (
+            edit(&|v| v["alerts"] = serde_json::json!([])),
+            "holds no alerts",
+        ),
+    ];
+    for (body, reason) in cases {
+        assert_ne!(body, good);
+        let (status, answer) = s.post_alerts(&body).await;
+        assert_eq!(status, 400, "{answer}");
+        let error = answer["error"].as_str().unwrap();
+        assert!(
+            error.contains(reason),
+            "{error:?} should mention {reason:?}"
+        );
+    }
+    assert_eq!(s.salve.store.delivery_count().await.unwrap(), 0);
+    assert!(s.remediations().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_configured_bearer_token_or_basic_auth_is_required() {
+    let s = spawn_salve(Options {
+        auth: WebhookAuth {
+            bearer_token: Some("t0ken".into()),
+            basic: Some(("alertmanager".into(), "pa55".into())),
+        },
+        ..Options::default()
+    })
+    .await;
+    let body = fixture("firing-single-api-posted.json");
+    let post = |auth: Option<String>| {
+        let mut req = s
+            .http
+            .post(format!("{}/api/v1/alerts", s.url))
+            .body(body.clone());
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        req.send()
+    };
+    let basic = |u: &str, p: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+        )
+    };
+
+    let none = post(None).await.unwrap();
+    assert_eq!(none.status(), 401);
+    assert!(none.headers().contains_key("www-authenticate"));
+    assert_eq!(
+        post(Some("Bearer wrong".into())).await.unwrap().status(),
+        401
+    );
+    assert_eq!(
+        post(Some(basic("alertmanager", "nope")))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        s.salve.store.delivery_count().await.unwrap(),
+        0,
+        "refused requests store nothing"
+    );
+
+    assert_eq!(
+        post(Some("Bearer t0ken".into())).await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        post(Some(basic("alertmanager", "pa55")))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(s.salve.store.delivery_count().await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_refused() {
+    let s = spawn_salve(Options::default()).await;
+    let huge = format!("{{\"pad\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
+    let (status, _) = s.post_alerts(&huge).await;
+    assert_eq!(status, 413);
+}
+
+#[tokio::test]
+async fn storage_trouble_answers_503_so_alertmanager_retries() {
+    if std::env::var("SALVE_TEST_DATABASE").as_deref() == Ok("postgres") {
+        // The lock below is SQLite's; PostgreSQL's outage path is the same code (StoreError::Unavailable).
+        eprintln!("storage_trouble_answers_503: exercised on SQLite only");
+        return;
+    }
+    let s = spawn_salve(Options::default()).await;
+    // Another process holds SQLite's write lock longer than salve's busy timeout.
+    let mut blocker = sqlx::SqliteConnection::connect(&s.database).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    let resp = s
+        .http
+        .post(format!("{}/api/v1/alerts", s.url))
+        .body(fixture("firing-single-api-posted.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+    drop(blocker);
+    // Once the database is back the same delivery is accepted.
+    let (status, ack) = s
+        .post_alerts(&fixture("firing-single-api-posted.json"))
+        .await;
+    assert_eq!((status, ack["new_incidents"].as_u64()), (200, Some(1)));
+}
+
+#[tokio::test]
+async fn a_resolved_notification_closes_the_incident_without_acting() {
+    let s = spawn_salve(Options::default()).await;
+    let (status, ack) = s
+        .post_alerts(&fixture("resolved-truncated-group.json"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        ack["new_incidents"], 0,
+        "a resolved alert is never remediated"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(s.remediations().await.is_empty());
+}
+
+#[tokio::test]
+async fn health_and_readiness_answer() {
+    let s = spawn_salve(Options::default()).await;
+    let health = s
+        .http
+        .get(format!("{}/healthz", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let (status, ready) = s.get("/readyz").await;
+    assert_eq!(status, 200);
+    assert_eq!(ready["mode"], "offline");
+    assert_eq!(ready["policy_hash"].as_str().unwrap().len(), 64);
+    let (missing, _) = s.get("/api/v1/remediations/nope").await;
+    assert_eq!(missing, 404);
+}
