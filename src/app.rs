@@ -16,28 +16,22 @@ use tower_http::trace::TraceLayer;
 use tracing::{info, warn};
 
 use crate::api::{self, ApiState};
-use crate::bundle::Bundle;
 use crate::cluster::{Cluster, KubeCluster};
 use crate::config::ServeSettings;
-use crate::engine::{Decisions, Engine};
+use crate::engine::Engine;
 use crate::ingest::{self, IngestState};
-use crate::policy::PolicySet;
-use crate::policy::testing::{self, Outcome};
+use crate::reload::{Reloader, load_decisions};
 use crate::remediation::Mode;
-use crate::rules::RuleSet;
 use crate::store::Store;
+use crate::telemetry::Metrics;
 
 /// Why salve would not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("policy directory: {0}")]
-    Bundle(#[from] crate::bundle::BundleError),
-    #[error("rules: {0}")]
-    Rules(#[from] crate::rules::RuleError),
-    #[error("policy: {0}")]
-    Policy(#[from] crate::policy::PolicyError),
-    #[error("policy tests failed, refusing to run with these guardrails:\n{0}")]
-    PolicyTests(String),
+    #[error(transparent)]
+    Load(#[from] crate::reload::LoadError),
+    #[error("cannot watch the policy directory: {0}")]
+    Watch(#[from] notify::Error),
     #[error("knowledge base: {0}")]
     Store(#[from] crate::store::StoreError),
     #[error("engine: {0}")]
@@ -46,25 +40,6 @@ pub enum StartupError {
     Kube(String),
     #[error("cannot listen on {0}: {1}")]
     Listen(SocketAddr, std::io::Error),
-}
-
-/// Loads rules and policy from one directory and checks the policy's own tests.
-pub fn load_decisions(dir: &Path) -> Result<Decisions, StartupError> {
-    let bundle = Bundle::read(dir)?;
-    let rules = RuleSet::load(&bundle)?;
-    let policy = PolicySet::load(&bundle)?;
-    let failures: Vec<String> = testing::run(&policy, &bundle)
-        .into_iter()
-        .filter_map(|t| match t.outcome {
-            Outcome::Pass => None,
-            Outcome::Fail => Some(format!("  FAIL: {} ({})", t.name, t.file)),
-            Outcome::Error(e) => Some(format!("  ERROR: {} ({}): {e}", t.name, t.file)),
-        })
-        .collect();
-    if !failures.is_empty() {
-        return Err(StartupError::PolicyTests(failures.join("\n")));
-    }
-    Ok(Decisions { rules, policy })
 }
 
 /// Connects to Kubernetes: the given kubeconfig, or whatever kube-rs infers
@@ -97,6 +72,8 @@ pub async fn connect_cluster(
 pub struct Salve {
     /// Where it listens (the real port when started on port 0).
     pub addr: SocketAddr,
+    /// The live rules and policy, and the way to reload them (SIGHUP calls this).
+    pub reloader: Arc<Reloader>,
     pub engine: Engine,
     pub store: Store,
     shutdown: CancellationToken,
@@ -107,7 +84,7 @@ pub struct Salve {
 impl Salve {
     /// Loads, connects, recovers what a previous run left, and starts serving.
     pub async fn start(settings: &ServeSettings) -> Result<Salve, StartupError> {
-        let decisions = load_decisions(&settings.policies)?;
+        let decisions = load_decisions(&settings.policies, settings.syntax)?;
         info!(
             rules = decisions.rules.rules.len(),
             policy_hash = %decisions.policy.hash,
@@ -120,12 +97,18 @@ impl Salve {
             false => connect_cluster(settings.kubeconfig.as_deref()).await?,
         };
         let cluster = client.map(|c| Arc::new(KubeCluster::new(c)) as Arc<dyn Cluster>);
-        let policy_hash = decisions.policy.hash.clone();
+        let metrics = Arc::new(Metrics::new());
+        let reloader = Arc::new(Reloader::new(
+            &settings.policies,
+            settings.syntax,
+            decisions,
+            metrics.clone(),
+        ));
         let engine = Engine::new(
             store.clone(),
             cluster,
             settings.dry_run,
-            decisions,
+            reloader.live(),
             settings.limits.clone(),
         );
         match engine.mode() {
@@ -139,6 +122,9 @@ impl Salve {
         }
 
         let shutdown = CancellationToken::new();
+        if settings.watch_policies {
+            reloader.clone().watch(shutdown.clone())?;
+        }
         let (queue, worker) = engine.start(shutdown.clone());
         let leftover = engine.recover().await?;
         if !leftover.is_empty() {
@@ -160,7 +146,9 @@ impl Salve {
         .merge(api::router(ApiState {
             store: store.clone(),
             mode: engine.mode().as_str(),
-            policy_hash,
+            reloader: reloader.clone(),
+            metrics,
+            admin_token: settings.admin_token.clone().map(Arc::new),
         }))
         .layer(TraceLayer::new_for_http());
 
@@ -177,12 +165,16 @@ impl Salve {
         }
         let stop = shutdown.clone();
         let server = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
         });
         Ok(Salve {
             addr,
+            reloader,
             engine,
             store,
             shutdown,

@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::engine::Limits;
 use crate::ingest::WebhookAuth;
+use crate::policy::Syntax;
 
 /// salve: self-healing remediation for Kubernetes, driven by Alertmanager.
 #[derive(Debug, Parser)]
@@ -31,17 +32,102 @@ pub enum Command {
     /// Work with the Rego policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Work with the remediation rules.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+    /// Re-judge past decisions under another policy directory (nothing touches a cluster).
+    Replay(ReplayArgs),
+}
+
+/// Rego syntax selection shared by the policy commands.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct SyntaxArgs {
+    /// Parse modules as Rego v0 (`deny[msg] { … }`), like `opa --v0-compatible`.
+    #[arg(long = "v0-compatible")]
+    pub v0_compatible: bool,
+}
+
+impl SyntaxArgs {
+    /// The selected syntax.
+    pub fn syntax(self) -> Syntax {
+        if self.v0_compatible {
+            Syntax::V0
+        } else {
+            Syntax::V1
+        }
+    }
 }
 
 /// Policy subcommands.
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// Run the `test_*` rules of a policy directory.
+    /// Run the `test_*` rules of a policy directory, like `opa test`.
     Test {
         /// The policy directory.
         #[arg(default_value = "policies")]
         dir: PathBuf,
+        /// List every test with its result and timing.
+        #[arg(short, long)]
+        verbose: bool,
+        /// Only tests whose full name (`data.pkg.test_x`) matches this regex.
+        #[arg(long)]
+        run: Option<String>,
+        #[command(flatten)]
+        syntax: SyntaxArgs,
     },
+    /// Compile every module and data document and report every error with file:line.
+    Check {
+        /// The policy directory.
+        #[arg(default_value = "policies")]
+        dir: PathBuf,
+        #[command(flatten)]
+        syntax: SyntaxArgs,
+    },
+    /// Evaluate the verdict (or QUERY) for an input document and print it as JSON.
+    Eval {
+        /// The input document (JSON or YAML).
+        #[arg(long)]
+        input: PathBuf,
+        /// Extra data documents, merged at the root of `data`.
+        #[arg(long)]
+        data: Vec<PathBuf>,
+        /// The policy directory.
+        #[arg(long, default_value = "policies")]
+        policies: PathBuf,
+        /// A Rego query; the default is the verdict (`data.salve.deny`).
+        query: Option<String>,
+        #[command(flatten)]
+        syntax: SyntaxArgs,
+    },
+}
+
+/// Rule subcommands.
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// Parse every rule file and report every error with file:line.
+    Check {
+        /// The policy directory.
+        #[arg(default_value = "policies")]
+        dir: PathBuf,
+    },
+}
+
+/// `salve replay`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The policy directory to judge past decisions with.
+    #[arg(long)]
+    pub policies: PathBuf,
+    /// How far back, e.g. `7d`, `36h`.
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    pub since: Duration,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value = "table")]
+    pub output: OutputFormat,
+    #[command(flatten)]
+    pub syntax: SyntaxArgs,
 }
 
 /// Where the knowledge base lives.
@@ -115,6 +201,20 @@ pub struct ServeArgs {
     #[arg(long, env = "SALVE_CALL_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub call_timeout: Duration,
 
+    /// Parse Rego modules as v0 (`deny[msg] { … }`), like `opa --v0-compatible`.
+    #[arg(long = "v0-compatible", env = "SALVE_REGO_V0")]
+    pub v0_compatible: bool,
+
+    /// Do not reload when files in the policy directory change (SIGHUP and
+    /// `POST /-/reload` still reload).
+    #[arg(long, env = "SALVE_NO_WATCH")]
+    pub no_watch: bool,
+
+    /// File holding the token admin endpoints (`POST /-/reload`) require. Without it,
+    /// admin endpoints answer only to loopback clients.
+    #[arg(long, env = "SALVE_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
     /// Log format.
     #[arg(long, env = "SALVE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -160,6 +260,20 @@ pub struct ServeSettings {
     pub auth: WebhookAuth,
     pub max_body_bytes: usize,
     pub limits: Limits,
+    pub syntax: Syntax,
+    /// Reload on file changes in the policy directory.
+    pub watch_policies: bool,
+    pub admin_token: Option<Secret>,
+}
+
+/// A secret read from a file or the environment; its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
 }
 
 /// A setting that cannot be used.
@@ -215,6 +329,17 @@ impl ServeArgs {
                 basic,
             },
             max_body_bytes: self.max_body_bytes,
+            syntax: if self.v0_compatible {
+                Syntax::V0
+            } else {
+                Syntax::V1
+            },
+            watch_policies: !self.no_watch,
+            admin_token: self
+                .admin_token_file
+                .as_deref()
+                .map(|p| read_secret(p, "admin token").map(Secret))
+                .transpose()?,
             limits: Limits {
                 max_actions_per_hour: self.max_actions_per_hour,
                 call_timeout: self.call_timeout,

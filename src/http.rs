@@ -22,6 +22,9 @@ pub enum HttpError {
     /// Credentials are missing or wrong.
     #[error("authentication required")]
     Unauthorized,
+    /// Authenticated (or not), but not allowed.
+    #[error("{0}")]
+    Forbidden(String),
     /// No such thing.
     #[error("{0}")]
     NotFound(String),
@@ -48,6 +51,7 @@ impl IntoResponse for HttpError {
         let status = match &self {
             HttpError::BadRequest(_) => StatusCode::BAD_REQUEST,
             HttpError::Unauthorized => StatusCode::UNAUTHORIZED,
+            HttpError::Forbidden(_) => StatusCode::FORBIDDEN,
             HttpError::NotFound(_) => StatusCode::NOT_FOUND,
             HttpError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             HttpError::Internal(cause) => {

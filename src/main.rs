@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use salve::app::Salve;
-use salve::config::{Cli, Command, OutputFormat, PolicyCommand};
-use salve::policy::testing::Outcome;
+use salve::commands;
+use salve::config::{Cli, Command, OutputFormat, PolicyCommand, RulesCommand};
 
 /// Bad configuration, rules or policy: nothing was started.
 const EXIT_CONFIG: u8 = 2;
@@ -25,6 +25,7 @@ async fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(e) => return fail(EXIT_CONFIG, &e),
             };
+            reload_on_sighup(salve.reloader.clone());
             let stop = salve.shutdown_token();
             tokio::spawn(async move {
                 shutdown_signal().await;
@@ -52,42 +53,69 @@ async fn main() -> ExitCode {
                 Err(e) => fail(1, &e),
             }
         }
-        Command::Policy(PolicyCommand::Test { dir }) => policy_test(&dir),
+        Command::Policy(PolicyCommand::Test {
+            dir,
+            verbose,
+            run,
+            syntax,
+        }) => print_output(commands::policy_test(
+            &dir,
+            syntax.syntax(),
+            verbose,
+            run.as_deref(),
+        )),
+        Command::Policy(PolicyCommand::Check { dir, syntax }) => {
+            print_output(commands::policy_check(&dir, syntax.syntax()))
+        }
+        Command::Policy(PolicyCommand::Eval {
+            input,
+            data,
+            policies,
+            query,
+            syntax,
+        }) => print_output(commands::policy_eval(
+            &policies,
+            syntax.syntax(),
+            &input,
+            &data,
+            query.as_deref(),
+        )),
+        Command::Rules(RulesCommand::Check { dir }) => print_output(commands::rules_check(&dir)),
+        Command::Replay(args) => print_output(
+            commands::replay(
+                &args.database.url,
+                &args.policies,
+                args.syntax.syntax(),
+                args.since,
+                matches!(args.output, OutputFormat::Json),
+            )
+            .await,
+        ),
     }
 }
 
-fn policy_test(dir: &std::path::Path) -> ExitCode {
-    let loaded = salve::bundle::Bundle::read(dir)
-        .map_err(anyhow::Error::from)
-        .and_then(|b| Ok((salve::policy::PolicySet::load(&b)?, b)));
-    let (policy, bundle) = match loaded {
-        Ok(pair) => pair,
-        Err(e) => return fail(EXIT_CONFIG, &e),
-    };
-    let results = salve::policy::testing::run(&policy, &bundle);
-    let passed = results
-        .iter()
-        .filter(|r| r.outcome == Outcome::Pass)
-        .count();
-    for r in results.iter().filter(|r| r.outcome != Outcome::Pass) {
-        match &r.outcome {
-            Outcome::Error(e) => println!("ERROR: {} ({}): {e}", r.name, r.file),
-            _ => println!("FAIL: {} ({})", r.name, r.file),
-        }
-    }
-    let total = results.len();
-    if passed == total {
-        println!("PASS: {passed}/{total}");
-        ExitCode::SUCCESS
-    } else {
-        println!("FAIL: {}/{total}", total - passed);
-        ExitCode::FAILURE
-    }
+fn print_output(out: commands::Output) -> ExitCode {
+    print!("{}", out.stdout);
+    ExitCode::from(out.code)
 }
 
 fn fail(code: u8, e: &dyn std::fmt::Display) -> ExitCode {
     eprintln!("salve: {e}");
     ExitCode::from(code)
+}
+
+/// Reloads rules and policy on every SIGHUP, as Prometheus and Alertmanager do.
+fn reload_on_sighup(reloader: std::sync::Arc<salve::reload::Reloader>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let _ = reloader.reload("SIGHUP").await;
+        }
+    });
 }
 
 async fn shutdown_signal() {

@@ -24,3 +24,56 @@ pub fn install_crypto_provider() {
     // Fails only if a provider is already installed, which is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+
+/// salve's Prometheus metrics, served at `/metrics`.
+pub struct Metrics {
+    registry: prometheus_client::registry::Registry,
+    reload_successful: prometheus_client::metrics::gauge::Gauge,
+    reload_success_time: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric, named as Prometheus and Alertmanager name theirs.
+    pub fn new() -> Metrics {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let reload_successful = prometheus_client::metrics::gauge::Gauge::default();
+        let reload_success_time = prometheus_client::metrics::gauge::Gauge::default();
+        registry.register(
+            "salve_config_last_reload_successful",
+            "Whether the last reload of rules and policy succeeded (1) or kept the old set (0)",
+            reload_successful.clone(),
+        );
+        registry.register(
+            "salve_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful reload of rules and policy",
+            reload_success_time.clone(),
+        );
+        Metrics {
+            registry,
+            reload_successful,
+            reload_success_time,
+        }
+    }
+
+    /// Records a reload's outcome.
+    pub fn reloaded(&self, ok: bool) {
+        self.reload_successful.set(i64::from(ok));
+        if ok {
+            self.reload_success_time.set(chrono::Utc::now().timestamp());
+        }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -5,22 +5,34 @@
 //! Kubernetes call, the policy input and verdict, each state change). `/healthz` says
 //! the process is alive; `/readyz` says it can take webhooks (the database answers).
 
-use axum::extract::{Path, Query, State};
-use axum::routing::get;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
 
+use crate::config::Secret;
 use crate::http::HttpError;
+use crate::reload::{ReloadReport, Reloader};
 use crate::store::remediations::Cursor;
 use crate::store::{RemediationRecord, Store, TimelineEvent};
+use crate::telemetry::Metrics;
 
-/// What the audit API reads from.
+/// What the audit and admin API reads from.
 #[derive(Clone)]
 pub struct ApiState {
     pub store: Store,
     /// "live", "dry_run" or "offline", shown by `/readyz`.
     pub mode: &'static str,
-    pub policy_hash: String,
+    pub reloader: Arc<Reloader>,
+    pub metrics: Arc<Metrics>,
+    /// Required by admin endpoints; without it they answer loopback clients only.
+    pub admin_token: Option<Arc<Secret>>,
 }
 
 /// Query parameters of the listing.
@@ -55,6 +67,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/remediations/{id}", get(show))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/-/reload", post(reload))
         .with_state(state)
 }
 
@@ -113,9 +127,66 @@ async fn ready(State(state): State<ApiState>) -> Result<Json<serde_json::Value>,
         .ping()
         .await
         .map_err(|e| HttpError::Unavailable(e.to_string()))?;
+    let decisions = state.reloader.current();
     Ok(Json(serde_json::json!({
         "status": "ready",
         "mode": state.mode,
-        "policy_hash": state.policy_hash,
+        "policy_hash": decisions.policy.hash,
+        "version": decisions.version,
+        "rules": decisions.rules.rules.len(),
     })))
+}
+
+async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+}
+
+/// Admin endpoints take the admin token when one is configured, else loopback callers only.
+fn authorize_admin(
+    state: &ApiState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<(), HttpError> {
+    match &state.admin_token {
+        None if peer.ip().is_loopback() => Ok(()),
+        None => Err(HttpError::Forbidden(
+            "admin endpoints answer loopback clients only unless --admin-token-file is set".into(),
+        )),
+        Some(token) => {
+            let given = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or_default();
+            if bool::from(given.as_bytes().ct_eq(token.0.as_bytes())) {
+                Ok(())
+            } else {
+                Err(HttpError::Unauthorized)
+            }
+        }
+    }
+}
+
+async fn reload(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Json<ReloadReport>, HttpError> {
+    authorize_admin(&state, peer, &headers)?;
+    state
+        .reloader
+        .reload("POST /-/reload")
+        .await
+        .map(Json)
+        .map_err(|e| {
+            HttpError::BadRequest(format!(
+                "reload failed, still serving the last good set: {e}"
+            ))
+        })
 }

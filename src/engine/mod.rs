@@ -21,6 +21,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use chrono::Utc;
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc};
@@ -41,6 +42,8 @@ use plan::{Plan, Planned};
 /// The rules and policy salve decides with, loaded together from one directory.
 #[derive(Debug, Clone)]
 pub struct Decisions {
+    /// SHA-256 over every file of the directory: which set this is.
+    pub version: String,
     pub rules: RuleSet,
     pub policy: PolicySet,
 }
@@ -117,7 +120,7 @@ struct Inner {
     store: Store,
     cluster: Option<Arc<dyn Cluster>>,
     mode: Mode,
-    decisions: Arc<Decisions>,
+    decisions: Arc<ArcSwap<Decisions>>,
     limits: Limits,
     in_flight: Mutex<HashSet<String>>,
 }
@@ -145,12 +148,13 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 const SWEEP_MIN_AGE: chrono::Duration = chrono::Duration::seconds(60);
 
 impl Engine {
-    /// Builds an engine. `cluster` is `None` in offline mode.
+    /// Builds an engine. `cluster` is `None` in offline mode; `decisions` is the live set,
+    /// which a reload may swap at any time (each remediation keeps the set it started on).
     pub fn new(
         store: Store,
         cluster: Option<Arc<dyn Cluster>>,
         dry_run: bool,
-        decisions: Decisions,
+        decisions: Arc<ArcSwap<Decisions>>,
         limits: Limits,
     ) -> Engine {
         let mode = match (&cluster, dry_run) {
@@ -163,7 +167,7 @@ impl Engine {
                 store,
                 cluster,
                 mode,
-                decisions: Arc::new(decisions),
+                decisions,
                 limits,
                 in_flight: Mutex::new(HashSet::new()),
             }),
@@ -175,9 +179,9 @@ impl Engine {
         self.inner.mode
     }
 
-    /// The loaded rules and policy.
+    /// The rules and policy in force now (a snapshot: a later reload does not change it).
     pub fn decisions(&self) -> Arc<Decisions> {
-        self.inner.decisions.clone()
+        self.inner.decisions.load_full()
     }
 
     /// Starts the worker: handles queued incidents concurrently (serialised per workload

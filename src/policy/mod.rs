@@ -9,6 +9,7 @@
 //! A [`PolicySet`] is compiled once and shared; each evaluation works on its own clone
 //! of the compiled engine, so evaluations never see each other's input.
 
+pub mod replay;
 pub mod testing;
 
 use std::num::NonZeroU32;
@@ -71,18 +72,12 @@ pub struct Verdict {
 }
 
 impl PolicySet {
-    /// Compiles every module and data document of the bundle.
-    pub fn load(bundle: &Bundle) -> Result<PolicySet, PolicyError> {
-        let mut engine = regorus::Engine::new();
-        engine.set_execution_timer_config(ExecutionTimerConfig {
-            limit: EVALUATION_TIME_LIMIT,
-            check_interval: NonZeroU32::MIN,
-        });
+    /// Compiles every module and data document of the bundle; the first error refuses the set.
+    pub fn load(bundle: &Bundle, syntax: Syntax) -> Result<PolicySet, PolicyError> {
+        let mut engine = new_engine(syntax);
         let mut modules = Vec::new();
         for file in bundle.of_kind(FileKind::Rego) {
-            engine
-                .add_policy(file.relative.clone(), file.text.clone())
-                .map_err(|e| PolicyError::Rego(e.to_string()))?;
+            add_module(&mut engine, file, syntax)?;
             modules.push(file.relative.clone());
         }
         if modules.is_empty() {
@@ -97,11 +92,40 @@ impl PolicySet {
                     reason: e.to_string(),
                 })?;
         }
+        // Analysis errors (unsafe variables, bad references) surface on first evaluation,
+        // so evaluate once now: a set that cannot be evaluated is refused at load.
+        engine.set_input(regorus::Value::new_object());
+        if let Err(e) = engine.clone().eval_rule(VERDICT_RULE.to_owned()) {
+            let text = e.to_string();
+            if !text.contains("not a valid rule path") && !text.contains("not found") {
+                return Err(PolicyError::Rego(text));
+            }
+        }
         Ok(PolicySet {
             engine,
             hash: bundle.hash(&[FileKind::Rego, FileKind::Data]),
             modules,
         })
+    }
+
+    /// Every problem of the bundle's modules and data, each with its file (and line),
+    /// rather than only the first: what `salve policy check` reports.
+    pub fn check(bundle: &Bundle, syntax: Syntax) -> Vec<PolicyError> {
+        let mut errors: Vec<PolicyError> = bundle
+            .of_kind(FileKind::Rego)
+            .filter_map(|f| add_module(&mut new_engine(syntax), f, syntax).err())
+            .collect();
+        errors.extend(
+            bundle
+                .of_kind(FileKind::Data)
+                .filter_map(|f| mounted_data(f).err()),
+        );
+        if errors.is_empty() {
+            if let Err(e) = PolicySet::load(bundle, syntax) {
+                errors.push(e);
+            }
+        }
+        errors
     }
 
     /// Evaluates the verdict for one policy input document. Never fails: a failure is a denial.
@@ -150,10 +174,72 @@ impl PolicySet {
         }
     }
 
+    /// Adds a data document at the root of `data` (for `salve policy eval --data`).
+    pub fn add_data(&mut self, doc: Value) -> Result<(), PolicyError> {
+        self.engine
+            .add_data(regorus::Value::from(doc))
+            .map_err(|e| PolicyError::Data {
+                file: "--data".into(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Evaluates any Rego query against `input`, as `opa eval` does.
+    pub fn query(&self, query: &str, input: &Value) -> Result<regorus::QueryResults, String> {
+        let mut engine = self.engine.clone();
+        engine.set_input(regorus::Value::from(input.clone()));
+        engine
+            .eval_query(query.to_owned(), false)
+            .map_err(|e| e.to_string())
+    }
+
     /// A clone of the compiled engine, for callers that query other rules (the test runner).
     pub fn engine(&self) -> regorus::Engine {
         self.engine.clone()
     }
+}
+
+/// Which Rego syntax modules are parsed as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Syntax {
+    /// Rego v1 (`deny contains msg if { … }`), OPA 1.x's default.
+    #[default]
+    V1,
+    /// Rego v0 (`deny[msg] { … }`), as `opa --v0-compatible`.
+    V0,
+}
+
+fn new_engine(syntax: Syntax) -> regorus::Engine {
+    let mut engine = regorus::Engine::new();
+    engine.set_rego_v0(syntax == Syntax::V0);
+    engine.set_execution_timer_config(ExecutionTimerConfig {
+        limit: EVALUATION_TIME_LIMIT,
+        check_interval: NonZeroU32::MIN,
+    });
+    engine
+}
+
+/// Adds one module; a v1 parse failure of a file that parses as v0 says so.
+fn add_module(
+    engine: &mut regorus::Engine,
+    file: &BundleFile,
+    syntax: Syntax,
+) -> Result<(), PolicyError> {
+    let Err(e) = engine.add_policy(file.relative.clone(), file.text.clone()) else {
+        return Ok(());
+    };
+    let parses_as_v0 = syntax == Syntax::V1
+        && new_engine(Syntax::V0)
+            .add_policy(file.relative.clone(), file.text.clone())
+            .is_ok();
+    if parses_as_v0 {
+        return Err(PolicyError::Rego(format!(
+            "{}: this module is written in Rego v0 syntax (e.g. `deny[msg] {{`); rewrite it for v1 \
+             (`deny contains msg if {{`) or load it with --v0-compatible\n{e}",
+            file.relative
+        )));
+    }
+    Err(PolicyError::Rego(e.to_string()))
 }
 
 /// Reads a data document and nests it under its directory's path, as OPA bundles do.
@@ -190,7 +276,7 @@ mod tests {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, text).unwrap();
         }
-        PolicySet::load(&Bundle::read(dir.path()).unwrap())
+        PolicySet::load(&Bundle::read(dir.path()).unwrap(), Syntax::V1)
     }
 
     const CAP: &str = r#"package salve
@@ -248,6 +334,57 @@ deny contains msg if {
         let text = err.to_string();
         assert!(text.contains("bad.rego:"), "{text}");
         assert!(set_of(&[]).is_err(), "no policy at all is refused");
+    }
+
+    const V0: &str =
+        "package salve\n\ndeny[msg] {\n  input.action.to.replicas > 5\n  msg := \"too many\"\n}\n";
+
+    #[test]
+    fn v0_modules_load_when_asked_and_are_named_when_not() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("old.rego"), V0).unwrap();
+        let bundle = Bundle::read(dir.path()).unwrap();
+        let err = PolicySet::load(&bundle, Syntax::V1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("old.rego: this module is written in Rego v0 syntax"),
+            "{err}"
+        );
+        let v0 = PolicySet::load(&bundle, Syntax::V0).unwrap();
+        assert!(
+            !v0.evaluate(&json!({"action": {"to": {"replicas": 9}}}))
+                .allowed
+        );
+        assert!(
+            v0.evaluate(&json!({"action": {"to": {"replicas": 1}}}))
+                .allowed
+        );
+    }
+
+    #[test]
+    fn check_reports_every_broken_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("a.rego"),
+            "package salve\ndeny contains msg if {\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("b.rego"),
+            "package salve\ndeny contains msg if { x := }\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("data.json"), "{not json").unwrap();
+        let errors = PolicySet::check(&Bundle::read(dir.path()).unwrap(), Syntax::V1);
+        assert_eq!(errors.len(), 3, "{errors:#?}");
+        let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert!(
+            text[0].contains("a.rego:")
+                && text[1].contains("b.rego:")
+                && text[2].starts_with("data.json:"),
+            "{text:#?}"
+        );
     }
 
     #[test]

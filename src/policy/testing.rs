@@ -29,8 +29,9 @@ pub enum Outcome {
 pub struct TestResult {
     /// `data.<package>.<rule>`, as OPA prints it.
     pub name: String,
-    /// The module that defines it.
+    /// The module that defines it, and the line of its definition.
     pub file: String,
+    pub line: usize,
     pub outcome: Outcome,
     pub duration: Duration,
 }
@@ -44,17 +45,31 @@ static TEST_RULE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(?m)^(test_[A-Za-z0-9_]*)\b").expect("constant pattern")
 });
 
-/// The `data.pkg.test_x` names of every test rule in the bundle, in file order, once each.
-pub fn discover(bundle: &Bundle) -> Vec<(String, String)> {
-    let mut found: Vec<(String, String)> = Vec::new();
+/// A test rule found in a module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestRule {
+    /// `data.<package>.<rule>`.
+    pub name: String,
+    pub file: String,
+    pub line: usize,
+}
+
+/// Every test rule in the bundle, in file order, once each.
+pub fn discover(bundle: &Bundle) -> Vec<TestRule> {
+    let mut found: Vec<TestRule> = Vec::new();
     for file in bundle.of_kind(FileKind::Rego) {
         let Some(pkg) = PACKAGE.captures(&file.text).map(|c| c[1].to_owned()) else {
             continue;
         };
         for caps in TEST_RULE.captures_iter(&file.text) {
             let name = format!("data.{pkg}.{}", &caps[1]);
-            if !found.iter().any(|(n, _)| *n == name) {
-                found.push((name, file.relative.clone()));
+            let start = caps.get(0).map_or(0, |m| m.start());
+            if !found.iter().any(|t| t.name == name) {
+                found.push(TestRule {
+                    name,
+                    file: file.relative.clone(),
+                    line: file.text[..start].matches('\n').count() + 1,
+                });
             }
         }
     }
@@ -63,19 +78,30 @@ pub fn discover(bundle: &Bundle) -> Vec<(String, String)> {
 
 /// Runs every test of the bundle against the compiled policy set.
 pub fn run(policy: &PolicySet, bundle: &Bundle) -> Vec<TestResult> {
+    run_matching(policy, bundle, None)
+}
+
+/// Runs the tests whose full name (`data.pkg.test_x`) matches `filter` (all when `None`).
+pub fn run_matching(
+    policy: &PolicySet,
+    bundle: &Bundle,
+    filter: Option<&Regex>,
+) -> Vec<TestResult> {
     discover(bundle)
         .into_iter()
-        .map(|(name, file)| {
+        .filter(|t| filter.is_none_or(|f| f.is_match(&t.name)))
+        .map(|t| {
             let started = Instant::now();
             let mut engine = policy.engine();
-            let outcome = match engine.eval_rule(name.clone()) {
+            let outcome = match engine.eval_rule(t.name.clone()) {
                 Ok(regorus::Value::Bool(true)) => Outcome::Pass,
                 Ok(_) => Outcome::Fail,
                 Err(e) => Outcome::Error(e.to_string()),
             };
             TestResult {
-                name,
-                file,
+                name: t.name,
+                file: t.file,
+                line: t.line,
                 outcome,
                 duration: started.elapsed(),
             }
@@ -91,7 +117,7 @@ mod tests {
     fn the_shipped_guardrails_pass_their_own_tests() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
         let bundle = Bundle::read(&dir).unwrap();
-        let policy = PolicySet::load(&bundle).unwrap();
+        let policy = PolicySet::load(&bundle, super::super::Syntax::V1).unwrap();
         let results = run(&policy, &bundle);
         assert!(
             results.len() >= 8,
@@ -114,7 +140,7 @@ mod tests {
         )
         .unwrap();
         let bundle = Bundle::read(dir.path()).unwrap();
-        let policy = PolicySet::load(&bundle).unwrap();
+        let policy = PolicySet::load(&bundle, super::super::Syntax::V1).unwrap();
         let results = run(&policy, &bundle);
         let outcome = |n: &str| {
             results

@@ -139,7 +139,59 @@ impl Cursor {
     }
 }
 
+/// A verdict salve gave in the past, with the exact input it judged (for replay).
+#[derive(Debug, Clone)]
+pub struct PastVerdict {
+    pub remediation_id: String,
+    pub at: String,
+    pub rule: String,
+    pub action: String,
+    pub target: TargetView,
+    pub input: Value,
+    pub allowed: bool,
+    pub reasons: Vec<String>,
+}
+
 impl Store {
+    /// Every policy verdict recorded since `since`, oldest first.
+    pub async fn verdicts_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<PastVerdict>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT e.remediation_id, e.at, e.detail, r.rule_name, r.action, r.target_kind, r.target_namespace,
+                    r.target_name
+             FROM remediation_events e JOIN remediations r ON r.id = e.remediation_id
+             WHERE e.kind = 'policy_evaluated' AND e.at >= $1
+             ORDER BY e.at, e.remediation_id, e.seq",
+        )
+        .bind(timestamp(since))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let detail: String = r.try_get("detail")?;
+                let mut detail: Value = serde_json::from_str(&detail)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let mut verdict = detail["verdict"].take();
+                Ok(PastVerdict {
+                    remediation_id: r.try_get("remediation_id")?,
+                    at: r.try_get("at")?,
+                    rule: r.try_get("rule_name")?,
+                    action: r.try_get("action")?,
+                    target: TargetView {
+                        kind: r.try_get("target_kind")?,
+                        namespace: r.try_get("target_namespace")?,
+                        name: r.try_get("target_name")?,
+                    },
+                    input: detail["input"].take(),
+                    allowed: verdict["allowed"].as_bool().unwrap_or(false),
+                    reasons: serde_json::from_value(verdict["reasons"].take()).unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+
     /// Opens the remediation for an incident; `None` if the incident already has one.
     pub async fn create_remediation(
         &self,

@@ -90,6 +90,9 @@ pub struct Options {
     pub limits: Limits,
     /// Reuse this database instead of a fresh one (restart tests).
     pub database: Option<String>,
+    /// Reload on file changes in the policy directory.
+    pub watch_policies: bool,
+    pub admin_token: Option<String>,
 }
 
 impl Default for Options {
@@ -104,6 +107,8 @@ impl Default for Options {
                 ..Limits::default()
             },
             database: None,
+            watch_policies: false,
+            admin_token: None,
         }
     }
 }
@@ -135,6 +140,9 @@ pub async fn spawn_salve(opts: Options) -> TestSalve {
         auth: opts.auth,
         max_body_bytes: 1024 * 1024,
         limits: opts.limits,
+        syntax: salve::policy::Syntax::V1,
+        watch_policies: opts.watch_policies,
+        admin_token: opts.admin_token.map(salve::config::Secret),
     };
     let salve = Salve::start(&settings)
         .await
