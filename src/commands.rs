@@ -200,9 +200,11 @@ pub fn policy_eval(
         Err(e) => return Output::new(format!("error: --input {e}\n"), EXIT_LOAD),
     };
     for file in data {
-        let added = read_document(file)
-            .map_err(|e| e.to_string())
-            .and_then(|doc| policy.add_data(doc).map_err(|e| e.to_string()));
+        let added = read_document(file).and_then(|doc| {
+            policy
+                .add_data(doc)
+                .map_err(|e| format!("{}: {e}", file.display()))
+        });
         if let Err(e) = added {
             return Output::new(format!("error: --data {e}\n"), EXIT_LOAD);
         }

@@ -175,13 +175,11 @@ impl PolicySet {
     }
 
     /// Adds a data document at the root of `data` (for `salve policy eval --data`).
-    pub fn add_data(&mut self, doc: Value) -> Result<(), PolicyError> {
+    /// A key that the bundle's data already defines is a conflict, as in OPA.
+    pub fn add_data(&mut self, doc: Value) -> Result<(), String> {
         self.engine
             .add_data(regorus::Value::from(doc))
-            .map_err(|e| PolicyError::Data {
-                file: "--data".into(),
-                reason: e.to_string(),
-            })
+            .map_err(|e| e.to_string())
     }
 
     /// Evaluates any Rego query against `input`, as `opa eval` does.

@@ -34,7 +34,10 @@ impl MatchOp {
 }
 
 /// One parsed matcher, e.g. `severity=~"critical|warning"`.
-#[derive(Debug, Clone)]
+///
+/// Deserializes from its text form, so a rule file's bad matcher is reported at its line.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub struct Matcher {
     pub name: String,
     pub op: MatchOp,
@@ -111,6 +114,13 @@ impl Matcher {
     /// Whether a label set satisfies this matcher.
     pub fn matches(&self, labels: &crate::alert::Labels) -> bool {
         self.matches_value(labels.get(&self.name).map(String::as_str).unwrap_or(""))
+    }
+}
+
+impl TryFrom<String> for Matcher {
+    type Error = MatcherError;
+    fn try_from(s: String) -> Result<Matcher, MatcherError> {
+        Matcher::parse(&s)
     }
 }
 

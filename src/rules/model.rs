@@ -73,8 +73,9 @@ impl ActionSpec {
     }
 }
 
-/// A bounded replica change.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A bounded replica change. Checked as it is read, so errors point at its line.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "RawScale")]
 pub struct ScaleSpec {
     pub change: ReplicaChange,
     pub min: i32,
@@ -103,7 +104,7 @@ impl ScaleSpec {
 struct RawRule {
     name: String,
     #[serde(default)]
-    matchers: Vec<String>,
+    matchers: Vec<Matcher>,
     target: TargetTemplate,
     #[serde(with = "serde_norway::with::singleton_map")]
     action: RawAction,
@@ -116,7 +117,7 @@ struct RawRule {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 enum RawAction {
-    Scale(RawScale),
+    Scale(ScaleSpec),
     Rollback(Empty),
     Restart(Empty),
 }
@@ -158,15 +159,8 @@ impl TryFrom<RawRule> for Rule {
                 "rule {name:?} has no matchers: a rule must say which alerts it handles"
             ));
         }
-        let matchers = raw
-            .matchers
-            .iter()
-            .map(|m| Matcher::parse(m).map_err(|e| format!("rule {name:?}: {e}")))
-            .collect::<Result<Vec<_>, _>>()?;
-        let action = raw
-            .action
-            .into_spec()
-            .map_err(|e| format!("rule {name:?}: {e}"))?;
+        let matchers = raw.matchers;
+        let action = raw.action.into_spec();
         if action == ActionSpec::Rollback && raw.target.kind != WorkloadKind::Deployment {
             return Err(format!(
                 "rule {name:?}: rollback works on a Deployment only (a {} keeps no ReplicaSet revisions)",
@@ -196,12 +190,19 @@ impl TryFrom<RawRule> for Rule {
 }
 
 impl RawAction {
-    fn into_spec(self) -> Result<ActionSpec, String> {
-        Ok(match self {
+    fn into_spec(self) -> ActionSpec {
+        match self {
             RawAction::Rollback(_) => ActionSpec::Rollback,
             RawAction::Restart(_) => ActionSpec::Restart,
-            RawAction::Scale(s) => ActionSpec::Scale(s.into_spec()?),
-        })
+            RawAction::Scale(s) => ActionSpec::Scale(s),
+        }
+    }
+}
+
+impl TryFrom<RawScale> for ScaleSpec {
+    type Error = String;
+    fn try_from(raw: RawScale) -> Result<ScaleSpec, String> {
+        raw.into_spec()
     }
 }
 

@@ -89,6 +89,14 @@ const COLUMNS: &str =
     "id, incident_id, created_at, updated_at, acted_at, alertname, rule_name, rule_file, action,
     target_kind, target_namespace, target_name, mode, state, summary, reasons";
 
+fn target_view(r: &AnyRow) -> Result<TargetView, StoreError> {
+    Ok(TargetView {
+        kind: r.try_get("target_kind")?,
+        namespace: r.try_get("target_namespace")?,
+        name: r.try_get("target_name")?,
+    })
+}
+
 fn record(r: &AnyRow) -> Result<RemediationRecord, StoreError> {
     let state: String = r.try_get("state")?;
     let reasons: String = r.try_get("reasons")?;
@@ -102,11 +110,7 @@ fn record(r: &AnyRow) -> Result<RemediationRecord, StoreError> {
         rule: r.try_get("rule_name")?,
         rule_file: r.try_get("rule_file")?,
         action: r.try_get("action")?,
-        target: TargetView {
-            kind: r.try_get("target_kind")?,
-            namespace: r.try_get("target_namespace")?,
-            name: r.try_get("target_name")?,
-        },
+        target: target_view(r)?,
         mode: r.try_get("mode")?,
         state: RemediationState::parse(&state)
             .ok_or_else(|| StoreError::Corrupt(format!("state {state:?}")))?,
@@ -179,11 +183,7 @@ impl Store {
                     at: r.try_get("at")?,
                     rule: r.try_get("rule_name")?,
                     action: r.try_get("action")?,
-                    target: TargetView {
-                        kind: r.try_get("target_kind")?,
-                        namespace: r.try_get("target_namespace")?,
-                        name: r.try_get("target_name")?,
-                    },
+                    target: target_view(r)?,
                     input: detail["input"].take(),
                     allowed: verdict["allowed"].as_bool().unwrap_or(false),
                     reasons: serde_json::from_value(verdict["reasons"].take()).unwrap_or_default(),
