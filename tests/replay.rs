@@ -13,17 +13,28 @@ use salve::store::{EventKind, NewRemediation, Store};
 use serde_json::{Value, json};
 use support::{firing_for, fresh_database};
 
-/// Records one past decision the way the engine does: remediation, then policy input and verdict.
-async fn past_decision(
-    store: &Store,
+/// One decision salve made in the past.
+struct Past {
     n: u32,
-    ns: &str,
-    name: &str,
+    ns: &'static str,
+    name: &'static str,
     action: &'static str,
     to: Value,
     allowed: bool,
     age: Duration,
-) -> String {
+}
+
+/// Records one past decision the way the engine does: remediation, then policy input and verdict.
+async fn past_decision(store: &Store, p: Past) -> String {
+    let Past {
+        n,
+        ns,
+        name,
+        action,
+        to,
+        allowed,
+        age,
+    } = p;
     let body = firing_for("HighRequestLatency", ns, name, &format!("{n:016x}"));
     let delivery = Delivery::parse(body.as_bytes()).unwrap();
     let at = Utc::now() - age;
@@ -77,68 +88,80 @@ async fn replay_lists_exactly_the_decisions_that_flip() {
     let hour = Duration::hours(1);
     let same_a = past_decision(
         &store,
-        1,
-        "shop",
-        "checkout",
-        "scale",
-        json!({"replicas": 3}),
-        true,
-        hour * 30,
+        Past {
+            n: 1,
+            ns: "shop",
+            name: "checkout",
+            action: "scale",
+            to: json!({"replicas": 3}),
+            allowed: true,
+            age: hour * 30,
+        },
     )
     .await;
     let to_deny_scale = past_decision(
         &store,
-        2,
-        "shop",
-        "cart",
-        "scale",
-        json!({"replicas": 12}),
-        true,
-        hour * 20,
+        Past {
+            n: 2,
+            ns: "shop",
+            name: "cart",
+            action: "scale",
+            to: json!({"replicas": 12}),
+            allowed: true,
+            age: hour * 20,
+        },
     )
     .await;
     let same_b = past_decision(
         &store,
-        3,
-        "kube-system",
-        "coredns",
-        "scale",
-        json!({"replicas": 3}),
-        false,
-        hour * 10,
+        Past {
+            n: 3,
+            ns: "kube-system",
+            name: "coredns",
+            action: "scale",
+            to: json!({"replicas": 3}),
+            allowed: false,
+            age: hour * 10,
+        },
     )
     .await;
     let to_deny_restart = past_decision(
         &store,
-        4,
-        "shop",
-        "web",
-        "restart",
-        json!({"restarted_at": "x"}),
-        true,
-        hour * 5,
+        Past {
+            n: 4,
+            ns: "shop",
+            name: "web",
+            action: "restart",
+            to: json!({"restarted_at": "x"}),
+            allowed: true,
+            age: hour * 5,
+        },
     )
     .await;
     let to_allow = past_decision(
         &store,
-        5,
-        "payments",
-        "api",
-        "rollback",
-        json!({"revision": 1}),
-        false,
-        hour,
+        Past {
+            n: 5,
+            ns: "payments",
+            name: "api",
+            action: "rollback",
+            to: json!({"revision": 1}),
+            allowed: false,
+            age: hour,
+        },
     )
     .await;
     let too_old = past_decision(
         &store,
-        6,
-        "shop",
-        "old",
-        "scale",
-        json!({"replicas": 40}),
-        true,
-        Duration::days(10),
+        Past {
+            n: 6,
+            ns: "shop",
+            name: "old",
+            action: "scale",
+            to: json!({"replicas": 40}),
+            allowed: true,
+            age: Duration::days(10),
+        },
     )
     .await;
     drop(store);
