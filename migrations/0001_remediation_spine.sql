@@ -51,8 +51,9 @@ CREATE TABLE remediations (
     target_namespace TEXT NOT NULL,
     target_name      TEXT NOT NULL,
     mode             TEXT NOT NULL CHECK (mode IN ('live', 'dry_run', 'offline')),
-    state            TEXT NOT NULL CHECK (state IN ('pending', 'executing', 'applied', 'dry_run',
-                                                    'denied', 'skipped', 'failed', 'interrupted')),
+    state            TEXT NOT NULL CHECK (state IN ('pending', 'executing', 'verifying', 'healed', 'escalated',
+                                                    'dry_run', 'denied', 'skipped', 'failed', 'interrupted')),
+    steps_taken      BIGINT NOT NULL DEFAULT 0,
     summary          TEXT NOT NULL,
     reasons          TEXT NOT NULL
 );
@@ -67,7 +68,8 @@ CREATE TABLE remediation_events (
     remediation_id TEXT NOT NULL REFERENCES remediations (id),
     seq            BIGINT NOT NULL,
     at             TEXT NOT NULL,
-    kind           TEXT NOT NULL CHECK (kind IN ('rule_matched', 'policy_evaluated', 'kube_call', 'state_changed')),
+    kind           TEXT NOT NULL CHECK (kind IN ('rule_matched', 'step_started', 'policy_evaluated', 'kube_call',
+                                                 'verification', 'revert', 'escalation', 'state_changed')),
     detail         TEXT NOT NULL,
     UNIQUE (remediation_id, seq)
 );
@@ -77,4 +79,34 @@ CREATE TABLE target_locks (
     target         TEXT PRIMARY KEY,
     remediation_id TEXT NOT NULL,
     expires_at     TEXT NOT NULL
+);
+
+-- One step of a remediation's ladder and how it ended: what learning aggregates.
+CREATE TABLE attempts (
+    id               TEXT PRIMARY KEY,
+    remediation_id   TEXT NOT NULL REFERENCES remediations (id),
+    step             BIGINT NOT NULL,
+    alertname        TEXT NOT NULL,
+    target_kind      TEXT NOT NULL,
+    target_namespace TEXT NOT NULL,
+    target_name      TEXT NOT NULL,
+    action           TEXT NOT NULL CHECK (action IN ('scale', 'rollback', 'restart')),
+    step_key         TEXT NOT NULL,
+    started_at       TEXT NOT NULL,
+    acted_at         TEXT,
+    finished_at      TEXT NOT NULL,
+    outcome          TEXT NOT NULL CHECK (outcome IN ('healed', 'not_healed', 'rollout_failed',
+                         'verification_unavailable', 'denied', 'failed', 'skipped')),
+    seconds_to_heal  DOUBLE PRECISION,
+    detail           TEXT NOT NULL,
+    UNIQUE (remediation_id, step)
+);
+CREATE INDEX attempts_signature ON attempts (alertname, target_kind, target_namespace, target_name, finished_at);
+
+-- Humans told: at most one escalation per remediation (so per incident).
+CREATE TABLE escalations (
+    remediation_id TEXT PRIMARY KEY REFERENCES remediations (id),
+    created_at     TEXT NOT NULL,
+    reason         TEXT NOT NULL,
+    delivered      TEXT NOT NULL
 );

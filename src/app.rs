@@ -18,12 +18,17 @@ use tracing::{info, warn};
 use crate::api::{self, ApiState};
 use crate::cluster::{Cluster, KubeCluster};
 use crate::config::ServeSettings;
-use crate::engine::Engine;
+use crate::engine::{Engine, Seams};
 use crate::ingest::{self, IngestState};
+use crate::notify::{AlertmanagerNotifier, Notifier, WebhookNotifier};
 use crate::reload::{Reloader, load_decisions};
 use crate::remediation::Mode;
 use crate::store::Store;
 use crate::telemetry::Metrics;
+use crate::verify::{Prometheus, PrometheusHttp};
+
+/// How long an escalation alert stays firing in Alertmanager.
+const ESCALATION_TTL: std::time::Duration = std::time::Duration::from_secs(4 * 3600);
 
 /// Why salve would not start.
 #[derive(Debug, thiserror::Error)]
@@ -104,9 +109,36 @@ impl Salve {
             decisions,
             metrics.clone(),
         ));
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(15))
+            .build()
+            .map_err(|e| StartupError::Kube(format!("HTTP client: {e}")))?;
+        let mut notifiers: Vec<Arc<dyn Notifier>> = Vec::new();
+        if let Some(url) = &settings.alertmanager_url {
+            notifiers.push(Arc::new(AlertmanagerNotifier::new(
+                url.clone(),
+                http.clone(),
+                ESCALATION_TTL,
+            )));
+        }
+        if let Some(url) = &settings.escalation_webhook_url {
+            notifiers.push(Arc::new(WebhookNotifier::new(url.clone(), http.clone())));
+        }
+        let seams = Seams {
+            cluster,
+            prometheus: settings
+                .prometheus_url
+                .clone()
+                .map(|u| Arc::new(PrometheusHttp::new(u, http.clone())) as Arc<dyn Prometheus>),
+            notifiers,
+            external_url: settings
+                .external_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{}", settings.listen)),
+        };
         let engine = Engine::new(
             store.clone(),
-            cluster,
+            seams,
             settings.dry_run,
             reloader.live(),
             settings.limits.clone(),

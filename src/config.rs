@@ -26,7 +26,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the webhook, the engine and the audit API.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// List what salve did, newest first.
     History(HistoryArgs),
     /// Work with the Rego policies.
@@ -215,6 +215,23 @@ pub struct ServeArgs {
     #[arg(long, env = "SALVE_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
 
+    /// Prometheus to ask whether an alert's expression cleared (e.g. http://prometheus:9090).
+    /// Without it, only Alertmanager's resolved notifications count as resolution.
+    #[arg(long, env = "SALVE_PROMETHEUS_URL")]
+    pub prometheus_url: Option<reqwest::Url>,
+
+    /// Alertmanager to escalate to (`SalveRemediationFailed` via /api/v2/alerts).
+    #[arg(long, env = "SALVE_ALERTMANAGER_URL")]
+    pub alertmanager_url: Option<reqwest::Url>,
+
+    /// Also post escalations as JSON to this URL.
+    #[arg(long, env = "SALVE_ESCALATION_WEBHOOK_URL")]
+    pub escalation_webhook_url: Option<reqwest::Url>,
+
+    /// salve's URL as people reach it, for links in escalations (default: http://LISTEN).
+    #[arg(long, env = "SALVE_EXTERNAL_URL")]
+    pub external_url: Option<String>,
+
     /// Log format.
     #[arg(long, env = "SALVE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -264,6 +281,10 @@ pub struct ServeSettings {
     /// Reload on file changes in the policy directory.
     pub watch_policies: bool,
     pub admin_token: Option<Secret>,
+    pub prometheus_url: Option<reqwest::Url>,
+    pub alertmanager_url: Option<reqwest::Url>,
+    pub escalation_webhook_url: Option<reqwest::Url>,
+    pub external_url: Option<String>,
 }
 
 /// A secret read from a file or the environment; its `Debug` never shows it.
@@ -335,6 +356,10 @@ impl ServeArgs {
                 Syntax::V1
             },
             watch_policies: !self.no_watch,
+            prometheus_url: self.prometheus_url.clone(),
+            alertmanager_url: self.alertmanager_url.clone(),
+            escalation_webhook_url: self.escalation_webhook_url.clone(),
+            external_url: self.external_url.clone(),
             admin_token: self
                 .admin_token_file
                 .as_deref()

@@ -6,13 +6,17 @@
 //! with a compare-and-set, so two workers (or two replicas) can never both claim one.
 //!
 //! ```text
-//! pending ──► executing ──► applied
+//!            ┌──────────── next step ◄──────────┐
+//!            ▼                                  │
+//! pending ──► executing ──► verifying ──► healed
+//!    │            │             ├──────► escalated   (ladder exhausted, made worse, unverifiable)
+//!    │            │             └──────► failed      (a later step errored; escalated)
 //!    │            ├──────► failed
 //!    │            └──────► interrupted   (salve stopped mid-write; never re-sent blindly)
 //!    ├──► dry_run   (would have acted: dry-run or offline mode)
-//!    ├──► denied    (policy said no, or could not be evaluated)
+//!    ├──► denied    (policy denied every step, or could not be evaluated; escalated)
 //!    ├──► skipped   (cooldown, target busy, rate limit, nothing to change, resolved)
-//!    └──► failed    (target missing or forbidden, dry-run rejected)
+//!    └──► failed    (target missing or forbidden, dry-run rejected; escalated)
 //! ```
 
 use std::fmt;
@@ -27,8 +31,12 @@ pub enum RemediationState {
     Pending,
     /// A real (non-dry-run) write may have been sent. A crash here is never retried blindly.
     Executing,
-    /// The change was accepted by the Kubernetes API.
-    Applied,
+    /// A change was accepted; salve is checking that it rolled out and the alert resolved.
+    Verifying,
+    /// Verified: rolled out and the alert resolved.
+    Healed,
+    /// Humans were told: the ladder ran out, a change made things worse, or it could not be verified.
+    Escalated,
     /// salve would have acted; it recorded what instead (dry-run or offline mode).
     DryRun,
     /// The policy denied the change, or failed to evaluate (fail closed).
@@ -43,10 +51,12 @@ pub enum RemediationState {
 
 impl RemediationState {
     /// Every state, for listings and validation.
-    pub const ALL: [RemediationState; 8] = [
+    pub const ALL: [RemediationState; 10] = [
         RemediationState::Pending,
         RemediationState::Executing,
-        RemediationState::Applied,
+        RemediationState::Verifying,
+        RemediationState::Healed,
+        RemediationState::Escalated,
         RemediationState::DryRun,
         RemediationState::Denied,
         RemediationState::Skipped,
@@ -59,7 +69,9 @@ impl RemediationState {
         match self {
             RemediationState::Pending => "pending",
             RemediationState::Executing => "executing",
-            RemediationState::Applied => "applied",
+            RemediationState::Verifying => "verifying",
+            RemediationState::Healed => "healed",
+            RemediationState::Escalated => "escalated",
             RemediationState::DryRun => "dry_run",
             RemediationState::Denied => "denied",
             RemediationState::Skipped => "skipped",
@@ -77,7 +89,7 @@ impl RemediationState {
     pub fn is_terminal(self) -> bool {
         !matches!(
             self,
-            RemediationState::Pending | RemediationState::Executing
+            RemediationState::Pending | RemediationState::Executing | RemediationState::Verifying
         )
     }
 
@@ -86,8 +98,9 @@ impl RemediationState {
         use RemediationState::*;
         match self {
             Pending => matches!(next, Executing | DryRun | Denied | Skipped | Failed),
-            Executing => matches!(next, Applied | Failed | Interrupted),
-            Applied | DryRun | Denied | Skipped | Failed | Interrupted => false,
+            Executing => matches!(next, Verifying | Failed | Interrupted),
+            Verifying => matches!(next, Executing | Healed | Escalated | Failed),
+            Healed | Escalated | DryRun | Denied | Skipped | Failed | Interrupted => false,
         }
     }
 }
@@ -131,16 +144,21 @@ mod tests {
         for s in RemediationState::ALL {
             assert_eq!(RemediationState::parse(s.as_str()), Some(s));
         }
-        assert_eq!(RemediationState::parse("healed"), None);
+        assert_eq!(RemediationState::parse("applied"), None);
     }
 
     #[test]
-    fn only_executing_reaches_applied_and_terminal_states_stay() {
+    fn only_a_verified_change_is_healed_and_terminal_states_stay() {
         assert!(Pending.can_become(Executing));
         assert!(
-            !Pending.can_become(Applied),
-            "a change is applied only after executing"
+            !Pending.can_become(Verifying),
+            "only a sent change is verified"
         );
+        assert!(
+            !Executing.can_become(Healed),
+            "healed only after verification"
+        );
+        assert!(Verifying.can_become(Executing), "the ladder climbs");
         assert!(
             !Pending.can_become(Interrupted),
             "pending work is resumed, not interrupted"

@@ -72,10 +72,10 @@ async fn history_lists_each_case_with_its_reasons() {
     );
     let table = String::from_utf8(out.stdout).unwrap();
     for expected in [
-        "applied: scale Deployment shop/checkout from 2 to 3 replicas",
+        "verifying: scale Deployment shop/checkout from 2 to 3 replicas",
         "denied: scale Deployment kube-system/coredns from 2 to 3 replicas",
         "namespace kube-system is protected",
-        "applied: roll back Deployment payments/api from revision 2 to revision 1",
+        "verifying: roll back Deployment payments/api from revision 2 to revision 1",
         "skipped:",
     ] {
         assert!(

@@ -88,6 +88,6 @@ async fn after_a_crash_executing_is_interrupted_not_resent_and_acked_alerts_are_
     );
 
     let decided = items.iter().find(|r| r["id"] != id.as_str()).unwrap();
-    assert_eq!(decided["state"], "applied", "{decided:#}");
+    assert_eq!(decided["state"], "verifying", "{decided:#}");
     assert_eq!(decided["rule"], "replicas-mismatch-restart");
 }

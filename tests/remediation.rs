@@ -36,11 +36,11 @@ async fn a_firing_alert_scales_the_deployment_by_the_rules_step() {
 
     assert_eq!(replicas(&kube, "deployments", "shop", "checkout"), 3);
     let r = &items[0];
-    assert_eq!(r["state"], "applied", "{r:#}");
+    assert_eq!(r["state"], "verifying", "{r:#}");
     assert_eq!(r["rule"], "latency-scale-up");
     assert_eq!(
         r["summary"],
-        "applied: scale Deployment shop/checkout from 2 to 3 replicas"
+        "verifying: scale Deployment shop/checkout from 2 to 3 replicas"
     );
 
     // Dry-run first, then the real write, both on the scale subresource.
@@ -215,11 +215,11 @@ async fn a_rollback_restores_the_previous_revisions_template() {
     );
 
     // One workload, one action: the other two incidents found it locked or cooling down.
-    let applied: Vec<_> = items.iter().filter(|r| r["state"] == "applied").collect();
+    let applied: Vec<_> = items.iter().filter(|r| r["state"] == "verifying").collect();
     assert_eq!(applied.len(), 1, "{items:#?}");
     assert_eq!(
         applied[0]["summary"],
-        "applied: roll back Deployment payments/api from revision 2 to revision 1"
+        "verifying: roll back Deployment payments/api from revision 2 to revision 1"
     );
     assert_eq!(items.iter().filter(|r| r["state"] == "skipped").count(), 2);
     let real_patches = kube
@@ -250,7 +250,7 @@ async fn the_same_payload_posted_twice_leads_to_one_action() {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
 
     assert_eq!(s.remediations().await.len(), 1);
-    assert_eq!(items[0]["state"], "applied");
+    assert_eq!(items[0]["state"], "verifying");
     assert_eq!(
         replicas(&kube, "deployments", "shop", "checkout"),
         3,
@@ -306,7 +306,7 @@ async fn a_conflicting_write_is_retried_on_fresh_state_and_judged_again() {
         .await;
     let items = s.settled(1).await;
 
-    assert_eq!(items[0]["state"], "applied", "{:#}", items[0]);
+    assert_eq!(items[0]["state"], "verifying", "{:#}", items[0]);
     assert_eq!(replicas(&kube, "deployments", "shop", "checkout"), 3);
     let detail = s.detail(items[0]["id"].as_str().unwrap()).await;
     let statuses: Vec<Value> = events(&detail, "kube_call")
@@ -329,7 +329,7 @@ async fn a_restart_stamps_restarted_at_like_kubectl() {
     s.post_alerts(&fixture("firing-single-api-posted.json"))
         .await;
     let items = s.settled(1).await;
-    assert_eq!(items[0]["state"], "applied", "{:#}", items[0]);
+    assert_eq!(items[0]["state"], "verifying", "{:#}", items[0]);
     let d = kube.get("deployments", "shop", "cart").unwrap();
     let stamp =
         d["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"]
@@ -367,7 +367,7 @@ rules:
     s.post_alerts(&fixture("firing-from-prometheus-rule.json"))
         .await;
     let items = s.settled(1).await;
-    assert_eq!(items[0]["state"], "applied", "{:#}", items[0]);
+    assert_eq!(items[0]["state"], "verifying", "{:#}", items[0]);
     assert_eq!(replicas(&kube, "statefulsets", "shop", "checkout"), 5);
     assert!(
         kube.writes()

@@ -64,7 +64,7 @@ async fn two_replicas_on_one_postgres_act_once_for_an_ha_pairs_duplicates() {
     let items = a.settled(1).await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(b.remediations().await.len(), 1);
-    assert_eq!(items[0]["state"], "applied");
+    assert_eq!(items[0]["state"], "verifying");
     assert_eq!(kube.writes().len(), 1, "{:?}", kube.writes());
     assert_eq!(
         kube.get("deployments", "shop", "checkout").unwrap()["spec"]["replicas"],

@@ -12,7 +12,8 @@ use super::plan::Plan;
 use crate::alert::Alert;
 use crate::cluster::{TargetRef, Workload};
 use crate::remediation::Mode;
-use crate::rules::Rule;
+use crate::rules::{ActionSpec, Rule};
+use crate::store::learning::StepStats;
 use crate::store::targets::HistoryEntry;
 
 /// The input document's format version.
@@ -31,6 +32,32 @@ pub struct InputParts<'a> {
     pub plan: &'a Plan,
     pub workload: Option<&'a Workload>,
     pub history: &'a [HistoryEntry],
+}
+
+/// `input.history.stats`: what each step achieved for this alert on this workload.
+pub fn stats(steps: &[StepStats], proposed: &ActionSpec, window: Duration) -> Value {
+    let of_action: Vec<&StepStats> = steps
+        .iter()
+        .filter(|s| s.action == proposed.kind())
+        .collect();
+    let attempts: i64 = of_action.iter().map(|s| s.attempts).sum();
+    let healed: i64 = of_action.iter().map(|s| s.healed).sum();
+    let heal_seconds: Vec<f64> = of_action
+        .iter()
+        .filter_map(|s| s.mean_seconds_to_heal.map(|m| m * s.healed as f64))
+        .collect();
+    json!({
+        "window_days": window.num_days(),
+        "steps": steps,
+        "this_action": {
+            "action": proposed.kind(),
+            "attempts": attempts,
+            "healed": healed,
+            "success_rate": if attempts > 0 { healed as f64 / attempts as f64 } else { 0.0 },
+            "mean_seconds_to_heal": (healed > 0).then(|| heal_seconds.iter().sum::<f64>() / healed as f64),
+        },
+        "this_step": steps.iter().find(|s| s.step_key == proposed.key()),
+    })
 }
 
 /// Builds the document policy evaluates as `input`.

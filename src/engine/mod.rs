@@ -14,30 +14,33 @@
 //! was written), and incidents acknowledged but never decided are decided.
 
 mod input;
+mod ladder;
 pub mod plan;
 
 use std::collections::HashSet;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use chrono::Utc;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::alert::AlertStatus;
-use crate::cluster::{ApiCall, Cluster, ClusterError, TargetRef, Workload, WorkloadKind};
+use crate::cluster::{Cluster, TargetRef, WorkloadKind};
+use crate::notify::Notifier;
 use crate::policy::PolicySet;
 use crate::remediation::{Mode, RemediationState};
 use crate::rules::{Rule, RuleSet};
-use crate::store::incidents::{Decision, IncidentRecord};
-use crate::store::{EventKind, NewRemediation, Store, StoreError};
+use crate::store::incidents::Decision;
+use crate::store::{NewRemediation, Store, StoreError};
+use crate::verify::Prometheus;
 pub use input::{HISTORY_WINDOW, INPUT_VERSION};
-use plan::{Plan, Planned};
+pub use ladder::LEARNING_WINDOW;
+use ladder::Run;
 
 /// The rules and policy salve decides with, loaded together from one directory.
 #[derive(Debug, Clone)]
@@ -83,31 +86,16 @@ pub enum EngineError {
     Store(#[from] StoreError),
 }
 
-/// How a remediation ends.
-struct Finish {
-    state: RemediationState,
-    summary: String,
-    reasons: Vec<String>,
-}
-
-impl Finish {
-    fn new(state: RemediationState, summary: impl Into<String>, reasons: Vec<String>) -> Finish {
-        Finish {
-            state,
-            summary: summary.into(),
-            reasons,
-        }
-    }
-}
-
-/// One remediation being driven.
-struct Run<'a> {
-    id: String,
-    rule: &'a Rule,
-    target: TargetRef,
-    incident: IncidentRecord,
-    decisions: &'a Decisions,
-    state: RemediationState,
+/// The outside systems the engine talks to.
+pub struct Seams {
+    /// `None`: offline mode.
+    pub cluster: Option<Arc<dyn Cluster>>,
+    /// Used to check that an alert's expression cleared; without it only resolved webhooks count.
+    pub prometheus: Option<Arc<dyn Prometheus>>,
+    /// Where escalations go.
+    pub notifiers: Vec<Arc<dyn Notifier>>,
+    /// salve's own URL as people reach it, for audit links.
+    pub external_url: String,
 }
 
 /// The engine; clone it freely (it is a handle).
@@ -119,6 +107,10 @@ pub struct Engine {
 struct Inner {
     store: Store,
     cluster: Option<Arc<dyn Cluster>>,
+    prometheus: Option<Arc<dyn Prometheus>>,
+    notifiers: Vec<Arc<dyn Notifier>>,
+    /// Where people reach salve, for links in escalations.
+    external_url: String,
     mode: Mode,
     decisions: Arc<ArcSwap<Decisions>>,
     limits: Limits,
@@ -152,11 +144,17 @@ impl Engine {
     /// which a reload may swap at any time (each remediation keeps the set it started on).
     pub fn new(
         store: Store,
-        cluster: Option<Arc<dyn Cluster>>,
+        seams: Seams,
         dry_run: bool,
         decisions: Arc<ArcSwap<Decisions>>,
         limits: Limits,
     ) -> Engine {
+        let Seams {
+            cluster,
+            prometheus,
+            notifiers,
+            external_url,
+        } = seams;
         let mode = match (&cluster, dry_run) {
             (None, _) => Mode::Offline,
             (Some(_), true) => Mode::DryRun,
@@ -166,6 +164,9 @@ impl Engine {
             inner: Arc::new(Inner {
                 store,
                 cluster,
+                prometheus,
+                notifiers,
+                external_url,
                 mode,
                 decisions,
                 limits,
@@ -249,6 +250,32 @@ impl Engine {
     /// `pending` ones, and returns the incidents still to be decided.
     pub async fn recover(&self) -> Result<Vec<String>, EngineError> {
         let store = &self.inner.store;
+        for id in store
+            .remediations_in_state(RemediationState::Verifying)
+            .await?
+        {
+            // The change landed; what it achieved is unknown. Escalate rather than guess,
+            // and never take the next step blindly.
+            let reason =
+                "salve restarted while verifying this change; a human should check it".to_owned();
+            store
+                .transition(
+                    &id,
+                    RemediationState::Verifying,
+                    RemediationState::Escalated,
+                    &format!("escalated: {reason}"),
+                    std::slice::from_ref(&reason),
+                    Utc::now(),
+                )
+                .await?;
+            if let Some(r) = store.remediation(&id).await? {
+                if let Some(t) = stored_target(&r.target.kind, &r.target.namespace, &r.target.name)
+                {
+                    store.release_target_lock(&t, &id).await?;
+                }
+            }
+            warn!(remediation = %id, "salve restarted while verifying: escalated");
+        }
         for id in store
             .remediations_in_state(RemediationState::Executing)
             .await?
@@ -376,10 +403,10 @@ impl Engine {
             alertname: incident.alert.alertname().to_owned(),
             rule_name: rule.name.clone(),
             rule_file: rule.file.clone(),
-            action: rule.action.kind(),
+            action: rule.steps[0].kind(),
             target: target.clone(),
             mode: self.inner.mode,
-            summary: format!("{} {target}: pending", rule.action.kind()),
+            summary: format!("{} {target}: pending", rule.steps[0].kind()),
         };
         let matched = json!({
             "rule": rule.name,
@@ -404,351 +431,6 @@ impl Engine {
         })
         .await
     }
-
-    /// Takes the lock, runs the remediation to an end state, records it, releases the lock.
-    async fn drive(&self, mut run: Run<'_>) -> Result<(), EngineError> {
-        let store = &self.inner.store;
-        let now = Utc::now();
-        let lease = chrono::Duration::from_std(self.inner.limits.lock_lease)
-            .unwrap_or(chrono::Duration::minutes(10));
-        if let Some(holder) = store
-            .acquire_target_lock(&run.target, &run.id, now, now + lease)
-            .await?
-        {
-            let reason = format!("{} is being remediated by {holder}", run.target);
-            return self
-                .finish(
-                    &mut run,
-                    Finish::new(
-                        RemediationState::Skipped,
-                        format!("skipped: {reason}"),
-                        vec![reason],
-                    ),
-                )
-                .await;
-        }
-        let finish = match self.preconditions(&run).await? {
-            Some(skip) => Some(skip),
-            None => self.act(&mut run).await?,
-        };
-        // `None`: another worker claimed this remediation and holds the lock for it.
-        if let Some(finish) = finish {
-            self.finish(&mut run, finish).await?;
-            store.release_target_lock(&run.target, &run.id).await?;
-        }
-        Ok(())
-    }
-
-    async fn finish(&self, run: &mut Run<'_>, f: Finish) -> Result<(), EngineError> {
-        let moved = self
-            .inner
-            .store
-            .transition(
-                &run.id,
-                run.state,
-                f.state,
-                &f.summary,
-                &f.reasons,
-                Utc::now(),
-            )
-            .await?;
-        if moved {
-            run.state = f.state;
-            info!(remediation = %run.id, state = %f.state, summary = %f.summary, "remediation finished");
-        }
-        Ok(())
-    }
-
-    /// The checks that need no cluster: still firing, global rate, target cooldown.
-    async fn preconditions(&self, run: &Run<'_>) -> Result<Option<Finish>, EngineError> {
-        let store = &self.inner.store;
-        let now = Utc::now();
-        let skip = |reason: String| {
-            Some(Finish::new(
-                RemediationState::Skipped,
-                format!("skipped: {reason}"),
-                vec![reason],
-            ))
-        };
-        if let Some(i) = store.incident(&run.incident.id).await? {
-            if i.status == AlertStatus::Resolved {
-                return Ok(skip("the alert resolved before salve acted".into()));
-            }
-        }
-        if self.inner.mode == Mode::Live {
-            let limit = self.inner.limits.max_actions_per_hour;
-            let recent = store
-                .actions_since(now - chrono::Duration::hours(1))
-                .await?;
-            if recent >= i64::from(limit) {
-                return Ok(skip(format!(
-                    "salve already made {recent} changes in the last hour (limit {limit}); a human should look"
-                )));
-            }
-        }
-        if let Some((last_id, acted_at)) = store.last_action_on_target(&run.target).await? {
-            let acted = crate::store::parse_timestamp(&acted_at)?;
-            let cooldown =
-                chrono::Duration::from_std(run.rule.cooldown).unwrap_or(chrono::Duration::zero());
-            if acted + cooldown > now {
-                return Ok(skip(format!(
-                    "cooldown: salve changed {} at {acted_at} (remediation {last_id}); rule {} waits {} until {}",
-                    run.target,
-                    run.rule.name,
-                    humantime::format_duration(run.rule.cooldown),
-                    crate::store::timestamp(acted + cooldown)
-                )));
-            }
-        }
-        Ok(None)
-    }
-
-    /// Read → plan → guard → write, starting over on a conflict.
-    /// `None` means another worker claimed the remediation; it will finish it.
-    async fn act(&self, run: &mut Run<'_>) -> Result<Option<Finish>, EngineError> {
-        let retries = self.inner.limits.conflict_retries;
-        for _ in 0..=retries {
-            let (workload, plan) = match self.read_and_plan(run).await? {
-                Ok(pair) => pair,
-                Err(finish) => return Ok(Some(finish)),
-            };
-            if let Some(denied) = self.guard(run, workload.as_ref(), &plan).await? {
-                return Ok(Some(denied));
-            }
-            let (Some(cluster), Some(workload), Some(change)) =
-                (&self.inner.cluster, &workload, &plan.change)
-            else {
-                let why =
-                    "offline mode: no Kubernetes configuration was found, so no call was made"
-                        .to_owned();
-                return Ok(Some(Finish::new(
-                    RemediationState::DryRun,
-                    format!("would {}", plan.description),
-                    vec![why],
-                )));
-            };
-            let dry = self
-                .call(
-                    run,
-                    ApiCall::write(&run.target, change, true),
-                    cluster.write(workload, change, true),
-                )
-                .await?;
-            match dry {
-                Err(e) if e.is_conflict() => continue,
-                Err(e) => {
-                    return Ok(Some(failed(
-                        format!(
-                            "server-side dry-run of \"{}\" was rejected",
-                            plan.description
-                        ),
-                        &e,
-                    )));
-                }
-                Ok(()) if self.inner.mode == Mode::DryRun => {
-                    let why = "dry-run mode: the API server accepted the change as a dry-run; nothing was changed".to_owned();
-                    return Ok(Some(Finish::new(
-                        RemediationState::DryRun,
-                        format!("would {}", plan.description),
-                        vec![why],
-                    )));
-                }
-                Ok(()) => {}
-            }
-            if run.state == RemediationState::Pending {
-                let claimed = self
-                    .inner
-                    .store
-                    .transition(
-                        &run.id,
-                        RemediationState::Pending,
-                        RemediationState::Executing,
-                        &format!("executing: {}", plan.description),
-                        &[],
-                        Utc::now(),
-                    )
-                    .await?;
-                if !claimed {
-                    return Ok(None);
-                }
-                run.state = RemediationState::Executing;
-            }
-            match self
-                .call(
-                    run,
-                    ApiCall::write(&run.target, change, false),
-                    cluster.write(workload, change, false),
-                )
-                .await?
-            {
-                Ok(()) => {
-                    return Ok(Some(Finish::new(
-                        RemediationState::Applied,
-                        format!("applied: {}", plan.description),
-                        vec![],
-                    )));
-                }
-                Err(e) if e.is_conflict() => continue,
-                Err(e) => {
-                    return Ok(Some(failed(
-                        format!("\"{}\" was rejected", plan.description),
-                        &e,
-                    )));
-                }
-            }
-        }
-        let reason = format!(
-            "{} kept changing under salve: {} conflicting writes in a row",
-            run.target,
-            retries + 1
-        );
-        Ok(Some(Finish::new(
-            RemediationState::Failed,
-            format!("failed: {reason}"),
-            vec![reason],
-        )))
-    }
-
-    /// Reads the workload (and its revisions, for a rollback) and plans the change.
-    async fn read_and_plan(
-        &self,
-        run: &Run<'_>,
-    ) -> Result<Result<(Option<Workload>, Plan), Finish>, EngineError> {
-        let mut revisions = Vec::new();
-        let workload = match &self.inner.cluster {
-            None => None,
-            Some(cluster) => {
-                let w = match self
-                    .call(run, ApiCall::read(&run.target), cluster.read(&run.target))
-                    .await?
-                {
-                    Ok(w) => w,
-                    Err(e) => return Ok(Err(failed(format!("cannot read {}", run.target), &e))),
-                };
-                if run.rule.action == crate::rules::ActionSpec::Rollback {
-                    match self
-                        .call(
-                            run,
-                            ApiCall::list_revisions(&run.target),
-                            cluster.revisions(&w),
-                        )
-                        .await?
-                    {
-                        Ok(r) => revisions = r,
-                        Err(e) => {
-                            return Ok(Err(failed(
-                                format!("cannot list the revisions of {}", run.target),
-                                &e,
-                            )));
-                        }
-                    }
-                }
-                Some(w)
-            }
-        };
-        match plan::plan(
-            &run.rule.action,
-            &run.target,
-            workload.as_ref(),
-            &revisions,
-            Utc::now(),
-        ) {
-            Ok(Planned::Act(plan)) => Ok(Ok((workload, plan))),
-            Ok(Planned::NoOp(reason)) => Ok(Err(Finish::new(
-                RemediationState::Skipped,
-                format!("skipped: {reason}"),
-                vec![reason],
-            ))),
-            Err(e) => Ok(Err(failed(
-                format!("cannot {} {}", run.rule.action.kind(), run.target),
-                &e,
-            ))),
-        }
-    }
-
-    /// Builds the policy input, evaluates it, and records both with the verdict.
-    async fn guard(
-        &self,
-        run: &Run<'_>,
-        workload: Option<&Workload>,
-        plan: &Plan,
-    ) -> Result<Option<Finish>, EngineError> {
-        let store = &self.inner.store;
-        let now = Utc::now();
-        let history = store
-            .target_history(&run.target, now - HISTORY_WINDOW, &run.id)
-            .await?;
-        let doc = input::build(&input::InputParts {
-            now,
-            mode: self.inner.mode,
-            alert: &run.incident.alert,
-            rule: run.rule,
-            target: &run.target,
-            plan,
-            workload,
-            history: &history,
-        });
-        let verdict = run.decisions.policy.evaluate(&doc);
-        store
-            .append_event(
-                &run.id,
-                EventKind::PolicyEvaluated,
-                &json!({"input": doc, "verdict": verdict}),
-                Utc::now(),
-            )
-            .await?;
-        if verdict.allowed {
-            return Ok(None);
-        }
-        Ok(Some(Finish::new(
-            RemediationState::Denied,
-            format!("denied: {}", plan.description),
-            verdict.reasons,
-        )))
-    }
-
-    /// Runs one API call with a time limit and records it on the timeline.
-    async fn call<T>(
-        &self,
-        run: &Run<'_>,
-        call: ApiCall,
-        fut: impl Future<Output = Result<T, ClusterError>>,
-    ) -> Result<Result<T, ClusterError>, EngineError> {
-        let started = Instant::now();
-        let result = match tokio::time::timeout(self.inner.limits.call_timeout, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(ClusterError::Transport(format!(
-                "no answer within {}s",
-                self.inner.limits.call_timeout.as_secs()
-            ))),
-        };
-        let (status, message): (Value, String) = match &result {
-            Ok(_) => (json!(200), String::new()),
-            Err(e) => (json!(e.code()), e.to_string()),
-        };
-        let detail = json!({
-            "verb": call.verb,
-            "path": call.path,
-            "dry_run": call.dry_run,
-            "status": status,
-            "error": message,
-            "duration_ms": started.elapsed().as_millis() as u64,
-        });
-        self.inner
-            .store
-            .append_event(&run.id, EventKind::KubeCall, &detail, Utc::now())
-            .await?;
-        Ok(result)
-    }
-}
-
-fn failed(what: String, e: &ClusterError) -> Finish {
-    let reason = format!("{what}: {e}");
-    Finish::new(
-        RemediationState::Failed,
-        format!("failed: {reason}"),
-        vec![reason],
-    )
 }
 
 fn render_target(rule: &Rule, labels: &crate::alert::Labels) -> Result<TargetRef, String> {

@@ -17,7 +17,9 @@ use serde::Deserialize;
 
 use crate::alert::Alert;
 use crate::bundle::{Bundle, FileKind};
-pub use model::{ActionSpec, ReplicaChange, Rule, ScaleSpec, TargetTemplate};
+pub use model::{
+    ActionSpec, ReplicaChange, Rule, ScaleSpec, StepOrder, TargetTemplate, VerifySpec,
+};
 
 /// A rule file that cannot be loaded, with where and why.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -153,7 +155,12 @@ rules:
         assert_eq!(rules[0].cooldown.as_secs(), 900);
         assert_eq!(rules[1].cooldown.as_secs(), 600, "default cooldown");
         assert_eq!(rules[1].max_attempts, 1);
-        assert_eq!(rules[1].action, ActionSpec::Rollback);
+        assert_eq!(rules[1].steps, vec![ActionSpec::Rollback]);
+        assert_eq!(
+            rules[1].verify.within.as_secs(),
+            300,
+            "default verification window"
+        );
         let l = labels(&[
             ("alertname", "HighRequestLatency"),
             ("severity", "critical"),
@@ -204,6 +211,47 @@ rules:
             "{ kind: StatefulSet, namespace",
         );
         assert!(error_of(&sts).reason.contains("Deployment only"));
+    }
+
+    #[test]
+    fn a_ladder_has_steps_order_verify_and_revert() {
+        let ladder = r#"
+rules:
+  - name: ladder
+    matchers: ['alertname="HighRequestLatency"']
+    target: { kind: Deployment, name: "{{ deployment }}" }
+    steps:
+      - scale: { by: 1, max: 10 }
+      - scale: { by: 2, max: 10 }
+      - rollback: {}
+    order: learned
+    verify: { within: 2m, every: 5s }
+    revert_on_failure: true
+"#;
+        let rule = &parse_file("l.yaml", ladder).unwrap()[0];
+        assert_eq!(rule.steps.len(), 3);
+        assert_eq!(rule.steps[1].key(), "scale:by=2");
+        assert_eq!(rule.order, StepOrder::Learned);
+        assert_eq!(
+            (rule.verify.within.as_secs(), rule.verify.every.as_secs()),
+            (120, 5)
+        );
+        assert!(rule.revert_on_failure);
+        assert_eq!(rule.max_attempts, 3, "by default every step may run");
+        let both = ladder.replace("    order: learned", "    action: { restart: {} }");
+        assert!(
+            parse_file("l.yaml", &both)
+                .unwrap_err()
+                .reason
+                .contains("both `action` and `steps`")
+        );
+        let bad_verify = ladder.replace("every: 5s", "every: 5h");
+        assert!(
+            parse_file("l.yaml", &bad_verify)
+                .unwrap_err()
+                .reason
+                .contains("verify.every")
+        );
     }
 
     #[test]

@@ -19,7 +19,13 @@ pub struct Rule {
     pub name: String,
     pub matchers: Vec<Matcher>,
     pub target: TargetTemplate,
-    pub action: ActionSpec,
+    /// The ladder: tried in `order`, each judged by policy on fresh state, until one heals.
+    pub steps: Vec<ActionSpec>,
+    pub order: StepOrder,
+    /// How long, and how often, salve checks that a step healed.
+    pub verify: VerifySpec,
+    /// Undo salve's own change when it made things worse (failed rollout, new alert).
+    pub revert_on_failure: bool,
     /// No new action on the same target by this rule until this long after the last one.
     pub cooldown: Duration,
     /// The most actions one incident (one firing of one alert) may cause.
@@ -33,6 +39,65 @@ impl Rule {
     /// Whether every matcher accepts the alert's labels.
     pub fn matches(&self, labels: &crate::alert::Labels) -> bool {
         self.matchers.iter().all(|m| m.matches(labels))
+    }
+}
+
+/// In which order a rule's steps are tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StepOrder {
+    /// As the rule lists them.
+    #[default]
+    AsWritten,
+    /// The step that healed this alert on this workload most often first (ties: as written).
+    Learned,
+}
+
+/// The verification window of each step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "RawVerify")]
+pub struct VerifySpec {
+    /// How long after the change the workload must be rolled out and the alert resolved.
+    pub within: Duration,
+    /// How often to look.
+    pub every: Duration,
+}
+
+impl Default for VerifySpec {
+    fn default() -> VerifySpec {
+        VerifySpec {
+            within: Duration::from_secs(300),
+            every: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVerify {
+    within: String,
+    every: Option<String>,
+}
+
+impl TryFrom<RawVerify> for VerifySpec {
+    type Error = String;
+    fn try_from(raw: RawVerify) -> Result<VerifySpec, String> {
+        let parse = |what: &str, s: &str| {
+            humantime::parse_duration(s.trim())
+                .map_err(|e| format!("verify.{what} {s:?} is not a duration like 5m: {e}"))
+        };
+        let within = parse("within", &raw.within)?;
+        let every = match &raw.every {
+            Some(e) => parse("every", e)?,
+            None => (within / 30).clamp(Duration::from_secs(1), Duration::from_secs(10)),
+        };
+        if every < Duration::from_millis(100) || every > within {
+            return Err(format!(
+                "verify.every must be between 100ms and verify.within ({})",
+                raw.within
+            ));
+        }
+        Ok(VerifySpec { within, every })
     }
 }
 
@@ -63,6 +128,18 @@ pub enum ActionSpec {
 }
 
 impl ActionSpec {
+    /// Identifies a step for learning: `scale:by=1` and `scale:by=2` are different steps.
+    pub fn key(&self) -> String {
+        match self {
+            ActionSpec::Scale(s) => match s.change {
+                ReplicaChange::By(n) => format!("scale:by={n}"),
+                ReplicaChange::To(n) => format!("scale:to={n}"),
+            },
+            ActionSpec::Rollback => "rollback".into(),
+            ActionSpec::Restart => "restart".into(),
+        }
+    }
+
     /// The action's name as stored and as `input.action.type` in policy.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -106,8 +183,16 @@ struct RawRule {
     #[serde(default)]
     matchers: Vec<Matcher>,
     target: TargetTemplate,
-    #[serde(with = "serde_norway::with::singleton_map")]
-    action: RawAction,
+    #[serde(default, with = "serde_norway::with::singleton_map")]
+    action: Option<RawAction>,
+    #[serde(default, with = "serde_norway::with::singleton_map_recursive")]
+    steps: Option<Vec<RawAction>>,
+    #[serde(default)]
+    order: StepOrder,
+    #[serde(default)]
+    verify: Option<VerifySpec>,
+    #[serde(default)]
+    revert_on_failure: bool,
     #[serde(default)]
     cooldown: Option<String>,
     #[serde(default)]
@@ -160,8 +245,23 @@ impl TryFrom<RawRule> for Rule {
             ));
         }
         let matchers = raw.matchers;
-        let action = raw.action.into_spec();
-        if action == ActionSpec::Rollback && raw.target.kind != WorkloadKind::Deployment {
+        let steps: Vec<ActionSpec> = match (raw.action, raw.steps) {
+            (Some(a), None) => vec![a.into_spec()],
+            (None, Some(steps)) if !steps.is_empty() => {
+                steps.into_iter().map(RawAction::into_spec).collect()
+            }
+            (None, _) => {
+                return Err(format!(
+                    "rule {name:?} needs `action` or a non-empty `steps` list"
+                ));
+            }
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "rule {name:?} has both `action` and `steps`; use one"
+                ));
+            }
+        };
+        if steps.contains(&ActionSpec::Rollback) && raw.target.kind != WorkloadKind::Deployment {
             return Err(format!(
                 "rule {name:?}: rollback works on a Deployment only (a {} keeps no ReplicaSet revisions)",
                 raw.target.kind
@@ -173,7 +273,7 @@ impl TryFrom<RawRule> for Rule {
                 format!("rule {name:?}: cooldown {s:?} is not a duration like 10m: {e}")
             })?,
         };
-        let max_attempts = raw.max_attempts.unwrap_or(1);
+        let max_attempts = raw.max_attempts.unwrap_or(steps.len() as u32);
         if max_attempts == 0 {
             return Err(format!("rule {name:?}: max_attempts must be at least 1"));
         }
@@ -181,7 +281,10 @@ impl TryFrom<RawRule> for Rule {
             name,
             matchers,
             target: raw.target,
-            action,
+            steps,
+            order: raw.order,
+            verify: raw.verify.unwrap_or_default(),
+            revert_on_failure: raw.revert_on_failure,
             cooldown,
             max_attempts,
             file: String::new(),

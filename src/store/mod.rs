@@ -10,7 +10,9 @@
 //! Queries are grouped by what they are about: [`incidents`], [`remediations`],
 //! [`targets`].
 
+pub mod escalations;
 pub mod incidents;
+pub mod learning;
 pub mod remediations;
 pub mod targets;
 

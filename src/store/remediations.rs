@@ -35,6 +35,10 @@ pub enum EventKind {
     PolicyEvaluated,
     KubeCall,
     StateChanged,
+    StepStarted,
+    Verification,
+    Revert,
+    Escalation,
 }
 
 impl EventKind {
@@ -44,6 +48,10 @@ impl EventKind {
             EventKind::PolicyEvaluated => "policy_evaluated",
             EventKind::KubeCall => "kube_call",
             EventKind::StateChanged => "state_changed",
+            EventKind::StepStarted => "step_started",
+            EventKind::Verification => "verification",
+            EventKind::Revert => "revert",
+            EventKind::Escalation => "escalation",
         }
     }
 }

@@ -93,6 +93,9 @@ pub struct Options {
     /// Reload on file changes in the policy directory.
     pub watch_policies: bool,
     pub admin_token: Option<String>,
+    pub prometheus_url: Option<reqwest::Url>,
+    pub alertmanager_url: Option<reqwest::Url>,
+    pub escalation_webhook_url: Option<reqwest::Url>,
 }
 
 impl Default for Options {
@@ -109,6 +112,9 @@ impl Default for Options {
             database: None,
             watch_policies: false,
             admin_token: None,
+            prometheus_url: None,
+            alertmanager_url: None,
+            escalation_webhook_url: None,
         }
     }
 }
@@ -143,6 +149,10 @@ pub async fn spawn_salve(opts: Options) -> TestSalve {
         syntax: salve::policy::Syntax::V1,
         watch_policies: opts.watch_policies,
         admin_token: opts.admin_token.map(salve::config::Secret),
+        prometheus_url: opts.prometheus_url,
+        alertmanager_url: opts.alertmanager_url,
+        escalation_webhook_url: opts.escalation_webhook_url,
+        external_url: None,
     };
     let salve = Salve::start(&settings)
         .await
@@ -191,24 +201,37 @@ impl TestSalve {
         body["items"].as_array().cloned().unwrap_or_default()
     }
 
-    /// Waits until `count` remediations exist and all have left `pending`/`executing`.
-    pub async fn settled(&self, count: usize) -> Vec<Value> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    /// Waits until `count` remediations exist and every one is in `states` (or a terminal state).
+    pub async fn reached(&self, count: usize, states: &[&str]) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             let items = self.remediations().await;
+            let terminal = |s: &str| !matches!(s, "pending" | "executing" | "verifying");
             let done = items.len() >= count
-                && items
-                    .iter()
-                    .all(|r| !matches!(r["state"].as_str(), Some("pending" | "executing")));
+                && items.iter().all(|r| {
+                    let s = r["state"].as_str().unwrap_or_default();
+                    terminal(s) || states.contains(&s)
+                });
             if done {
                 return items;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "remediations did not settle: {items:#?}"
+                "remediations did not reach {states:?}: {items:#?}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Waits until `count` remediations exist and all have left `pending`/`executing`
+    /// (a change that is being verified counts as settled).
+    pub async fn settled(&self, count: usize) -> Vec<Value> {
+        self.reached(count, &["verifying"]).await
+    }
+
+    /// Waits until `count` remediations exist and all have ended.
+    pub async fn finished(&self, count: usize) -> Vec<Value> {
+        self.reached(count, &[]).await
     }
 
     /// One remediation with its timeline.
