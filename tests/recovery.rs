@@ -91,3 +91,61 @@ async fn after_a_crash_executing_is_interrupted_not_resent_and_acked_alerts_are_
     assert_eq!(decided["state"], "verifying", "{decided:#}");
     assert_eq!(decided["rule"], "replicas-mismatch-restart");
 }
+
+#[tokio::test]
+async fn after_a_crash_during_verification_salve_escalates_instead_of_guessing() {
+    let kube = FakeKube::start().await;
+    kube.add_deployment("shop", "checkout", 3, "checkout:1.4");
+    let capture = support::Capture::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let database = fresh_database(dir.path()).await;
+    let store = Store::open(&database).await.unwrap();
+    let first = Delivery::parse(fixture("firing-from-prometheus-rule.json").as_bytes()).unwrap();
+    let incident = store
+        .record_delivery(&first, Utc::now())
+        .await
+        .unwrap()
+        .to_decide[0]
+        .clone();
+    let new = NewRemediation {
+        incident_id: incident,
+        alertname: "HighRequestLatency".into(),
+        rule_name: "latency-scale-up".into(),
+        rule_file: "rules.yaml".into(),
+        action: "scale",
+        target: TargetRef::new(WorkloadKind::Deployment, "shop", "checkout").unwrap(),
+        mode: Mode::Live,
+        summary: "pending".into(),
+    };
+    let id = store
+        .create_remediation(&new, &serde_json::json!({}), Utc::now())
+        .await
+        .unwrap()
+        .unwrap();
+    for (from, to) in [
+        (RemediationState::Pending, RemediationState::Executing),
+        (RemediationState::Executing, RemediationState::Verifying),
+    ] {
+        assert!(
+            store
+                .transition(&id, from, to, "", &[], Utc::now())
+                .await
+                .unwrap()
+        );
+    }
+    drop(store);
+
+    let s = spawn_salve(Options {
+        kube: Some(kube.clone()),
+        database: Some(database),
+        escalation_webhook_url: Some(capture.url.clone()),
+        ..Options::default()
+    })
+    .await;
+    let items = s.finished(1).await;
+    assert_eq!(items[0]["state"], "escalated");
+    let sent = capture.bodies();
+    assert_eq!(sent.len(), 1, "{sent:#?}");
+    assert_eq!(sent[0]["remediation_id"], id.as_str());
+    assert!(kube.writes().is_empty(), "no next step is taken blindly");
+}

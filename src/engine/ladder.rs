@@ -687,17 +687,13 @@ impl Engine {
         Ok(format!("; the revert failed: {why}"))
     }
 
-    /// Tells humans, once per remediation, through every configured notifier.
+    /// Tells humans about this run, once per remediation.
     async fn escalate(
         &self,
         run: &Run<'_>,
         reason: &str,
         summary: &str,
     ) -> Result<(), EngineError> {
-        let store = &self.inner.store;
-        if !store.claim_escalation(&run.id, reason, Utc::now()).await? {
-            return Ok(());
-        }
         let escalation = Escalation {
             remediation_id: run.id.clone(),
             incident_id: run.incident.id.clone(),
@@ -706,32 +702,44 @@ impl Engine {
             reason: reason.to_owned(),
             summary: summary.to_owned(),
             alert: run.incident.alert.clone(),
-            audit_url: format!(
-                "{}/api/v1/remediations/{}",
-                self.inner.external_url.trim_end_matches('/'),
-                run.id
-            ),
+            audit_url: self.audit_url(&run.id),
         };
+        self.deliver_escalation(&escalation).await
+    }
+
+    /// A link to a remediation's audit record.
+    pub(super) fn audit_url(&self, id: &str) -> String {
+        format!(
+            "{}/api/v1/remediations/{id}",
+            self.inner.external_url.trim_end_matches('/')
+        )
+    }
+
+    /// Sends an escalation through every notifier, unless this remediation already had one.
+    pub(super) async fn deliver_escalation(&self, e: &Escalation) -> Result<(), EngineError> {
+        let store = &self.inner.store;
+        let id = &e.remediation_id;
+        if !store.claim_escalation(id, &e.reason, Utc::now()).await? {
+            return Ok(());
+        }
         let mut delivered = Vec::new();
         for notifier in &self.inner.notifiers {
-            let result = notifier.notify(&escalation).await;
-            if let Err(e) = &result {
-                warn!(remediation = %run.id, notifier = %notifier.name(), error = %e, "escalation not delivered");
+            let result = notifier.notify(e).await;
+            if let Err(err) = &result {
+                warn!(remediation = %id, notifier = %notifier.name(), error = %err, "escalation not delivered");
             }
             delivered
                 .push(json!({"to": notifier.name(), "ok": result.is_ok(), "error": result.err()}));
         }
         if self.inner.notifiers.is_empty() {
-            warn!(remediation = %run.id, "escalation recorded, but no notifier is configured (--alertmanager-url)");
+            warn!(remediation = %id, "escalation recorded, but no notifier is configured (--alertmanager-url)");
         }
         let delivered = Value::Array(delivered);
-        store.set_escalation_delivery(&run.id, &delivered).await?;
-        self.event(
-            run,
-            EventKind::Escalation,
-            json!({"reason": reason, "delivered": delivered}),
-        )
-        .await
+        store.set_escalation_delivery(id, &delivered).await?;
+        let detail = json!({"reason": e.reason, "delivered": delivered});
+        Ok(store
+            .append_event(id, EventKind::Escalation, &detail, Utc::now())
+            .await?)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -250,56 +250,23 @@ impl Engine {
     /// `pending` ones, and returns the incidents still to be decided.
     pub async fn recover(&self) -> Result<Vec<String>, EngineError> {
         let store = &self.inner.store;
-        for id in store
-            .remediations_in_state(RemediationState::Verifying)
-            .await?
-        {
-            // The change landed; what it achieved is unknown. Escalate rather than guess,
-            // and never take the next step blindly.
-            let reason =
-                "salve restarted while verifying this change; a human should check it".to_owned();
-            store
-                .transition(
-                    &id,
-                    RemediationState::Verifying,
-                    RemediationState::Escalated,
-                    &format!("escalated: {reason}"),
-                    std::slice::from_ref(&reason),
-                    Utc::now(),
-                )
-                .await?;
-            if let Some(r) = store.remediation(&id).await? {
-                if let Some(t) = stored_target(&r.target.kind, &r.target.namespace, &r.target.name)
-                {
-                    store.release_target_lock(&t, &id).await?;
-                }
-            }
-            warn!(remediation = %id, "salve restarted while verifying: escalated");
-        }
-        for id in store
-            .remediations_in_state(RemediationState::Executing)
-            .await?
-        {
-            let summary =
-                "salve stopped while sending this change; it was not re-sent. Check the workload.";
-            store
-                .transition(
-                    &id,
-                    RemediationState::Executing,
-                    RemediationState::Interrupted,
-                    summary,
-                    &["interrupted by a restart during execution".to_owned()],
-                    Utc::now(),
-                )
-                .await?;
-            if let Some(r) = store.remediation(&id).await? {
-                if let Some(t) = stored_target(&r.target.kind, &r.target.namespace, &r.target.name)
-                {
-                    store.release_target_lock(&t, &id).await?;
-                }
-            }
-            warn!(remediation = %id, "marked interrupted: salve stopped while executing it");
-        }
+        // A change landed but what it achieved is unknown: escalate rather than guess, and
+        // never take the next step blindly.
+        self.settle_after_restart(
+            RemediationState::Verifying,
+            RemediationState::Escalated,
+            "escalated: salve restarted while verifying this change; a human should check it",
+            "restarted while verifying",
+        )
+        .await?;
+        // A write may or may not have landed: record it, never re-send it.
+        self.settle_after_restart(
+            RemediationState::Executing,
+            RemediationState::Interrupted,
+            "salve stopped while sending this change; it was not re-sent. Check the workload.",
+            "interrupted by a restart during execution",
+        )
+        .await?;
         for id in store
             .remediations_in_state(RemediationState::Pending)
             .await?
@@ -309,6 +276,47 @@ impl Engine {
             }
         }
         Ok(store.undecided_firing_incidents().await?)
+    }
+
+    /// Ends every remediation left in `from` by a previous run, and frees its workload.
+    async fn settle_after_restart(
+        &self,
+        from: RemediationState,
+        to: RemediationState,
+        summary: &str,
+        reason: &str,
+    ) -> Result<(), EngineError> {
+        let store = &self.inner.store;
+        for id in store.remediations_in_state(from).await? {
+            store
+                .transition(&id, from, to, summary, &[reason.to_owned()], Utc::now())
+                .await?;
+            let Some(r) = store.remediation(&id).await? else {
+                continue;
+            };
+            let Some(target) = stored_target(&r.target.kind, &r.target.namespace, &r.target.name)
+            else {
+                continue;
+            };
+            store.release_target_lock(&target, &id).await?;
+            warn!(remediation = %id, state = %to, "{reason}");
+            if to == RemediationState::Escalated {
+                if let Some(incident) = store.incident(&r.incident_id).await? {
+                    let escalation = crate::notify::Escalation {
+                        audit_url: self.audit_url(&id),
+                        remediation_id: id.clone(),
+                        incident_id: r.incident_id.clone(),
+                        rule: r.rule.clone(),
+                        target,
+                        reason: reason.to_owned(),
+                        summary: summary.to_owned(),
+                        alert: incident.alert,
+                    };
+                    self.deliver_escalation(&escalation).await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn resume(&self, id: &str) -> Result<(), EngineError> {

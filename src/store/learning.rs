@@ -91,7 +91,7 @@ impl Store {
         sqlx::query(
             "INSERT INTO attempts (id, remediation_id, step, alertname, target_kind, target_namespace, target_name,
                  action, step_key, started_at, acted_at, finished_at, outcome, seconds_to_heal, detail)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, CAST($14 AS DOUBLE PRECISION), $15)",
         )
         .bind(new_id())
         .bind(a.remediation_id)
@@ -106,7 +106,9 @@ impl Store {
         .bind(a.acted_at.map(timestamp))
         .bind(timestamp(now))
         .bind(a.outcome.as_str())
-        .bind(a.seconds_to_heal)
+        // Bound as text: sqlx's Any driver types a NULL as text, and PostgreSQL keeps the
+        // first execution's parameter types for the cached statement.
+        .bind(a.seconds_to_heal.map(|s| s.to_string()))
         .bind(a.detail.to_string())
         .execute(self.pool())
         .await?;

@@ -61,6 +61,8 @@ struct KubeState {
     requests: Vec<Recorded>,
     /// Objects another writer changes right after salve's next read of them.
     interfere_after_read: HashSet<Key>,
+    /// Workloads whose rollouts never finish (their new pods never become available).
+    stuck: HashSet<Key>,
 }
 
 /// A running fake API server.
@@ -252,7 +254,11 @@ impl KubeState {
         if resource == "deployments" {
             self.reconcile_replica_sets(ns, &mut new);
         }
-        roll_out(&mut new);
+        if self.stuck.contains(key) {
+            stall(&mut new, &old);
+        } else {
+            roll_out(&mut new);
+        }
         self.objects.insert(key.clone(), new.clone());
         Ok(new)
     }
@@ -351,6 +357,25 @@ fn roll_out(obj: &mut Value) {
         "conditions": [
             {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable", "message": "Deployment has minimum availability."},
             {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable", "message": "ReplicaSet has successfully progressed."}
+        ],
+    });
+}
+
+/// A rollout that cannot progress: the controller saw the change, but the new pods
+/// never become available, and the deployment reports ProgressDeadlineExceeded.
+fn stall(obj: &mut Value, old: &Value) {
+    let replicas = obj["spec"]["replicas"].as_i64().unwrap_or(1);
+    let available = old["status"]["availableReplicas"]
+        .as_i64()
+        .unwrap_or(0)
+        .min(replicas);
+    obj["status"] = json!({
+        "observedGeneration": obj["metadata"]["generation"].clone(),
+        "replicas": replicas, "updatedReplicas": available, "readyReplicas": available, "availableReplicas": available,
+        "conditions": [
+            {"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable", "message": "Deployment does not have minimum availability."},
+            {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+             "message": format!("ReplicaSet \"{}\" has timed out progressing.", obj["metadata"]["name"].as_str().unwrap_or_default())}
         ],
     });
 }
@@ -775,6 +800,15 @@ impl FakeKube {
     /// After the next GET of this object, another writer changes it (its resourceVersion moves).
     pub fn interfere_after_next_read(&self, resource: &str, ns: &str, name: &str) {
         self.state.lock().unwrap().interfere_after_read.insert((
+            resource.to_owned(),
+            ns.to_owned(),
+            name.to_owned(),
+        ));
+    }
+
+    /// From now on, changes to this workload never finish rolling out.
+    pub fn stall_rollouts(&self, resource: &str, ns: &str, name: &str) {
+        self.state.lock().unwrap().stuck.insert((
             resource.to_owned(),
             ns.to_owned(),
             name.to_owned(),

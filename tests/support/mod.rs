@@ -242,6 +242,41 @@ impl TestSalve {
     }
 }
 
+/// A loopback HTTP server that records every JSON body posted to it (an escalation webhook).
+pub struct Capture {
+    pub url: reqwest::Url,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl Capture {
+    /// Starts the server.
+    pub async fn start() -> Capture {
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let store = bodies.clone();
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
+                let store = store.clone();
+                async move {
+                    store.lock().unwrap().push(v);
+                    "ok"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Capture { url, bodies }
+    }
+
+    /// Everything received so far.
+    pub fn bodies(&self) -> Vec<Value> {
+        self.bodies.lock().unwrap().clone()
+    }
+}
+
 /// The timeline entries of one kind.
 pub fn events<'a>(detail: &'a Value, kind: &str) -> Vec<&'a Value> {
     detail["timeline"]

@@ -1,0 +1,340 @@
+//! Closing the loop against the fake API server: verify, climb the ladder, revert,
+//! escalate, and learn what works.
+
+mod support;
+
+use chrono::{Duration, Utc};
+use salve::alert::Delivery;
+use salve::cluster::{TargetRef, WorkloadKind};
+use salve::remediation::Mode;
+use salve::store::learning::{AttemptOutcome, NewAttempt};
+use salve::store::{NewRemediation, Store};
+use serde_json::{Value, json};
+use support::{Capture, FakeKube, Options, TestSalve, events, firing_for, fixture, spawn_salve};
+
+const LADDER: &str = r#"
+rules:
+  - name: checkout-ladder
+    matchers: ['alertname="HighRequestLatency"']
+    target: { kind: Deployment, name: "{{ deployment }}" }
+    steps:
+      - scale: { by: 1, max: 10 }
+      - scale: { by: 2, max: 10 }
+    verify: { within: 700ms, every: 100ms }
+    revert_on_failure: true
+    cooldown: 0s
+"#;
+
+async fn salve_with(kube: &FakeKube, rules: &str, capture: Option<&Capture>) -> TestSalve {
+    spawn_salve(Options {
+        kube: Some(kube.clone()),
+        rules: Some(rules.to_owned()),
+        escalation_webhook_url: capture.map(|c| c.url.clone()),
+        ..Options::default()
+    })
+    .await
+}
+
+fn replicas(kube: &FakeKube) -> i64 {
+    kube.get("deployments", "shop", "checkout").unwrap()["spec"]["replicas"]
+        .as_i64()
+        .unwrap()
+}
+
+fn resolved(firing: &str) -> String {
+    let mut v: Value = serde_json::from_str(firing).unwrap();
+    v["status"] = "resolved".into();
+    v["alerts"][0]["status"] = "resolved".into();
+    v["alerts"][0]["endsAt"] = Utc::now().to_rfc3339().into();
+    v.to_string()
+}
+
+#[tokio::test]
+async fn a_resolved_notification_during_verification_heals() {
+    let kube = FakeKube::start().await;
+    kube.add_deployment("shop", "checkout", 2, "checkout:1.4");
+    let slow = LADDER.replace("within: 700ms", "within: 20s");
+    let s = salve_with(&kube, &slow, None).await;
+    let firing = fixture("firing-from-prometheus-rule.json");
+    s.post_alerts(&firing).await;
+    s.reached(1, &["verifying"]).await;
+    assert_eq!(replicas(&kube), 3);
+
+    let (status, ack) = s.post_alerts(&resolved(&firing)).await;
+    assert_eq!((status, ack["resolved"].as_u64()), (200, Some(1)));
+    let items = s.finished(1).await;
+    let r = &items[0];
+    assert_eq!(r["state"], "healed", "{r:#}");
+    assert!(r["summary"].as_str().unwrap().starts_with(
+        "healed: scale Deployment shop/checkout from 2 to 3 replicas (verified after"
+    ));
+    let detail = s.detail(r["id"].as_str().unwrap()).await;
+    let verification = &events(&detail, "verification")[0]["detail"];
+    assert!(
+        verification["evidence"]["signal"]
+            .as_str()
+            .unwrap()
+            .contains("Alertmanager sent resolved"),
+        "{verification}"
+    );
+    assert!(events(&detail, "escalation").is_empty());
+}
+
+#[tokio::test]
+async fn the_ladder_climbs_then_escalates_once() {
+    let kube = FakeKube::start().await;
+    kube.add_deployment("shop", "checkout", 2, "checkout:1.4");
+    let capture = Capture::start().await;
+    let s = salve_with(&kube, LADDER, Some(&capture)).await;
+    let firing = fixture("firing-from-prometheus-rule.json");
+    s.post_alerts(&firing).await;
+    let items = s.finished(1).await;
+
+    assert_eq!(replicas(&kube), 5, "step 1 (+1) then step 2 (+2)");
+    let r = &items[0];
+    assert_eq!(r["state"], "escalated", "{r:#}");
+    assert!(
+        r["summary"]
+            .as_str()
+            .unwrap()
+            .contains("not healed after 2 step(s)"),
+        "{r:#}"
+    );
+    // Alertmanager keeps re-sending the still-firing alert: no second escalation.
+    s.post_alerts(&firing).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let sent = capture.bodies();
+    assert_eq!(sent.len(), 1, "{sent:#?}");
+    assert_eq!(sent[0]["remediation_id"], r["id"]);
+    assert!(sent[0]["audit_url"].as_str().unwrap().ends_with(&format!(
+        "/api/v1/remediations/{}",
+        r["id"].as_str().unwrap()
+    )));
+    let detail = s.detail(r["id"].as_str().unwrap()).await;
+    assert_eq!(
+        events(&detail, "policy_evaluated").len(),
+        2,
+        "each step judged on fresh state"
+    );
+    let steps: Vec<Value> = events(&detail, "policy_evaluated")
+        .iter()
+        .map(|e| e["detail"]["input"]["action"]["from"]["replicas"].clone())
+        .collect();
+    assert_eq!(steps, vec![json!(2), json!(3)]);
+}
+
+#[tokio::test]
+async fn a_rollout_that_fails_is_reverted_and_escalated() {
+    let kube = FakeKube::start().await;
+    kube.add_deployment("shop", "checkout", 2, "checkout:1.4");
+    kube.stall_rollouts("deployments", "shop", "checkout");
+    let capture = Capture::start().await;
+    let s = salve_with(&kube, LADDER, Some(&capture)).await;
+    s.post_alerts(&fixture("firing-from-prometheus-rule.json"))
+        .await;
+    let items = s.finished(1).await;
+
+    let r = &items[0];
+    assert_eq!(r["state"], "escalated", "{r:#}");
+    let reason = r["reasons"][0].as_str().unwrap();
+    assert!(
+        reason.contains("made things worse") && reason.contains("timed out progressing"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("salve reverted its change (scaled back to 2 replicas)"),
+        "{reason}"
+    );
+    assert_eq!(replicas(&kube), 2, "reverted");
+    let scales: Vec<String> = kube.writes().iter().map(|w| w.path.clone()).collect();
+    assert_eq!(
+        scales.len(),
+        2,
+        "the change and its revert, no second step: {scales:?}"
+    );
+    assert_eq!(capture.bodies().len(), 1);
+    let detail = s.detail(r["id"].as_str().unwrap()).await;
+    assert_eq!(events(&detail, "revert")[0]["detail"]["reverted"], true);
+}
+
+/// Records finished attempts for HighRequestLatency on shop/checkout, as past runs would have.
+async fn seed(
+    store: &Store,
+    n: &mut u32,
+    step_key: &str,
+    action: &'static str,
+    tries: u32,
+    healed: u32,
+) {
+    let target = TargetRef::new(WorkloadKind::Deployment, "shop", "checkout").unwrap();
+    for i in 0..tries {
+        *n += 1;
+        let body = firing_for(
+            "HighRequestLatency",
+            "shop",
+            "checkout",
+            &format!("{:016x}", 0xf000 + *n),
+        );
+        let incident = store
+            .record_delivery(
+                &Delivery::parse(body.as_bytes()).unwrap(),
+                Utc::now() - Duration::days(2),
+            )
+            .await
+            .unwrap()
+            .to_decide[0]
+            .clone();
+        let new = NewRemediation {
+            incident_id: incident,
+            alertname: "HighRequestLatency".into(),
+            rule_name: "past".into(),
+            rule_file: "rules.yaml".into(),
+            action,
+            target: target.clone(),
+            mode: Mode::Live,
+            summary: String::new(),
+        };
+        let at = Utc::now() - Duration::days(2);
+        let id = store
+            .create_remediation(&new, &json!({}), at)
+            .await
+            .unwrap()
+            .unwrap();
+        let ok = i < healed;
+        let attempt = NewAttempt {
+            remediation_id: &id,
+            step: 1,
+            alertname: "HighRequestLatency",
+            target: &target,
+            action,
+            step_key: step_key.into(),
+            started_at: at,
+            acted_at: Some(at),
+            outcome: if ok {
+                AttemptOutcome::Healed
+            } else {
+                AttemptOutcome::NotHealed
+            },
+            seconds_to_heal: ok.then_some(30.0 + f64::from(i) * 20.0),
+            detail: json!({}),
+        };
+        store.record_attempt(&attempt, at).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn input_history_reaches_the_policy_with_correct_numbers() {
+    let kube = FakeKube::start().await;
+    kube.add_deployment("shop", "checkout", 2, "checkout:1.4");
+    let dir = tempfile::tempdir().unwrap();
+    let database = support::fresh_database(dir.path()).await;
+    let store = Store::open(&database).await.unwrap();
+    let mut n = 0;
+    seed(&store, &mut n, "scale:by=1", "scale", 10, 2).await;
+    seed(&store, &mut n, "restart", "restart", 3, 3).await;
+    drop(store);
+
+    let s = spawn_salve(Options {
+        kube: Some(kube.clone()),
+        rules: Some(LADDER.into()),
+        database: Some(database),
+        ..Options::default()
+    })
+    .await;
+    // A policy author's rule on learned numbers: the issue's own example.
+    std::fs::write(
+        s.dir.path().join("policies/learned.rego"),
+        "package salve\n\nimport rego.v1\n\ndeny contains msg if {\n\ts := input.history.stats.this_action\n\ts.attempts >= 10\n\ts.success_rate < 0.3\n\tmsg := sprintf(\"%s healed only %d of the last %d times\", [s.action, s.healed, s.attempts])\n}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        s.http
+            .post(format!("{}/-/reload", s.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    s.post_alerts(&fixture("firing-from-prometheus-rule.json"))
+        .await;
+    let items = s.finished(14).await;
+    let r = items
+        .iter()
+        .find(|r| r["rule"] == "checkout-ladder")
+        .unwrap();
+    assert_eq!(r["state"], "denied", "{r:#}");
+    assert_eq!(r["reasons"][0], "scale healed only 2 of the last 10 times");
+    let detail = s.detail(r["id"].as_str().unwrap()).await;
+    let stats = &events(&detail, "policy_evaluated")[0]["detail"]["input"]["history"]["stats"];
+    assert_eq!(stats["window_days"], 30);
+    assert_eq!(stats["this_action"]["attempts"], 10);
+    assert_eq!(stats["this_action"]["healed"], 2);
+    assert_eq!(stats["this_action"]["success_rate"], 0.2);
+    assert_eq!(
+        stats["this_action"]["mean_seconds_to_heal"], 40.0,
+        "(30 + 50) / 2"
+    );
+    let restart = stats["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step_key"] == "restart")
+        .unwrap();
+    assert_eq!(
+        (restart["attempts"].as_i64(), restart["healed"].as_i64()),
+        (Some(3), Some(3))
+    );
+    assert_eq!(replicas(&kube), 2, "denied: nothing changed");
+}
+
+#[tokio::test]
+async fn a_learned_order_tries_the_step_that_healed_most_often_first() {
+    let rules = |order: &str| {
+        format!(
+            "rules:\n  - name: learned\n    matchers: ['alertname=\"HighRequestLatency\"']\n    target: {{ kind: Deployment, name: \"{{{{ deployment }}}}\" }}\n    steps:\n      - scale: {{ by: 1, max: 10 }}\n      - restart: {{}}\n    order: {order}\n    verify: {{ within: 20s, every: 100ms }}\n"
+        )
+    };
+    for (order, expect_restart_first) in [("as_written", false), ("learned", true)] {
+        let kube = FakeKube::start().await;
+        kube.add_deployment("shop", "checkout", 2, "checkout:1.4");
+        let dir = tempfile::tempdir().unwrap();
+        let database = support::fresh_database(dir.path()).await;
+        let store = Store::open(&database).await.unwrap();
+        let mut n = 0;
+        seed(&store, &mut n, "scale:by=1", "scale", 3, 0).await;
+        seed(&store, &mut n, "restart", "restart", 3, 3).await;
+        drop(store);
+        let s = spawn_salve(Options {
+            kube: Some(kube.clone()),
+            rules: Some(rules(order)),
+            database: Some(database),
+            ..Options::default()
+        })
+        .await;
+        s.post_alerts(&fixture("firing-from-prometheus-rule.json"))
+            .await;
+        let items = s.reached(7, &["verifying"]).await;
+        let r = items.iter().find(|r| r["rule"] == "learned").unwrap();
+        assert_eq!(
+            r["action"],
+            if expect_restart_first {
+                "restart"
+            } else {
+                "scale"
+            },
+            "{order}: {r:#}"
+        );
+        let d = kube.get("deployments", "shop", "checkout").unwrap();
+        let restarted = d["spec"]["template"]["metadata"]["annotations"]
+            .get("kubectl.kubernetes.io/restartedAt")
+            .is_some();
+        assert_eq!(restarted, expect_restart_first, "{order}");
+        assert_eq!(
+            d["spec"]["replicas"],
+            if expect_restart_first { 2 } else { 3 },
+            "{order}"
+        );
+    }
+}
