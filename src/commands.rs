@@ -254,6 +254,51 @@ pub async fn replay(
     Output::new(replay_table(&report), 0)
 }
 
+/// `salve stats`: what each step achieved per alert signature.
+pub async fn stats(database: &str, since: Duration, json: bool) -> Output {
+    let store = match Store::connect(database).await {
+        Ok(s) => s,
+        Err(e) => return Output::new(format!("error: {e}\n"), EXIT_LOAD),
+    };
+    let since = chrono::Utc::now()
+        - chrono::Duration::from_std(since).unwrap_or(chrono::Duration::days(30));
+    let rows = match store.all_stats(since).await {
+        Ok(r) => r,
+        Err(e) => return Output::new(format!("error: {e}\n"), EXIT_LOAD),
+    };
+    if json {
+        return Output::new(
+            serde_json::to_string_pretty(&rows).unwrap_or_default() + "\n",
+            0,
+        );
+    }
+    let mut out = format!(
+        "{:<28} {:<36} {:<14} {:>8} {:>7} {:>6} {:>10}\n",
+        "ALERT", "WORKLOAD", "STEP", "ATTEMPTS", "HEALED", "RATE", "MEAN HEAL"
+    );
+    for r in &rows {
+        let heal = r
+            .stats
+            .mean_seconds_to_heal
+            .map_or("-".to_owned(), |s| format!("{s:.0}s"));
+        let _ = writeln!(
+            out,
+            "{:<28} {:<36} {:<14} {:>8} {:>7} {:>5.0}% {:>10}",
+            r.alertname,
+            r.target,
+            r.stats.step_key,
+            r.stats.attempts,
+            r.stats.healed,
+            r.stats.success_rate * 100.0,
+            heal
+        );
+    }
+    if rows.is_empty() {
+        out.push_str("(no verified attempts yet)\n");
+    }
+    Output::new(out, 0)
+}
+
 fn replay_table(r: &ReplayReport) -> String {
     let mut out = String::new();
     for f in &r.flips {

@@ -37,6 +37,21 @@ pub enum Command {
     Rules(RulesCommand),
     /// Re-judge past decisions under another policy directory (nothing touches a cluster).
     Replay(ReplayArgs),
+    /// What worked: per alert and workload, each step's attempts, heals and time to heal.
+    Stats(StatsArgs),
+}
+
+/// `salve stats`.
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// How far back, e.g. `30d`.
+    #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+    pub since: Duration,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value = "table")]
+    pub output: OutputFormat,
 }
 
 /// Rego syntax selection shared by the policy commands.

@@ -81,6 +81,14 @@ async fn main() -> ExitCode {
             query.as_deref(),
         )),
         Command::Rules(RulesCommand::Check { dir }) => print_output(commands::rules_check(&dir)),
+        Command::Stats(args) => print_output(
+            commands::stats(
+                &args.database.url,
+                args.since,
+                matches!(args.output, OutputFormat::Json),
+            )
+            .await,
+        ),
         Command::Replay(args) => print_output(
             commands::replay(
                 &args.database.url,

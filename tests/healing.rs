@@ -121,6 +121,39 @@ async fn the_ladder_climbs_then_escalates_once() {
         .map(|e| e["detail"]["input"]["action"]["from"]["replicas"].clone())
         .collect();
     assert_eq!(steps, vec![json!(2), json!(3)]);
+
+    // `salve stats` shows what each step achieved for this alert on this workload.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_salve"))
+        .args(["stats", "--database", &s.database, "--output", "json"])
+        .output()
+        .unwrap();
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let got: Vec<(String, i64, i64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["step_key"].as_str().unwrap().to_owned(),
+                r["attempts"].as_i64().unwrap(),
+                r["healed"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![("scale:by=1".into(), 1, 0), ("scale:by=2".into(), 1, 0)]
+    );
+    assert!(rows.iter().all(
+        |r| r["alertname"] == "HighRequestLatency" && r["target"] == "Deployment/shop/checkout"
+    ));
+    let table = std::process::Command::new(env!("CARGO_BIN_EXE_salve"))
+        .args(["stats", "--database", &s.database])
+        .output()
+        .unwrap();
+    let table = String::from_utf8(table.stdout).unwrap();
+    assert!(
+        table.contains("HighRequestLatency") && table.contains("scale:by=2"),
+        "{table}"
+    );
 }
 
 #[tokio::test]

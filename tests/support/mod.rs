@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod fake_kube;
+pub mod real;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -1,0 +1,153 @@
+//! The whole loop with a real Prometheus and a real Alertmanager: a Prometheus rule
+//! fires, Alertmanager routes it to salve, salve scales the (fake) Deployment, and then
+//! either the metric recovers and salve records `healed`, or it stays bad, the ladder
+//! climbs, and salve escalates through Alertmanager's own API.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::real::{self, Exporter};
+use support::{FakeKube, Options, TestSalve, spawn_salve};
+
+const RULES: &str = r#"
+rules:
+  - name: checkout-latency
+    matchers:
+      - alertname="HighRequestLatency"
+      - severity=~"critical|warning"
+    target: { kind: Deployment, namespace: "{{ namespace }}", name: "{{ deployment }}" }
+    steps:
+      - scale: { by: 1, min: 2, max: 10 }
+      - scale: { by: 2, min: 2, max: 10 }
+    verify: { within: VERIFY, every: 500ms }
+    cooldown: 0s
+"#;
+
+struct World {
+    kube: FakeKube,
+    exporter: Exporter,
+    salve: TestSalve,
+    alertmanager: real::Process,
+    _prometheus: real::Process,
+    _dir: tempfile::TempDir,
+}
+
+async fn world(verify_within: &str) -> World {
+    let kube = FakeKube::start().await;
+    kube.add_deployment("shop", "checkout", 2, "checkout:1.4");
+    let dir = tempfile::tempdir().unwrap();
+    // salve must listen before Alertmanager is told where; Prometheus comes last.
+    let prom_port = real::free_port();
+    let am_port = real::free_port();
+    let salve = spawn_salve(Options {
+        kube: Some(kube.clone()),
+        rules: Some(RULES.replace("VERIFY", verify_within)),
+        prometheus_url: Some(format!("http://127.0.0.1:{prom_port}/").parse().unwrap()),
+        alertmanager_url: Some(format!("http://127.0.0.1:{am_port}/").parse().unwrap()),
+        ..Options::default()
+    })
+    .await;
+    let exporter = Exporter::start(0.9).await;
+    let alertmanager =
+        real::alertmanager_on(dir.path(), &format!("{}/api/v1/alerts", salve.url), am_port).await;
+    let prometheus =
+        real::prometheus_on(dir.path(), exporter.port, &alertmanager.url, prom_port).await;
+    World {
+        kube,
+        exporter,
+        salve,
+        alertmanager,
+        _prometheus: prometheus,
+        _dir: dir,
+    }
+}
+
+fn replicas(kube: &FakeKube) -> i64 {
+    kube.get("deployments", "shop", "checkout").unwrap()["spec"]["replicas"]
+        .as_i64()
+        .unwrap()
+}
+
+async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_prometheus_alert_is_healed_by_scaling_and_recorded_as_healed() {
+    if !real::binaries_present() {
+        return;
+    }
+    let w = world("60s").await;
+    wait_for("salve to scale checkout", async || replicas(&w.kube) == 3).await;
+    let r = &w.salve.remediations().await[0];
+    assert_eq!(r["state"], "verifying", "{r:#}");
+    assert_eq!(r["alertname"], "HighRequestLatency");
+
+    w.exporter.set(0.1);
+    let items = w.salve.finished(1).await;
+    let r = &items[0];
+    assert_eq!(r["state"], "healed", "{r:#}");
+    assert_eq!(replicas(&w.kube), 3, "healed on the first step");
+    let detail = w.salve.detail(r["id"].as_str().unwrap()).await;
+    let alert = &support::events(&detail, "rule_matched")[0]["detail"]["alert"];
+    assert_eq!(
+        alert["labels"]["job"], "checkout",
+        "the alert came from Prometheus: {alert}"
+    );
+    assert!(alert["generatorURL"].as_str().unwrap().contains("g0.expr="));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_metric_that_stays_bad_climbs_the_ladder_and_escalates_through_alertmanager() {
+    if !real::binaries_present() {
+        return;
+    }
+    let w = world("3s").await;
+    let items = w.salve.finished(1).await;
+    let r = &items[0];
+    assert_eq!(r["state"], "escalated", "{r:#}");
+    assert_eq!(replicas(&w.kube), 5, "+1, then +2");
+
+    let mut url = w.alertmanager.url.join("api/v2/alerts").unwrap();
+    url.query_pairs_mut()
+        .append_pair("filter", "alertname=\"SalveRemediationFailed\"");
+    let mut found = Value::Null;
+    wait_for("SalveRemediationFailed in Alertmanager", async || {
+        let alerts: Value = reqwest::get(url.clone())
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        found = alerts
+            .as_array()
+            .and_then(|a| a.first().cloned())
+            .unwrap_or(Value::Null);
+        !found.is_null()
+    })
+    .await;
+    let labels = &found["labels"];
+    assert_eq!(labels["salve_remediation"], r["id"]);
+    assert_eq!(labels["original_alertname"], "HighRequestLatency");
+    assert_eq!(
+        (labels["namespace"].as_str(), labels["deployment"].as_str()),
+        (Some("shop"), Some("checkout"))
+    );
+    let audit = found["annotations"]["salve_audit_url"].as_str().unwrap();
+    assert!(
+        audit.ends_with(&format!(
+            "/api/v1/remediations/{}",
+            r["id"].as_str().unwrap()
+        )),
+        "{audit}"
+    );
+}

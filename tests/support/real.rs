@@ -1,0 +1,173 @@
+//! Real Prometheus and Alertmanager (Debian's `prometheus` and `prometheus-alertmanager`)
+//! on loopback ports chosen at run time, with configuration files the test writes, and
+//! a tiny exporter whose one gauge the test sets.
+//!
+//! When the binaries are missing, [`binaries_present`] says so loudly and the test
+//! skips; under CI (`CI` set) it fails instead.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+/// Whether both binaries are on PATH; panics under CI when they are not.
+pub fn binaries_present() -> bool {
+    let missing: Vec<&str> = ["prometheus", "prometheus-alertmanager"]
+        .into_iter()
+        .filter(|b| {
+            std::process::Command::new(b)
+                .arg("--version")
+                .output()
+                .is_err()
+        })
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").is_err(),
+        "{missing:?} missing under CI: install Debian's prometheus and prometheus-alertmanager"
+    );
+    eprintln!(
+        "\n*** SKIPPED: {missing:?} not found; the real Prometheus/Alertmanager test did not run ***\n"
+    );
+    false
+}
+
+/// A free loopback port (bound, then released for the child to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An exporter serving `checkout_latency_seconds{namespace="shop",deployment="checkout"}`.
+pub struct Exporter {
+    pub port: u16,
+    value: Arc<Mutex<f64>>,
+}
+
+impl Exporter {
+    /// Starts serving `/metrics` with the gauge at `initial`.
+    pub async fn start(initial: f64) -> Exporter {
+        let value = Arc::new(Mutex::new(initial));
+        let shared = value.clone();
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let v = *shared.lock().unwrap();
+                async move {
+                    format!(
+                        "# TYPE checkout_latency_seconds gauge\ncheckout_latency_seconds{{namespace=\"shop\",deployment=\"checkout\"}} {v}\n"
+                    )
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Exporter { port, value }
+    }
+
+    /// Sets the gauge.
+    pub fn set(&self, v: f64) {
+        *self.value.lock().unwrap() = v;
+    }
+}
+
+/// A running child process, killed when dropped; its output goes to a log file.
+pub struct Process {
+    pub url: reqwest::Url,
+    pub log: PathBuf,
+    _child: Child,
+}
+
+async fn spawn(program: &str, args: &[String], dir: &Path, port: u16) -> Process {
+    let log = dir.join(format!("{program}.log"));
+    let file = std::fs::File::create(&log).unwrap();
+    let child = Command::new(program)
+        .args(args)
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+    let url: reqwest::Url = format!("http://127.0.0.1:{port}/").parse().unwrap();
+    let ready = url.join("-/ready").unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = reqwest::get(ready.clone()).await {
+            if r.status().is_success() {
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{program} did not become ready:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Process {
+        url,
+        log,
+        _child: child,
+    }
+}
+
+/// Starts Alertmanager routing everything to `webhook` (salve), except salve's own
+/// escalations, which go to a receiver for humans.
+pub async fn alertmanager_on(dir: &Path, webhook: &str, port: u16) -> Process {
+    let config = dir.join("alertmanager.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "route:\n  receiver: salve\n  group_by: [alertname, namespace]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\n  routes:\n    - receiver: humans\n      matchers: ['alertname=\"SalveRemediationFailed\"']\nreceivers:\n  - name: humans\n  - name: salve\n    webhook_configs:\n      - url: {webhook}\n        send_resolved: true\n        max_alerts: 0\n"
+        ),
+    )
+    .unwrap();
+    let args = vec![
+        format!("--config.file={}", config.display()),
+        format!("--storage.path={}", dir.join("am-data").display()),
+        format!("--web.listen-address=127.0.0.1:{port}"),
+        "--cluster.listen-address=".to_owned(),
+    ];
+    spawn("prometheus-alertmanager", &args, dir, port).await
+}
+
+/// Starts Prometheus scraping the exporter every second and alerting to `alertmanager`
+/// with `HighRequestLatency` when the gauge is above 0.5.
+pub async fn prometheus_on(
+    dir: &Path,
+    exporter_port: u16,
+    alertmanager: &reqwest::Url,
+    port: u16,
+) -> Process {
+    let rules = dir.join("rules.yml");
+    std::fs::write(
+        &rules,
+        "groups:\n  - name: salve-test\n    rules:\n      - alert: HighRequestLatency\n        expr: checkout_latency_seconds > 0.5\n        for: 0s\n        labels:\n          severity: critical\n        annotations:\n          summary: p99 latency above 500ms on {{ $labels.deployment }}\n",
+    )
+    .unwrap();
+    let am = alertmanager.host_str().unwrap().to_owned()
+        + ":"
+        + &alertmanager.port().unwrap().to_string();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['{am}']\nrule_files: ['{}']\nscrape_configs:\n  - job_name: checkout\n    static_configs:\n      - targets: ['127.0.0.1:{exporter_port}']\n",
+            rules.display()
+        ),
+    )
+    .unwrap();
+    let args = vec![
+        format!("--config.file={}", config.display()),
+        format!("--storage.tsdb.path={}", dir.join("prom-data").display()),
+        format!("--web.listen-address=127.0.0.1:{port}"),
+    ];
+    spawn("prometheus", &args, dir, port).await
+}
