@@ -371,3 +371,70 @@ async fn a_learned_order_tries_the_step_that_healed_most_often_first() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_new_alert_on_the_workload_during_verification_reverts_the_change() {
+    let kube = FakeKube::start().await;
+    kube.add_deployment("shop", "checkout", 2, "checkout:1.4");
+    let capture = Capture::start().await;
+    let rules = LADDER.replace("within: 700ms", "within: 20s");
+    let s = salve_with(&kube, &rules, Some(&capture)).await;
+    s.post_alerts(&fixture("firing-from-prometheus-rule.json"))
+        .await;
+    s.reached(1, &["verifying"]).await;
+    assert_eq!(replicas(&kube), 3);
+
+    // Another alert fires on the same Deployment after salve's change.
+    s.post_alerts(&firing_for(
+        "HighRequestLatency",
+        "shop",
+        "checkout",
+        "abcdef0000000001",
+    ))
+    .await;
+    let items = s.finished(2).await;
+    let first = items
+        .iter()
+        .find(|r| r["state"] == "escalated")
+        .expect("the first remediation escalates");
+    let reason = first["reasons"][0].as_str().unwrap();
+    assert!(
+        reason.contains("fired on Deployment shop/checkout after the change"),
+        "{reason}"
+    );
+    assert!(reason.contains("scaled back to 2 replicas"), "{reason}");
+    assert_eq!(replicas(&kube), 2);
+    assert_eq!(capture.bodies().len(), 1);
+}
+
+#[tokio::test]
+async fn a_refire_after_resolution_is_a_new_incident_but_the_cooldown_holds() {
+    let kube = FakeKube::start().await;
+    kube.add_deployment("shop", "checkout", 2, "checkout:1.4");
+    let rules = LADDER
+        .replace("within: 700ms", "within: 20s")
+        .replace("cooldown: 0s", "cooldown: 10m");
+    let s = salve_with(&kube, &rules, None).await;
+    let firing = fixture("firing-from-prometheus-rule.json");
+    s.post_alerts(&firing).await;
+    s.reached(1, &["verifying"]).await;
+    s.post_alerts(&resolved(&firing)).await;
+    s.finished(1).await;
+
+    // The same alert fires again later: Alertmanager gives it a new startsAt.
+    let mut again: Value = serde_json::from_str(&firing).unwrap();
+    again["alerts"][0]["startsAt"] = Utc::now().to_rfc3339().into();
+    let (_, ack) = s.post_alerts(&again.to_string()).await;
+    assert_eq!(ack["new_incidents"], 1, "a re-fire is a new incident");
+    let items = s.finished(2).await;
+    let refire = &items[0];
+    assert_eq!(refire["state"], "skipped", "{refire:#}");
+    assert!(
+        refire["reasons"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("cooldown: salve changed Deployment shop/checkout")
+    );
+    assert_eq!(items[1]["state"], "healed");
+    assert_eq!(replicas(&kube), 3, "no second change within the cooldown");
+}
