@@ -13,6 +13,7 @@ use regex::Regex;
 use serde_json::Value;
 
 use crate::bundle::{Bundle, FileKind};
+use crate::config::OutputFormat;
 use crate::policy::replay::{self, ReplayReport};
 use crate::policy::testing::{self, Outcome, TestResult};
 use crate::policy::{PolicySet, Syntax, VERDICT_RULE};
@@ -252,6 +253,58 @@ pub async fn replay(
         );
     }
     Output::new(replay_table(&report), 0)
+}
+
+async fn open(database: &str) -> Result<Store, Output> {
+    Store::open(database)
+        .await
+        .map_err(|e| Output::new(format!("error: {e}\n"), EXIT_LOAD))
+}
+
+/// `salve history`: remediations newest first, as a table, JSON or CSV.
+pub async fn history(
+    database: &str,
+    query: &crate::api::ListQuery,
+    format: OutputFormat,
+) -> Output {
+    let store = match open(database).await {
+        Ok(s) => s,
+        Err(out) => return out,
+    };
+    let mut query = query.clone();
+    query.limit = query.limit.or(Some(20));
+    let page = match crate::api::page(&store, &query).await {
+        Ok(p) => p,
+        Err(e) => return Output::new(format!("error: {e}\n"), 1),
+    };
+    let text = match format {
+        OutputFormat::Table => crate::report::history_table(&page.items),
+        OutputFormat::Json => serde_json::to_string_pretty(&page.items).unwrap_or_default() + "\n",
+        OutputFormat::Csv => crate::report::history_csv(&page.items),
+    };
+    Output::new(text, 0)
+}
+
+/// `salve show ID`: one remediation and its timeline, for a person.
+pub async fn show(database: &str, id: &str) -> Output {
+    let store = match open(database).await {
+        Ok(s) => s,
+        Err(out) => return out,
+    };
+    let found = store.remediation(id).await;
+    match (found, store.timeline(id).await) {
+        (Ok(Some(r)), Ok(timeline)) => Output::new(crate::report::timeline(&r, &timeline), 0),
+        (Ok(None), _) => Output::new(format!("error: no remediation {id}\n"), 1),
+        (Err(e), _) | (_, Err(e)) => Output::new(format!("error: {e}\n"), EXIT_LOAD),
+    }
+}
+
+/// `salve migrate`: applies the migrations and says how many there are.
+pub async fn migrate(database: &str) -> Output {
+    match open(database).await {
+        Ok(_) => Output::new("migrations applied\n".into(), 0),
+        Err(out) => out,
+    }
 }
 
 /// `salve stats`: what each step achieved per alert signature.

@@ -29,6 +29,18 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// List what salve did, newest first.
     History(HistoryArgs),
+    /// Show one remediation with its full timeline.
+    Show {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// The remediation's id.
+        id: String,
+    },
+    /// Apply the database migrations and exit.
+    Migrate {
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
     /// Work with the Rego policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -264,9 +276,8 @@ pub enum LogFormat {
 pub struct HistoryArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
-    /// How many remediations to show.
-    #[arg(long, default_value_t = 20)]
-    pub limit: u32,
+    #[command(flatten)]
+    pub query: crate::api::ListQuery,
     /// Output format.
     #[arg(long, short, value_enum, default_value = "table")]
     pub output: OutputFormat,
@@ -277,6 +288,7 @@ pub struct HistoryArgs {
 pub enum OutputFormat {
     Table,
     Json,
+    Csv,
 }
 
 /// Everything `serve` needs, validated.

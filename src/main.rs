@@ -36,23 +36,10 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::History(args) => {
-            let result = async {
-                let store = salve::store::Store::open(&args.database.url).await?;
-                let page = salve::api::page(&store, args.limit, None).await?;
-                anyhow::Ok(match args.output {
-                    OutputFormat::Table => salve::report::history_table(&page.items),
-                    OutputFormat::Json => serde_json::to_string_pretty(&page.items)? + "\n",
-                })
-            }
-            .await;
-            match result {
-                Ok(text) => {
-                    print!("{text}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(1, &e),
-            }
+            print_output(commands::history(&args.database.url, &args.query, args.output).await)
         }
+        Command::Show { database, id } => print_output(commands::show(&database.url, &id).await),
+        Command::Migrate { database } => print_output(commands::migrate(&database.url).await),
         Command::Policy(PolicyCommand::Test {
             dir,
             verbose,

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::store::RemediationRecord;
+use crate::store::{RemediationRecord, TimelineEvent};
 
 fn clip(s: &str, width: usize) -> String {
     if s.chars().count() <= width {
@@ -44,6 +44,112 @@ pub fn history_table(items: &[RemediationRecord]) -> String {
     }
     if items.is_empty() {
         out.push_str("(no remediations recorded)\n");
+    }
+    out
+}
+
+/// The same rows as CSV, for spreadsheets and scripts.
+pub fn history_csv(items: &[RemediationRecord]) -> String {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let _ = w.write_record([
+        "id",
+        "created_at",
+        "state",
+        "mode",
+        "alertname",
+        "rule",
+        "action",
+        "kind",
+        "namespace",
+        "name",
+        "summary",
+        "reasons",
+    ]);
+    for r in items {
+        let _ = w.write_record([
+            r.id.as_str(),
+            &r.created_at,
+            r.state.as_str(),
+            &r.mode,
+            &r.alertname,
+            &r.rule,
+            &r.action,
+            &r.target.kind,
+            &r.target.namespace,
+            &r.target.name,
+            &r.summary,
+            &r.reasons.join("; "),
+        ]);
+    }
+    // Writing into memory cannot fail, and csv writes UTF-8.
+    String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
+}
+
+/// One remediation and its timeline, one line per event.
+pub fn timeline(r: &RemediationRecord, events: &[TimelineEvent]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "remediation {}", r.id);
+    let _ = writeln!(out, "  alert    {}", r.alertname);
+    let _ = writeln!(out, "  rule     {} ({})", r.rule, r.rule_file);
+    let _ = writeln!(
+        out,
+        "  target   {}/{}/{}",
+        r.target.kind, r.target.namespace, r.target.name
+    );
+    let _ = writeln!(out, "  state    {} ({} mode)", r.state.as_str(), r.mode);
+    let _ = writeln!(out, "  summary  {}", r.summary);
+    for reason in &r.reasons {
+        let _ = writeln!(out, "  reason   {reason}");
+    }
+    let _ = writeln!(out, "timeline");
+    for e in events {
+        let d = &e.detail;
+        let line = match e.kind.as_str() {
+            "kube_call" => format!(
+                "{} {}{} -> {}{}",
+                d["verb"].as_str().unwrap_or_default(),
+                d["path"].as_str().unwrap_or_default(),
+                if d["dry_run"] == true {
+                    " (dry run)"
+                } else {
+                    ""
+                },
+                d["status"],
+                d["error"]
+                    .as_str()
+                    .filter(|e| !e.is_empty())
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ),
+            "policy_evaluated" => {
+                let v = &d["verdict"];
+                let verdict = if v["allowed"] == true {
+                    "allowed".to_owned()
+                } else {
+                    format!("denied: {}", v["reasons"])
+                };
+                format!(
+                    "{} -> {verdict}",
+                    d["input"]["action"]["description"]
+                        .as_str()
+                        .unwrap_or_default()
+                )
+            }
+            "state_changed" => format!(
+                "{} -> {}: {}",
+                d["from"].as_str().unwrap_or_default(),
+                d["to"].as_str().unwrap_or_default(),
+                d["summary"].as_str().unwrap_or_default()
+            ),
+            "rule_matched" => format!("rule {} matched", d["rule"].as_str().unwrap_or_default()),
+            _ => d.to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "  {}  {:<17} {line}",
+            e.at.get(..23).unwrap_or(&e.at).replace('T', " "),
+            e.kind
+        );
     }
     out
 }

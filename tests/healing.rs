@@ -122,6 +122,11 @@ async fn the_ladder_climbs_then_escalates_once() {
         .collect();
     assert_eq!(steps, vec![json!(2), json!(3)]);
 
+    let (_, by_outcome) = s.get("/api/v1/remediations?outcome=not_healed").await;
+    assert_eq!(by_outcome["items"].as_array().unwrap().len(), 1);
+    let (_, none) = s.get("/api/v1/remediations?outcome=healed").await;
+    assert!(none["items"].as_array().unwrap().is_empty());
+
     // `salve stats` shows what each step achieved for this alert on this workload.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_salve"))
         .args(["stats", "--database", &s.database, "--output", "json"])

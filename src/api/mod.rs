@@ -19,7 +19,7 @@ use subtle::ConstantTimeEq;
 use crate::config::Secret;
 use crate::http::HttpError;
 use crate::reload::{ReloadReport, Reloader};
-use crate::store::remediations::Cursor;
+use crate::store::remediations::{Cursor, RemediationFilter};
 use crate::store::{RemediationRecord, Store, TimelineEvent};
 use crate::telemetry::Metrics;
 
@@ -35,13 +35,99 @@ pub struct ApiState {
     pub admin_token: Option<Arc<Secret>>,
 }
 
-/// Query parameters of the listing.
-#[derive(Debug, Deserialize)]
+/// Query parameters of the listing; the same fields are `salve history`'s flags.
+#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
 pub struct ListQuery {
     /// Page size, 1..=500 (default 50).
+    #[arg(long)]
     pub limit: Option<u32>,
     /// The `next` cursor of the previous page.
+    #[arg(long)]
     pub cursor: Option<String>,
+    /// Only workloads in this namespace.
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Only this workload kind (Deployment, StatefulSet).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Only this workload (by name).
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Only remediations of this alert.
+    #[arg(long)]
+    pub alertname: Option<String>,
+    /// Only remediations by this rule.
+    #[arg(long)]
+    pub rule: Option<String>,
+    /// Only remediations in this state (healed, escalated, denied, …).
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Only remediations with a step that ended so (healed, not_healed, rollout_failed, …).
+    #[arg(long)]
+    pub outcome: Option<String>,
+    /// From this time on: RFC 3339, or a duration ago (`2h`, `7d`).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Before this time: RFC 3339, or a duration ago.
+    #[arg(long)]
+    pub until: Option<String>,
+}
+
+const OUTCOMES: [&str; 7] = [
+    "healed",
+    "not_healed",
+    "rollout_failed",
+    "verification_unavailable",
+    "denied",
+    "failed",
+    "skipped",
+];
+
+fn when(field: &str, text: &Option<String>) -> Result<Option<String>, HttpError> {
+    let Some(t) = text else { return Ok(None) };
+    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(t) {
+        return Ok(Some(crate::store::timestamp(
+            at.with_timezone(&chrono::Utc),
+        )));
+    }
+    let ago = humantime::parse_duration(t)
+        .ok()
+        .and_then(|d| chrono::Duration::from_std(d).ok())
+        .ok_or_else(|| {
+            HttpError::BadRequest(format!(
+                "{field}={t:?} is neither an RFC 3339 time nor a duration like 2h"
+            ))
+        })?;
+    Ok(Some(crate::store::timestamp(chrono::Utc::now() - ago)))
+}
+
+impl ListQuery {
+    /// Checks the values once, so the store only sees valid ones.
+    pub fn filter(&self) -> Result<RemediationFilter, HttpError> {
+        if let Some(s) = &self.state {
+            if crate::remediation::RemediationState::parse(s).is_none() {
+                return Err(HttpError::BadRequest(format!("unknown state {s:?}")));
+            }
+        }
+        if let Some(o) = &self.outcome {
+            if !OUTCOMES.contains(&o.as_str()) {
+                return Err(HttpError::BadRequest(format!(
+                    "unknown outcome {o:?}; one of {OUTCOMES:?}"
+                )));
+            }
+        }
+        Ok(RemediationFilter {
+            namespace: self.namespace.clone(),
+            kind: self.kind.clone(),
+            target: self.target.clone(),
+            alertname: self.alertname.clone(),
+            rule: self.rule.clone(),
+            state: self.state.clone(),
+            outcome: self.outcome.clone(),
+            since: when("since", &self.since)?,
+            until: when("until", &self.until)?,
+        })
+    }
 }
 
 /// One page of remediations.
@@ -65,6 +151,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/api/v1/remediations", get(list))
         .route("/api/v1/remediations/{id}", get(show))
+        .route("/api/v1/alerts", get(alerts))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
@@ -73,8 +160,10 @@ pub fn router(state: ApiState) -> Router {
 }
 
 /// Reads one page; shared by the API and `salve history`.
-pub async fn page(store: &Store, limit: u32, cursor: Option<&str>) -> Result<Page, HttpError> {
-    let limit = limit.clamp(1, 500);
+pub async fn page(store: &Store, q: &ListQuery) -> Result<Page, HttpError> {
+    let filter = q.filter()?;
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let cursor = q.cursor.as_deref();
     let cursor = match cursor {
         None => None,
         Some(c) => Some(
@@ -82,7 +171,9 @@ pub async fn page(store: &Store, limit: u32, cursor: Option<&str>) -> Result<Pag
                 .ok_or_else(|| HttpError::BadRequest(format!("invalid cursor {c:?}")))?,
         ),
     };
-    let items = store.list_remediations(limit, cursor.as_ref()).await?;
+    let items = store
+        .list_remediations(limit, cursor.as_ref(), &filter)
+        .await?;
     let next = (items.len() == limit as usize)
         .then(|| items.last())
         .flatten()
@@ -100,9 +191,60 @@ async fn list(
     State(state): State<ApiState>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Page>, HttpError> {
-    Ok(Json(
-        page(&state.store, q.limit.unwrap_or(50), q.cursor.as_deref()).await?,
-    ))
+    Ok(Json(page(&state.store, &q).await?))
+}
+
+/// Query parameters of `GET /api/v1/alerts`.
+#[derive(Debug, Deserialize)]
+pub struct AlertsQuery {
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+    pub alertname: Option<String>,
+    /// `firing` or `resolved`.
+    pub status: Option<String>,
+}
+
+async fn alerts(
+    State(state): State<ApiState>,
+    Query(q): Query<AlertsQuery>,
+) -> Result<Json<serde_json::Value>, HttpError> {
+    if let Some(s) = q
+        .status
+        .as_deref()
+        .filter(|s| !matches!(*s, "firing" | "resolved"))
+    {
+        return Err(HttpError::BadRequest(format!(
+            "status {s:?} is neither firing nor resolved"
+        )));
+    }
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let cursor = match q.cursor.as_deref() {
+        None => None,
+        Some(c) => Some(
+            Cursor::decode(c)
+                .ok_or_else(|| HttpError::BadRequest(format!("invalid cursor {c:?}")))?,
+        ),
+    };
+    let items = state
+        .store
+        .list_incidents(
+            limit,
+            cursor.as_ref(),
+            q.alertname.as_deref(),
+            q.status.as_deref(),
+        )
+        .await?;
+    let next = (items.len() == limit as usize)
+        .then(|| items.last())
+        .flatten()
+        .map(|i| {
+            Cursor {
+                created_at: i.first_seen_at.clone(),
+                id: i.id.clone(),
+            }
+            .encode()
+        });
+    Ok(Json(serde_json::json!({"items": items, "next": next})))
 }
 
 async fn show(

@@ -54,7 +54,76 @@ impl Decision {
     }
 }
 
+/// An incident as listed by `GET /api/v1/alerts`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct IncidentView {
+    pub id: String,
+    pub fingerprint: String,
+    pub alertname: String,
+    pub status: String,
+    pub starts_at: String,
+    pub first_seen_at: String,
+    pub last_seen_at: String,
+    pub resolved_at: Option<String>,
+    /// How many webhook deliveries carried it (re-sends included).
+    pub deliveries: i64,
+    /// `undecided`, `no_rule`, `no_target` or `remediation`, and why.
+    pub decision: String,
+    pub decision_reason: String,
+    pub remediation_id: Option<String>,
+    pub alert: serde_json::Value,
+}
+
 impl Store {
+    /// Incidents newest first (by first sight), strictly older than the cursor.
+    pub async fn list_incidents(
+        &self,
+        limit: u32,
+        before: Option<&super::remediations::Cursor>,
+        alertname: Option<&str>,
+        status: Option<&str>,
+    ) -> Result<Vec<IncidentView>, StoreError> {
+        let (seen, id) = before
+            .map(|c| (c.created_at.clone(), c.id.clone()))
+            .unwrap_or_else(|| ("9999".to_owned(), String::new()));
+        let rows = sqlx::query(
+            "SELECT i.id, i.fingerprint, i.alertname, i.status, i.starts_at, i.first_seen_at, i.last_seen_at,
+                    i.resolved_at, i.delivery_count, i.decision, i.decision_reason, i.alert, r.id AS remediation_id
+             FROM incidents i LEFT JOIN remediations r ON r.incident_id = i.id
+             WHERE (i.first_seen_at < $1 OR (i.first_seen_at = $1 AND i.id < $2))
+               AND ($3 = '' OR i.alertname = $3) AND ($4 = '' OR i.status = $4)
+             ORDER BY i.first_seen_at DESC, i.id DESC LIMIT $5",
+        )
+        .bind(seen)
+        .bind(id)
+        .bind(alertname.unwrap_or_default())
+        .bind(status.unwrap_or_default())
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let alert: String = r.try_get("alert")?;
+                Ok(IncidentView {
+                    id: r.try_get("id")?,
+                    fingerprint: r.try_get("fingerprint")?,
+                    alertname: r.try_get("alertname")?,
+                    status: r.try_get("status")?,
+                    starts_at: r.try_get("starts_at")?,
+                    first_seen_at: r.try_get("first_seen_at")?,
+                    last_seen_at: r.try_get("last_seen_at")?,
+                    resolved_at: r.try_get("resolved_at")?,
+                    deliveries: r.try_get("delivery_count")?,
+                    decision: r.try_get("decision")?,
+                    decision_reason: r.try_get("decision_reason")?,
+                    remediation_id: r.try_get("remediation_id")?,
+                    alert: serde_json::from_str(&alert)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                })
+            })
+            .collect()
+    }
+
     /// Stores a webhook delivery and its alerts, atomically.
     pub async fn record_delivery(
         &self,

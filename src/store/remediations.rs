@@ -127,6 +127,23 @@ fn record(r: &AnyRow) -> Result<RemediationRecord, StoreError> {
     })
 }
 
+/// Which remediations a listing shows; every field narrows it. Times are stored-format
+/// timestamps (see [`super::timestamp`]).
+#[derive(Debug, Clone, Default)]
+pub struct RemediationFilter {
+    pub namespace: Option<String>,
+    pub kind: Option<String>,
+    /// The workload's name.
+    pub target: Option<String>,
+    pub alertname: Option<String>,
+    pub rule: Option<String>,
+    pub state: Option<String>,
+    /// Remediations with at least one step that ended so (`healed`, `rollout_failed`, …).
+    pub outcome: Option<String>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+}
+
 /// A position in the newest-first listing: strictly older than this row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor {
@@ -341,21 +358,41 @@ impl Store {
         &self,
         limit: u32,
         before: Option<&Cursor>,
+        filter: &RemediationFilter,
     ) -> Result<Vec<RemediationRecord>, StoreError> {
         let (created, id) = before
             .map(|c| (c.created_at.clone(), c.id.clone()))
             .unwrap_or_else(|| ("9999".to_owned(), String::new()));
-        let sql = format!(
-            "SELECT {COLUMNS} FROM remediations
-             WHERE created_at < $1 OR (created_at = $1 AND id < $2)
-             ORDER BY created_at DESC, id DESC LIMIT $3"
+        let mut binds = vec![created, id];
+        let mut clauses = vec!["(created_at < $1 OR (created_at = $1 AND id < $2))".to_owned()];
+        let mut add = |clause: &str, value: &Option<String>| {
+            if let Some(v) = value {
+                binds.push(v.clone());
+                clauses.push(clause.replace('?', &format!("${}", binds.len())));
+            }
+        };
+        add("target_namespace = ?", &filter.namespace);
+        add("target_kind = ?", &filter.kind);
+        add("target_name = ?", &filter.target);
+        add("alertname = ?", &filter.alertname);
+        add("rule_name = ?", &filter.rule);
+        add("state = ?", &filter.state);
+        add("created_at >= ?", &filter.since);
+        add("created_at < ?", &filter.until);
+        add(
+            "EXISTS (SELECT 1 FROM attempts a WHERE a.remediation_id = remediations.id AND a.outcome = ?)",
+            &filter.outcome,
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(created)
-            .bind(id)
-            .bind(i64::from(limit))
-            .fetch_all(self.pool())
-            .await?;
+        let sql = format!(
+            "SELECT {COLUMNS} FROM remediations WHERE {} ORDER BY created_at DESC, id DESC LIMIT ${}",
+            clauses.join(" AND "),
+            binds.len() + 1
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for b in binds {
+            query = query.bind(b);
+        }
+        let rows = query.bind(i64::from(limit)).fetch_all(self.pool()).await?;
         rows.iter().map(record).collect()
     }
 
