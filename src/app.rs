@@ -181,6 +181,7 @@ impl Salve {
             reloader: reloader.clone(),
             metrics,
             admin_token: settings.admin_token.clone().map(Arc::new),
+            read_token: settings.read_token.clone().map(Arc::new),
         }))
         .layer(TraceLayer::new_for_http());
 

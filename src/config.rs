@@ -259,6 +259,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SALVE_EXTERNAL_URL")]
     pub external_url: Option<String>,
 
+    /// File holding the token the audit API requires (the admin token works too).
+    /// Without either token, the audit API answers only loopback clients.
+    #[arg(long, env = "SALVE_READ_TOKEN_FILE")]
+    pub read_token_file: Option<PathBuf>,
+
     /// Log format.
     #[arg(long, env = "SALVE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -308,6 +313,7 @@ pub struct ServeSettings {
     /// Reload on file changes in the policy directory.
     pub watch_policies: bool,
     pub admin_token: Option<Secret>,
+    pub read_token: Option<Secret>,
     pub prometheus_url: Option<reqwest::Url>,
     pub alertmanager_url: Option<reqwest::Url>,
     pub escalation_webhook_url: Option<reqwest::Url>,
@@ -391,6 +397,11 @@ impl ServeArgs {
                 .admin_token_file
                 .as_deref()
                 .map(|p| read_secret(p, "admin token").map(Secret))
+                .transpose()?,
+            read_token: self
+                .read_token_file
+                .as_deref()
+                .map(|p| read_secret(p, "read token").map(Secret))
                 .transpose()?,
             limits: Limits {
                 max_actions_per_hour: self.max_actions_per_hour,

@@ -195,3 +195,116 @@ async fn health_and_readiness_answer() {
     let (missing, _) = s.get("/api/v1/remediations/nope").await;
     assert_eq!(missing, 404);
 }
+
+#[tokio::test]
+async fn the_audit_api_needs_the_read_or_admin_token_when_one_is_set() {
+    let s = spawn_salve(Options {
+        read_token: Some("r3ad".into()),
+        admin_token: Some("adm1n".into()),
+        ..Options::default()
+    })
+    .await;
+    for path in [
+        "/api/v1/remediations",
+        "/api/v1/alerts",
+        "/api/v1/openapi.json",
+    ] {
+        let url = format!("{}{path}", s.url);
+        assert_eq!(
+            s.http.get(&url).send().await.unwrap().status(),
+            401,
+            "{path}"
+        );
+        assert_eq!(
+            s.http
+                .get(&url)
+                .bearer_auth("nope")
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            401,
+            "{path}"
+        );
+        assert_eq!(
+            s.http
+                .get(&url)
+                .bearer_auth("r3ad")
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200,
+            "{path}"
+        );
+        assert_eq!(
+            s.http
+                .get(&url)
+                .bearer_auth("adm1n")
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200,
+            "{path}"
+        );
+    }
+    // The read token does not reload; probes stay open.
+    let reload = format!("{}/-/reload", s.url);
+    assert_eq!(
+        s.http
+            .post(&reload)
+            .bearer_auth("r3ad")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        s.http
+            .get(format!("{}/healthz", s.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route() {
+    let s = spawn_salve(Options::default()).await;
+    let (status, doc) = s.get("/api/v1/openapi.json").await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["openapi"], "3.0.3");
+    for path in [
+        "/api/v1/alerts",
+        "/api/v1/remediations",
+        "/api/v1/remediations/{id}",
+        "/-/reload",
+        "/readyz",
+        "/metrics",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "{path} undocumented");
+    }
+    let params: Vec<&str> = doc["paths"]["/api/v1/remediations"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for filter in [
+        "namespace",
+        "target",
+        "alertname",
+        "rule",
+        "outcome",
+        "state",
+        "since",
+        "until",
+        "cursor",
+    ] {
+        assert!(params.contains(&filter), "{filter} undocumented");
+    }
+}

@@ -33,6 +33,15 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     /// Required by admin endpoints; without it they answer loopback clients only.
     pub admin_token: Option<Arc<Secret>>,
+    /// Required by the audit API (the admin token works too); without either, loopback only.
+    pub read_token: Option<Arc<Secret>>,
+}
+
+/// The audit API's OpenAPI 3 description.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
 }
 
 /// Query parameters of the listing; the same fields are `salve history`'s flags.
@@ -148,10 +157,17 @@ pub struct Detail {
 
 /// The audit and health routes.
 pub fn router(state: ApiState) -> Router {
-    Router::new()
+    let audit = Router::new()
         .route("/api/v1/remediations", get(list))
         .route("/api/v1/remediations/{id}", get(show))
         .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_read,
+        ));
+    Router::new()
+        .merge(audit)
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
@@ -289,30 +305,49 @@ async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
     )
 }
 
-/// Admin endpoints take the admin token when one is configured, else loopback callers only.
-fn authorize_admin(
-    state: &ApiState,
+/// Who may call: admin endpoints take the admin token; reads take the read token or
+/// the admin token. With no token configured for a level, only loopback callers pass.
+fn authorize(
+    tokens: &[Option<&Secret>],
     peer: SocketAddr,
     headers: &HeaderMap,
 ) -> Result<(), HttpError> {
-    match &state.admin_token {
-        None if peer.ip().is_loopback() => Ok(()),
-        None => Err(HttpError::Forbidden(
-            "admin endpoints answer loopback clients only unless --admin-token-file is set".into(),
-        )),
-        Some(token) => {
-            let given = headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .unwrap_or_default();
-            if bool::from(given.as_bytes().ct_eq(token.0.as_bytes())) {
-                Ok(())
-            } else {
-                Err(HttpError::Unauthorized)
-            }
-        }
+    let configured: Vec<&Secret> = tokens.iter().flatten().copied().collect();
+    if configured.is_empty() {
+        return if peer.ip().is_loopback() {
+            Ok(())
+        } else {
+            Err(HttpError::Forbidden(
+                "this endpoint answers loopback clients only unless a token is configured".into(),
+            ))
+        };
     }
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if configured
+        .iter()
+        .any(|t| bool::from(given.as_bytes().ct_eq(t.0.as_bytes())))
+    {
+        Ok(())
+    } else {
+        Err(HttpError::Unauthorized)
+    }
+}
+
+async fn require_read(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<axum::response::Response, HttpError> {
+    let tokens = [state.read_token.as_deref(), state.admin_token.as_deref()];
+    // Configuring only an admin token must not open reads to everyone: it also gates them.
+    authorize(&tokens, peer, &headers)?;
+    Ok(next.run(request).await)
 }
 
 async fn reload(
@@ -320,7 +355,7 @@ async fn reload(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Result<Json<ReloadReport>, HttpError> {
-    authorize_admin(&state, peer, &headers)?;
+    authorize(&[state.admin_token.as_deref()], peer, &headers)?;
     state
         .reloader
         .reload("POST /-/reload")

@@ -94,6 +94,7 @@ pub struct Options {
     /// Reload on file changes in the policy directory.
     pub watch_policies: bool,
     pub admin_token: Option<String>,
+    pub read_token: Option<String>,
     pub prometheus_url: Option<reqwest::Url>,
     pub alertmanager_url: Option<reqwest::Url>,
     pub escalation_webhook_url: Option<reqwest::Url>,
@@ -113,6 +114,7 @@ impl Default for Options {
             database: None,
             watch_policies: false,
             admin_token: None,
+            read_token: None,
             prometheus_url: None,
             alertmanager_url: None,
             escalation_webhook_url: None,
@@ -150,6 +152,7 @@ pub async fn spawn_salve(opts: Options) -> TestSalve {
         syntax: salve::policy::Syntax::V1,
         watch_policies: opts.watch_policies,
         admin_token: opts.admin_token.map(salve::config::Secret),
+        read_token: opts.read_token.map(salve::config::Secret),
         prometheus_url: opts.prometheus_url,
         alertmanager_url: opts.alertmanager_url,
         escalation_webhook_url: opts.escalation_webhook_url,
