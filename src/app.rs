@@ -73,6 +73,29 @@ pub async fn connect_cluster(
         .map_err(|e| StartupError::Kube(e.to_string()))
 }
 
+/// Prunes raw payloads older than `keep`, at start and then hourly, until `shutdown`.
+fn spawn_retention(store: Store, keep: std::time::Duration, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = every.tick() => {}
+            }
+            let now = chrono::Utc::now();
+            let cutoff =
+                now - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::days(90));
+            match store.prune_payloads(cutoff, now).await {
+                Ok(seal) if seal.deliveries > 0 => {
+                    info!(pruned = seal.deliveries, digest = %seal.digest, "pruned old webhook payloads (sealed)")
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "pruning old payloads failed; will try again"),
+            }
+        }
+    });
+}
+
 /// A running salve.
 pub struct Salve {
     /// Where it listens (the real port when started on port 0).
@@ -156,6 +179,9 @@ impl Salve {
         let shutdown = CancellationToken::new();
         if settings.watch_policies {
             reloader.clone().watch(shutdown.clone())?;
+        }
+        if let Some(keep) = settings.retention {
+            spawn_retention(store.clone(), keep, shutdown.clone());
         }
         let (queue, worker) = engine.start(shutdown.clone());
         let leftover = engine.recover().await?;

@@ -299,6 +299,59 @@ pub async fn show(database: &str, id: &str) -> Output {
     }
 }
 
+/// `salve audit verify`: walks the hash chain; exit 1 at the first broken link.
+pub async fn audit_verify(database: &str) -> Output {
+    let store = match open(database).await {
+        Ok(s) => s,
+        Err(out) => return out,
+    };
+    match store.verify_chain().await {
+        Ok(r) => match &r.first_break {
+            None => Output::new(
+                format!(
+                    "ok: {} events, chain intact, head {}{}\n",
+                    r.events,
+                    r.head.get(..16).unwrap_or(&r.head),
+                    if r.unchained > 0 {
+                        format!(" ({} earlier events predate the chain)", r.unchained)
+                    } else {
+                        String::new()
+                    }
+                ),
+                0,
+            ),
+            Some(b) => Output::new(
+                format!(
+                    "BROKEN at chain event {} (remediation {}, timeline entry {}): {}\n{} events before it are intact\n",
+                    b.chain_seq, b.remediation_id, b.seq, b.problem, r.events
+                ),
+                1,
+            ),
+        },
+        Err(e) => Output::new(format!("error: {e}\n"), EXIT_LOAD),
+    }
+}
+
+/// `salve audit prune`: prunes old raw payloads and prints the seal.
+pub async fn audit_prune(database: &str, older_than: Duration) -> Output {
+    let store = match open(database).await {
+        Ok(s) => s,
+        Err(out) => return out,
+    };
+    let now = chrono::Utc::now();
+    let cutoff = now - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::days(90));
+    match store.prune_payloads(cutoff, now).await {
+        Ok(seal) => Output::new(
+            format!(
+                "pruned {} payloads received before {}; seal {} digest {}\n",
+                seal.deliveries, seal.cutoff, seal.id, seal.digest
+            ),
+            0,
+        ),
+        Err(e) => Output::new(format!("error: {e}\n"), EXIT_LOAD),
+    }
+}
+
 /// `salve migrate`: applies the migrations and says how many there are.
 pub async fn migrate(database: &str) -> Output {
     match open(database).await {

@@ -36,6 +36,9 @@ pub enum Command {
         /// The remediation's id.
         id: String,
     },
+    /// Check or maintain the audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Apply the database migrations and exit.
     Migrate {
         #[command(flatten)]
@@ -125,6 +128,24 @@ pub enum PolicyCommand {
         query: Option<String>,
         #[command(flatten)]
         syntax: SyntaxArgs,
+    },
+}
+
+/// Audit subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Walk the hash chain of every timeline event; report the first broken link.
+    Verify {
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Prune raw webhook payloads older than a duration, sealing what was pruned.
+    Prune {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Keep payloads younger than this, e.g. `90d`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: Duration,
     },
 }
 
@@ -264,6 +285,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SALVE_READ_TOKEN_FILE")]
     pub read_token_file: Option<PathBuf>,
 
+    /// Prune raw webhook payloads older than this (e.g. `90d`), hourly; summaries and the
+    /// audit chain are kept. Without it nothing is pruned.
+    #[arg(long, env = "SALVE_RETENTION", value_parser = humantime::parse_duration)]
+    pub retention: Option<Duration>,
+
     /// Log format.
     #[arg(long, env = "SALVE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -314,6 +340,7 @@ pub struct ServeSettings {
     pub watch_policies: bool,
     pub admin_token: Option<Secret>,
     pub read_token: Option<Secret>,
+    pub retention: Option<Duration>,
     pub prometheus_url: Option<reqwest::Url>,
     pub alertmanager_url: Option<reqwest::Url>,
     pub escalation_webhook_url: Option<reqwest::Url>,
@@ -398,6 +425,7 @@ impl ServeArgs {
                 .as_deref()
                 .map(|p| read_secret(p, "admin token").map(Secret))
                 .transpose()?,
+            retention: self.retention,
             read_token: self
                 .read_token_file
                 .as_deref()

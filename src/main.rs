@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use salve::app::Salve;
 use salve::commands;
-use salve::config::{Cli, Command, OutputFormat, PolicyCommand, RulesCommand};
+use salve::config::{AuditCommand, Cli, Command, OutputFormat, PolicyCommand, RulesCommand};
 
 /// Bad configuration, rules or policy: nothing was started.
 const EXIT_CONFIG: u8 = 2;
@@ -39,6 +39,13 @@ async fn main() -> ExitCode {
             print_output(commands::history(&args.database.url, &args.query, args.output).await)
         }
         Command::Show { database, id } => print_output(commands::show(&database.url, &id).await),
+        Command::Audit(AuditCommand::Verify { database }) => {
+            print_output(commands::audit_verify(&database.url).await)
+        }
+        Command::Audit(AuditCommand::Prune {
+            database,
+            older_than,
+        }) => print_output(commands::audit_prune(&database.url, older_than).await),
         Command::Migrate { database } => print_output(commands::migrate(&database.url).await),
         Command::Policy(PolicyCommand::Test {
             dir,

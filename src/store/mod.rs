@@ -10,10 +10,12 @@
 //! Queries are grouped by what they are about: [`incidents`], [`remediations`],
 //! [`targets`].
 
+pub mod chain;
 pub mod escalations;
 pub mod incidents;
 pub mod learning;
 pub mod remediations;
+pub mod retention;
 pub mod targets;
 
 use std::path::Path;

@@ -409,7 +409,10 @@ impl Store {
     }
 }
 
-/// Appends a timeline entry inside an open transaction, numbering it after the last.
+/// Appends a timeline entry inside an open transaction: numbered after the remediation's
+/// last entry, and linked into the audit hash chain. Updating `chain_head` first takes
+/// the chain's lock (a row lock in PostgreSQL, the write lock in SQLite), so appends from
+/// several workers or replicas form one line.
 async fn append(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     remediation_id: &str,
@@ -417,16 +420,43 @@ async fn append(
     detail: &Value,
     at: &str,
 ) -> Result<(), StoreError> {
+    let head = sqlx::query("UPDATE chain_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
+        .fetch_one(&mut **tx)
+        .await?;
+    let (chain_seq, prev): (i64, String) = (head.try_get("seq")?, head.try_get("hash")?);
+    let seq: i64 = sqlx::query("SELECT COALESCE(MAX(seq), 0) + 1 AS next FROM remediation_events WHERE remediation_id = $1")
+        .bind(remediation_id)
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get("next")?;
+    let detail = detail.to_string();
+    let hash = super::chain::event_hash(
+        &prev,
+        chain_seq,
+        remediation_id,
+        seq,
+        at,
+        kind.as_str(),
+        &detail,
+    );
     sqlx::query(
-        "INSERT INTO remediation_events (id, remediation_id, seq, at, kind, detail)
-         SELECT $1, $2, COALESCE(MAX(seq), 0) + 1, $3, $4, $5 FROM remediation_events WHERE remediation_id = $2",
+        "INSERT INTO remediation_events (id, remediation_id, seq, at, kind, detail, chain_seq, prev_hash, hash)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(new_id())
     .bind(remediation_id)
+    .bind(seq)
     .bind(at)
     .bind(kind.as_str())
-    .bind(detail.to_string())
+    .bind(&detail)
+    .bind(chain_seq)
+    .bind(&prev)
+    .bind(&hash)
     .execute(&mut **tx)
     .await?;
+    sqlx::query("UPDATE chain_head SET hash = $1 WHERE id = 1")
+        .bind(&hash)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }

@@ -153,6 +153,7 @@ pub async fn spawn_salve(opts: Options) -> TestSalve {
         watch_policies: opts.watch_policies,
         admin_token: opts.admin_token.map(salve::config::Secret),
         read_token: opts.read_token.map(salve::config::Secret),
+        retention: None,
         prometheus_url: opts.prometheus_url,
         alertmanager_url: opts.alertmanager_url,
         escalation_webhook_url: opts.escalation_webhook_url,
