@@ -67,7 +67,7 @@ impl Store {
             .await?;
         let (head_seq, head_hash): (i64, String) = (head.try_get("seq")?, head.try_get("hash")?);
         let (mut prev, mut expected_seq, mut events) = (String::new(), 1i64, 0i64);
-        let mut report = |b: Break, events: i64| ChainReport {
+        let report = |b: Break, events: i64| ChainReport {
             events,
             unchained,
             head: head_hash.clone(),
