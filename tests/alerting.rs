@@ -87,10 +87,12 @@ async fn a_prometheus_alert_is_healed_by_scaling_and_recorded_as_healed() {
         return;
     }
     let w = world("60s").await;
-    wait_for("salve to scale checkout", async || replicas(&w.kube) == 3).await;
-    let r = &w.salve.remediations().await[0];
+    // The state moves to verifying just after the write lands: wait for the state.
+    let items = w.salve.reached(1, &["verifying"]).await;
+    let r = &items[0];
     assert_eq!(r["state"], "verifying", "{r:#}");
     assert_eq!(r["alertname"], "HighRequestLatency");
+    assert_eq!(replicas(&w.kube), 3);
 
     w.exporter.set(0.1);
     let items = w.salve.finished(1).await;
