@@ -103,53 +103,68 @@ pub fn timeline(r: &RemediationRecord, events: &[TimelineEvent]) -> String {
     }
     let _ = writeln!(out, "timeline");
     for e in events {
-        let d = &e.detail;
-        let line = match e.kind.as_str() {
-            "kube_call" => format!(
-                "{} {}{} -> {}{}",
-                d["verb"].as_str().unwrap_or_default(),
-                d["path"].as_str().unwrap_or_default(),
-                if d["dry_run"] == true {
-                    " (dry run)"
-                } else {
-                    ""
-                },
-                d["status"],
-                d["error"]
-                    .as_str()
-                    .filter(|e| !e.is_empty())
-                    .map(|e| format!(": {e}"))
-                    .unwrap_or_default()
-            ),
-            "policy_evaluated" => {
-                let v = &d["verdict"];
-                let verdict = if v["allowed"] == true {
-                    "allowed".to_owned()
-                } else {
-                    format!("denied: {}", v["reasons"])
-                };
-                format!(
-                    "{} -> {verdict}",
-                    d["input"]["action"]["description"]
-                        .as_str()
-                        .unwrap_or_default()
-                )
-            }
-            "state_changed" => format!(
-                "{} -> {}: {}",
-                d["from"].as_str().unwrap_or_default(),
-                d["to"].as_str().unwrap_or_default(),
-                d["summary"].as_str().unwrap_or_default()
-            ),
-            "rule_matched" => format!("rule {} matched", d["rule"].as_str().unwrap_or_default()),
-            _ => d.to_string(),
-        };
         let _ = writeln!(
             out,
-            "  {}  {:<17} {line}",
+            "  {}  {:<17} {}",
             e.at.get(..23).unwrap_or(&e.at).replace('T', " "),
-            e.kind
+            e.kind,
+            describe_event(&e.kind, &e.detail)
         );
     }
     out
+}
+
+/// One timeline entry in a sentence, for `salve show` and the audit page.
+pub fn describe_event(kind: &str, d: &serde_json::Value) -> String {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    match kind {
+        "kube_call" => format!(
+            "{} {}{} -> {}{}",
+            text(&d["verb"]),
+            text(&d["path"]),
+            if d["dry_run"] == true {
+                " (dry run)"
+            } else {
+                ""
+            },
+            d["status"],
+            d["error"]
+                .as_str()
+                .filter(|e| !e.is_empty())
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        ),
+        "policy_evaluated" => {
+            let v = &d["verdict"];
+            let verdict = if v["allowed"] == true {
+                "allowed".to_owned()
+            } else {
+                format!("denied: {}", v["reasons"])
+            };
+            format!(
+                "{} -> {verdict}",
+                text(&d["input"]["action"]["description"])
+            )
+        }
+        "state_changed" => format!(
+            "{} -> {}: {}",
+            text(&d["from"]),
+            text(&d["to"]),
+            text(&d["summary"])
+        ),
+        "rule_matched" => format!("rule {} matched", text(&d["rule"])),
+        "step_started" => format!(
+            "step {} of {}: {}",
+            d["step"],
+            d["of"],
+            text(&d["step_key"])
+        ),
+        "verification" => format!("{} ({})", text(&d["outcome"]), d["evidence"]),
+        "escalation" => format!(
+            "escalated: {} (delivered: {})",
+            text(&d["reason"]),
+            d["delivered"]
+        ),
+        _ => d.to_string(),
+    }
 }

@@ -5,6 +5,8 @@
 //! Kubernetes call, the policy input and verdict, each state change). `/healthz` says
 //! the process is alive; `/readyz` says it can take webhooks (the database answers).
 
+mod ui;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -162,6 +164,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/remediations/{id}", get(show))
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/openapi.json", get(openapi))
+        .route("/ui", get(ui::list))
+        .route("/ui/remediations/{id}", get(ui::detail))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_read,

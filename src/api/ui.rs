@@ -1,0 +1,194 @@
+//! The audit page: what salve did, readable by a person at 3 a.m.
+//!
+//! Server-rendered HTML with inline styles and no script or external asset, so it works
+//! from a locked-down browser and in an air-gapped cluster. `/ui` lists remediations
+//! newest first with the same filters as the API (a plain GET form); each row opens
+//! `/ui/remediations/{id}`, the full timeline with the policy input and verdict.
+
+use std::fmt::Write as _;
+
+use axum::extract::{Path, Query, State};
+use axum::response::Html;
+
+use super::{ApiState, ListQuery, page};
+use crate::http::HttpError;
+use crate::report::describe_event;
+
+/// Escapes text for HTML element content and attribute values.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const STYLE: &str = "body{font:16px/1.5 system-ui,sans-serif;margin:1.5rem;background:#111;color:#eee}\
+a{color:#8cf}table{border-collapse:collapse;width:100%}td,th{padding:.35rem .6rem;border-bottom:1px solid #333;vertical-align:top;text-align:left}\
+th{color:#aaa;font-weight:600}.state{padding:.1rem .5rem;border-radius:.3rem;font-weight:700}\
+.healed{background:#1b5e20}.escalated,.failed,.interrupted{background:#b71c1c}.denied{background:#e65100}\
+.skipped,.dry_run{background:#444}.verifying,.executing,.pending{background:#0d47a1}\
+form input,form select{background:#222;color:#eee;border:1px solid #555;padding:.3rem;margin-right:.5rem}\
+pre{background:#1c1c1c;padding:.6rem;overflow:auto;font-size:13px}.reason{color:#fc8}";
+
+fn layout(title: &str, body: &str) -> Html<String> {
+    Html(format!(
+        "<!doctype html><html lang=en><head><meta charset=utf-8><title>{}</title><style>{STYLE}</style></head><body><h1>{}</h1>{body}</body></html>",
+        escape(title),
+        escape(title)
+    ))
+}
+
+fn input(name: &str, value: &Option<String>, placeholder: &str) -> String {
+    format!(
+        "<label>{name} <input name={name} value=\"{}\" placeholder=\"{}\"></label>",
+        escape(value.as_deref().unwrap_or_default()),
+        escape(placeholder)
+    )
+}
+
+/// `GET /ui`: the filtered list.
+pub async fn list(
+    State(state): State<ApiState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Html<String>, HttpError> {
+    let found = page(&state.store, &q).await?;
+    let mut body = String::from("<form method=get action=/ui>");
+    body += &input("namespace", &q.namespace, "shop");
+    body += &input("alertname", &q.alertname, "HighRequestLatency");
+    body += &input("rule", &q.rule, "rule name");
+    body += &input("state", &q.state, "healed, escalated, …");
+    body += &input("since", &q.since, "24h");
+    body += "<button type=submit>Filter</button></form>";
+    let _ = write!(
+        body,
+        "<p>{} remediations shown, newest first.</p><table><tr><th>Time (UTC)</th><th>State</th><th>Rule</th><th>Workload</th><th>What salve did</th></tr>",
+        found.items.len()
+    );
+    for r in &found.items {
+        let reasons: String = r
+            .reasons
+            .iter()
+            .filter(|x| !r.summary.contains(x.as_str()))
+            .map(|x| format!("<div class=reason>{}</div>", escape(x)))
+            .collect();
+        let _ = write!(
+            body,
+            "<tr class=remediation><td>{}</td><td><span class=\"state {}\">{}</span></td><td>{}</td><td>{}/{}/{}</td><td><a href=\"/ui/remediations/{}\">{}</a>{reasons}</td></tr>",
+            escape(r.created_at.get(..19).unwrap_or(&r.created_at)).replace('T', " "),
+            r.state.as_str(),
+            r.state.as_str(),
+            escape(&r.rule),
+            escape(&r.target.kind),
+            escape(&r.target.namespace),
+            escape(&r.target.name),
+            escape(&r.id),
+            escape(&r.summary),
+        );
+    }
+    body += "</table>";
+    if let Some(next) = &found.next {
+        let mut older = q.clone();
+        older.cursor = Some(next.clone());
+        let query = serde_urlencoded_query(&older);
+        let _ = write!(
+            body,
+            "<p><a rel=next href=\"/ui?{}\">Older →</a></p>",
+            escape(&query)
+        );
+    }
+    Ok(layout("salve: what was done", &body))
+}
+
+fn serde_urlencoded_query(q: &ListQuery) -> String {
+    let pairs = [
+        ("namespace", &q.namespace),
+        ("kind", &q.kind),
+        ("target", &q.target),
+        ("alertname", &q.alertname),
+        ("rule", &q.rule),
+        ("state", &q.state),
+        ("outcome", &q.outcome),
+        ("since", &q.since),
+        ("until", &q.until),
+        ("cursor", &q.cursor),
+    ];
+    let mut url = reqwest::Url::parse("http://x/").expect("constant URL parses");
+    {
+        let mut query = url.query_pairs_mut();
+        for (k, v) in pairs {
+            if let Some(v) = v {
+                query.append_pair(k, v);
+            }
+        }
+    }
+    url.query().unwrap_or_default().to_owned()
+}
+
+/// `GET /ui/remediations/{id}`: one remediation's timeline.
+pub async fn detail(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Html<String>, HttpError> {
+    let r = state
+        .store
+        .remediation(&id)
+        .await?
+        .ok_or_else(|| HttpError::NotFound(format!("no remediation {id}")))?;
+    let timeline = state.store.timeline(&id).await?;
+    let mut body = format!(
+        "<p><a href=/ui>← all remediations</a></p><table class=facts>\
+         <tr><th>State</th><td><span class=\"state {}\">{}</span> ({} mode)</td></tr>\
+         <tr><th>Summary</th><td id=summary>{}</td></tr><tr><th>Alert</th><td>{}</td></tr>\
+         <tr><th>Rule</th><td>{} ({})</td></tr><tr><th>Workload</th><td>{}/{}/{}</td></tr>\
+         <tr><th>Opened</th><td>{}</td></tr></table>",
+        r.state.as_str(),
+        r.state.as_str(),
+        escape(&r.mode),
+        escape(&r.summary),
+        escape(&r.alertname),
+        escape(&r.rule),
+        escape(&r.rule_file),
+        escape(&r.target.kind),
+        escape(&r.target.namespace),
+        escape(&r.target.name),
+        escape(&r.created_at),
+    );
+    for reason in &r.reasons {
+        let _ = write!(body, "<p class=reason>{}</p>", escape(reason));
+    }
+    body += "<h2>Timeline</h2><table id=timeline><tr><th>Time (UTC)</th><th>Step</th><th>What happened</th></tr>";
+    for e in &timeline {
+        let raw = serde_json::to_string_pretty(&e.detail).unwrap_or_default();
+        let _ = write!(
+            body,
+            "<tr class=event><td>{}</td><td>{}</td><td>{}<details><summary>record</summary><pre>{}</pre></details></td></tr>",
+            escape(e.at.get(..23).unwrap_or(&e.at)).replace('T', " "),
+            escape(&e.kind),
+            escape(&describe_event(&e.kind, &e.detail)),
+            escape(&raw),
+        );
+    }
+    body += "</table>";
+    Ok(layout(&format!("Remediation {}", r.id), &body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn escapes_markup_from_alert_labels() {
+        assert_eq!(
+            escape("<script>alert('x')</script> & \"q\""),
+            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot;"
+        );
+    }
+}
