@@ -31,3 +31,4 @@ CREATE INDEX remediations_namespace ON remediations (target_namespace, created_a
 CREATE INDEX remediations_alertname ON remediations (alertname, created_at, id);
 CREATE INDEX remediations_rule ON remediations (rule_name, created_at, id);
 CREATE INDEX remediations_state_time ON remediations (state, created_at, id);
+CREATE INDEX incidents_newest ON incidents (first_seen_at, id);

@@ -90,7 +90,7 @@ impl Store {
             "SELECT i.id, i.fingerprint, i.alertname, i.status, i.starts_at, i.first_seen_at, i.last_seen_at,
                     i.resolved_at, i.delivery_count, i.decision, i.decision_reason, i.alert, r.id AS remediation_id
              FROM incidents i LEFT JOIN remediations r ON r.incident_id = i.id
-             WHERE (i.first_seen_at < $1 OR (i.first_seen_at = $1 AND i.id < $2))
+             WHERE (i.first_seen_at, i.id) < ($1, $2)
                AND ($3 = '' OR i.alertname = $3) AND ($4 = '' OR i.status = $4)
              ORDER BY i.first_seen_at DESC, i.id DESC LIMIT $5",
         )

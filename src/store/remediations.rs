@@ -364,7 +364,8 @@ impl Store {
             .map(|c| (c.created_at.clone(), c.id.clone()))
             .unwrap_or_else(|| ("9999".to_owned(), String::new()));
         let mut binds = vec![created, id];
-        let mut clauses = vec!["(created_at < $1 OR (created_at = $1 AND id < $2))".to_owned()];
+        // A row-value comparison lets both databases walk the (created_at, id) index from the cursor.
+        let mut clauses = vec!["(created_at, id) < ($1, $2)".to_owned()];
         let mut add = |clause: &str, value: &Option<String>| {
             if let Some(v) = value {
                 binds.push(v.clone());
