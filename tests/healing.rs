@@ -4,11 +4,9 @@
 mod support;
 
 use chrono::{Duration, Utc};
-use salve::alert::Delivery;
 use salve::cluster::{TargetRef, WorkloadKind};
-use salve::remediation::Mode;
+use salve::store::Store;
 use salve::store::learning::{AttemptOutcome, NewAttempt};
-use salve::store::{NewRemediation, Store};
 use serde_json::{Value, json};
 use support::{Capture, FakeKube, Options, TestSalve, events, firing_for, fixture, spawn_salve};
 
@@ -205,39 +203,11 @@ async fn seed(
     healed: u32,
 ) {
     let target = TargetRef::new(WorkloadKind::Deployment, "shop", "checkout").unwrap();
+    let at = Utc::now() - Duration::days(2);
     for i in 0..tries {
         *n += 1;
-        let body = firing_for(
-            "HighRequestLatency",
-            "shop",
-            "checkout",
-            &format!("{:016x}", 0xf000 + *n),
-        );
-        let incident = store
-            .record_delivery(
-                &Delivery::parse(body.as_bytes()).unwrap(),
-                Utc::now() - Duration::days(2),
-            )
-            .await
-            .unwrap()
-            .to_decide[0]
-            .clone();
-        let new = NewRemediation {
-            incident_id: incident,
-            alertname: "HighRequestLatency".into(),
-            rule_name: "past".into(),
-            rule_file: "rules.yaml".into(),
-            action,
-            target: target.clone(),
-            mode: Mode::Live,
-            summary: String::new(),
-        };
-        let at = Utc::now() - Duration::days(2);
-        let id = store
-            .create_remediation(&new, &json!({}), at)
-            .await
-            .unwrap()
-            .unwrap();
+        let (_, id) =
+            support::seed_remediation(store, 0xf000 + *n, ("shop", "checkout"), action, at).await;
         let ok = i < healed;
         let attempt = NewAttempt {
             remediation_id: &id,

@@ -4,9 +4,8 @@ mod support;
 
 use chrono::Utc;
 use salve::alert::Delivery;
-use salve::cluster::{TargetRef, WorkloadKind};
-use salve::remediation::{Mode, RemediationState};
-use salve::store::{NewRemediation, Store};
+use salve::remediation::RemediationState;
+use salve::store::Store;
 use support::{FakeKube, Options, fixture, fresh_database, spawn_salve};
 
 #[tokio::test]
@@ -19,31 +18,8 @@ async fn after_a_crash_executing_is_interrupted_not_resent_and_acked_alerts_are_
 
     // The state a crash leaves: one remediation mid-write, one alert acked but never decided.
     let store = Store::open(&database).await.unwrap();
-    let first = Delivery::parse(fixture("firing-from-prometheus-rule.json").as_bytes()).unwrap();
-    let incident = store
-        .record_delivery(&first, Utc::now())
-        .await
-        .unwrap()
-        .to_decide[0]
-        .clone();
-    let id = store
-        .create_remediation(
-            &NewRemediation {
-                incident_id: incident,
-                alertname: "HighRequestLatency".into(),
-                rule_name: "latency-scale-up".into(),
-                rule_file: "rules.yaml".into(),
-                action: "scale",
-                target: TargetRef::new(WorkloadKind::Deployment, "shop", "checkout").unwrap(),
-                mode: Mode::Live,
-                summary: "scale Deployment shop/checkout: pending".into(),
-            },
-            &serde_json::json!({}),
-            Utc::now(),
-        )
-        .await
-        .unwrap()
-        .unwrap();
+    let (_, id) =
+        support::seed_remediation(&store, 1, ("shop", "checkout"), "scale", Utc::now()).await;
     let moved = store
         .transition(
             &id,
@@ -100,28 +76,8 @@ async fn after_a_crash_during_verification_salve_escalates_instead_of_guessing()
     let dir = tempfile::tempdir().unwrap();
     let database = fresh_database(dir.path()).await;
     let store = Store::open(&database).await.unwrap();
-    let first = Delivery::parse(fixture("firing-from-prometheus-rule.json").as_bytes()).unwrap();
-    let incident = store
-        .record_delivery(&first, Utc::now())
-        .await
-        .unwrap()
-        .to_decide[0]
-        .clone();
-    let new = NewRemediation {
-        incident_id: incident,
-        alertname: "HighRequestLatency".into(),
-        rule_name: "latency-scale-up".into(),
-        rule_file: "rules.yaml".into(),
-        action: "scale",
-        target: TargetRef::new(WorkloadKind::Deployment, "shop", "checkout").unwrap(),
-        mode: Mode::Live,
-        summary: "pending".into(),
-    };
-    let id = store
-        .create_remediation(&new, &serde_json::json!({}), Utc::now())
-        .await
-        .unwrap()
-        .unwrap();
+    let (_, id) =
+        support::seed_remediation(&store, 1, ("shop", "checkout"), "scale", Utc::now()).await;
     for (from, to) in [
         (RemediationState::Pending, RemediationState::Executing),
         (RemediationState::Executing, RemediationState::Verifying),

@@ -6,12 +6,10 @@ mod support;
 use std::process::Command;
 
 use chrono::{Duration, Utc};
-use salve::alert::Delivery;
 use salve::cluster::{TargetRef, WorkloadKind};
-use salve::remediation::Mode;
-use salve::store::{EventKind, NewRemediation, Store};
+use salve::store::{EventKind, Store};
 use serde_json::{Value, json};
-use support::{firing_for, fresh_database};
+use support::fresh_database;
 
 /// One decision salve made in the past.
 struct Past {
@@ -35,31 +33,9 @@ async fn past_decision(store: &Store, p: Past) -> String {
         allowed,
         age,
     } = p;
-    let body = firing_for("HighRequestLatency", ns, name, &format!("{n:016x}"));
-    let delivery = Delivery::parse(body.as_bytes()).unwrap();
     let at = Utc::now() - age;
-    let incident = store
-        .record_delivery(&delivery, at)
-        .await
-        .unwrap()
-        .to_decide[0]
-        .clone();
+    let (_, id) = support::seed_remediation(store, n, (ns, name), action, at).await;
     let target = TargetRef::new(WorkloadKind::Deployment, ns, name).unwrap();
-    let new = NewRemediation {
-        incident_id: incident,
-        alertname: "HighRequestLatency".into(),
-        rule_name: format!("rule-{action}"),
-        rule_file: "rules.yaml".into(),
-        action,
-        target: target.clone(),
-        mode: Mode::Live,
-        summary: String::new(),
-    };
-    let id = store
-        .create_remediation(&new, &json!({}), at)
-        .await
-        .unwrap()
-        .unwrap();
     let input = json!({
         "version": 1, "now": salve::store::timestamp(at), "mode": "live",
         "action": {"type": action, "target": target, "from": {"replicas": 2}, "to": to},

@@ -183,14 +183,7 @@ pub fn router(state: ApiState) -> Router {
 pub async fn page(store: &Store, q: &ListQuery) -> Result<Page, HttpError> {
     let filter = q.filter()?;
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
-    let cursor = q.cursor.as_deref();
-    let cursor = match cursor {
-        None => None,
-        Some(c) => Some(
-            Cursor::decode(c)
-                .ok_or_else(|| HttpError::BadRequest(format!("invalid cursor {c:?}")))?,
-        ),
-    };
+    let cursor = cursor(q.cursor.as_deref())?;
     let items = store
         .list_remediations(limit, cursor.as_ref(), &filter)
         .await?;
@@ -238,13 +231,7 @@ async fn alerts(
         )));
     }
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
-    let cursor = match q.cursor.as_deref() {
-        None => None,
-        Some(c) => Some(
-            Cursor::decode(c)
-                .ok_or_else(|| HttpError::BadRequest(format!("invalid cursor {c:?}")))?,
-        ),
-    };
+    let cursor = cursor(q.cursor.as_deref())?;
     let items = state
         .store
         .list_incidents(
@@ -271,16 +258,28 @@ async fn show(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<Detail>, HttpError> {
-    let remediation = state
-        .store
-        .remediation(&id)
+    Ok(Json(detail(&state.store, &id).await?))
+}
+
+/// One remediation with its timeline, or 404; shared by the API and the audit page.
+pub async fn detail(store: &Store, id: &str) -> Result<Detail, HttpError> {
+    let remediation = store
+        .remediation(id)
         .await?
         .ok_or_else(|| HttpError::NotFound(format!("no remediation {id}")))?;
-    let timeline = state.store.timeline(&id).await?;
-    Ok(Json(Detail {
+    let timeline = store.timeline(id).await?;
+    Ok(Detail {
         remediation,
         timeline,
-    }))
+    })
+}
+
+/// Reads a client's cursor; a cursor that is not ours is a 400.
+fn cursor(text: Option<&str>) -> Result<Option<Cursor>, HttpError> {
+    text.map(|c| {
+        Cursor::decode(c).ok_or_else(|| HttpError::BadRequest(format!("invalid cursor {c:?}")))
+    })
+    .transpose()
 }
 
 async fn ready(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, HttpError> {

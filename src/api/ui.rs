@@ -137,12 +137,10 @@ pub async fn detail(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Html<String>, HttpError> {
-    let r = state
-        .store
-        .remediation(&id)
-        .await?
-        .ok_or_else(|| HttpError::NotFound(format!("no remediation {id}")))?;
-    let timeline = state.store.timeline(&id).await?;
+    let super::Detail {
+        remediation: r,
+        timeline,
+    } = super::detail(&state.store, &id).await?;
     let mut body = format!(
         "<p><a href=/ui>← all remediations</a></p><table class=facts>\
          <tr><th>State</th><td><span class=\"state {}\">{}</span> ({} mode)</td></tr>\

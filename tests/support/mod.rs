@@ -301,3 +301,48 @@ pub fn firing_for(alertname: &str, namespace: &str, deployment: &str, fingerprin
     v["commonLabels"] = labels;
     v.to_string()
 }
+
+/// Records a firing alert and opens its remediation directly in the store, as a past run
+/// of salve would have: for tests that start from a given history or a crash.
+pub async fn seed_remediation(
+    store: &salve::store::Store,
+    fingerprint: u32,
+    (namespace, name): (&str, &str),
+    action: &'static str,
+    at: chrono::DateTime<chrono::Utc>,
+) -> (String, String) {
+    let body = firing_for(
+        "HighRequestLatency",
+        namespace,
+        name,
+        &format!("{fingerprint:016x}"),
+    );
+    let delivery = salve::alert::Delivery::parse(body.as_bytes()).unwrap();
+    let incident = store
+        .record_delivery(&delivery, at)
+        .await
+        .unwrap()
+        .to_decide[0]
+        .clone();
+    let new = salve::store::NewRemediation {
+        incident_id: incident.clone(),
+        alertname: "HighRequestLatency".into(),
+        rule_name: format!("rule-{action}"),
+        rule_file: "rules.yaml".into(),
+        action,
+        target: salve::cluster::TargetRef::new(
+            salve::cluster::WorkloadKind::Deployment,
+            namespace,
+            name,
+        )
+        .unwrap(),
+        mode: salve::remediation::Mode::Live,
+        summary: "pending".into(),
+    };
+    let id = store
+        .create_remediation(&new, &serde_json::json!({}), at)
+        .await
+        .unwrap()
+        .unwrap();
+    (incident, id)
+}
