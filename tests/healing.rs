@@ -413,3 +413,43 @@ async fn a_refire_after_resolution_is_a_new_incident_but_the_cooldown_holds() {
     assert_eq!(items[1]["state"], "healed");
     assert_eq!(replicas(&kube), 3, "no second change within the cooldown");
 }
+
+#[tokio::test]
+async fn the_workload_stays_locked_for_the_whole_ladder() {
+    let kube = FakeKube::start().await;
+    kube.add_deployment("shop", "checkout", 2, "checkout:1.4");
+    let rules = LADDER.replace("within: 700ms", "within: 3s");
+    let s = spawn_salve(Options {
+        kube: Some(kube.clone()),
+        rules: Some(rules),
+        limits: salve::engine::Limits {
+            lock_lease: std::time::Duration::from_secs(1),
+            call_timeout: std::time::Duration::from_secs(5),
+            ..salve::engine::Limits::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    s.post_alerts(&fixture("firing-from-prometheus-rule.json"))
+        .await;
+    s.reached(1, &["verifying"]).await;
+    // Past the base lease, while the first remediation is still verifying.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    s.post_alerts(&firing_for(
+        "HighRequestLatency",
+        "shop",
+        "checkout",
+        "abcdef0000000002",
+    ))
+    .await;
+    let items = s.reached(2, &["verifying"]).await;
+    let skipped: Vec<&Value> = items.iter().filter(|r| r["state"] == "skipped").collect();
+    assert_eq!(skipped.len(), 1, "{items:#?}");
+    assert!(
+        skipped[0]["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("is being remediated by"),
+        "{items:#?}"
+    );
+}

@@ -88,8 +88,11 @@ impl Engine {
     pub(super) async fn drive(&self, mut run: Run<'_>) -> Result<(), EngineError> {
         let store = &self.inner.store;
         let now = Utc::now();
-        let lease = chrono::Duration::from_std(self.inner.limits.lock_lease)
-            .unwrap_or(chrono::Duration::minutes(10));
+        // The lease must outlast the whole ladder (every step's verification window), or a
+        // second remediation could take the workload while this one still verifies.
+        let ladder = run.rule.verify.within * run.rule.steps.len() as u32;
+        let lease = chrono::Duration::from_std(self.inner.limits.lock_lease + ladder)
+            .unwrap_or(chrono::Duration::hours(1));
         if let Some(holder) = store
             .acquire_target_lock(&run.target, &run.id, now, now + lease)
             .await?
