@@ -217,7 +217,7 @@ pub struct ServeArgs {
     #[arg(long, env = "SALVE_OFFLINE", conflicts_with = "kubeconfig")]
     pub offline: bool,
 
-    /// File holding the bearer token the webhook requires.
+    /// File holding the bearer token the webhook requires (or set SALVE_WEBHOOK_TOKEN).
     #[arg(long, env = "SALVE_WEBHOOK_TOKEN_FILE")]
     pub webhook_token_file: Option<PathBuf>,
 
@@ -258,8 +258,8 @@ pub struct ServeArgs {
     #[arg(long, env = "SALVE_NO_WATCH")]
     pub no_watch: bool,
 
-    /// File holding the token admin endpoints (`POST /-/reload`) require. Without it,
-    /// admin endpoints answer only to loopback clients.
+    /// File holding the token admin endpoints (`POST /-/reload`) require (or set
+    /// SALVE_ADMIN_TOKEN). Without it, admin endpoints answer only to loopback clients.
     #[arg(long, env = "SALVE_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
 
@@ -280,7 +280,8 @@ pub struct ServeArgs {
     #[arg(long, env = "SALVE_EXTERNAL_URL")]
     pub external_url: Option<String>,
 
-    /// File holding the token the audit API requires (the admin token works too).
+    /// File holding the token the audit API requires (or set SALVE_READ_TOKEN; the admin
+    /// token works too).
     /// Without either token, the audit API answers only loopback clients.
     #[arg(long, env = "SALVE_READ_TOKEN_FILE")]
     pub read_token_file: Option<PathBuf>,
@@ -375,6 +376,19 @@ fn read_secret(path: &Path, what: &str) -> Result<String, ConfigError> {
     Ok(secret)
 }
 
+/// A token from its file when one is given, else from the environment variable `var`.
+/// Never a command-line value, which any user could read from the process list.
+fn secret(file: &Option<PathBuf>, var: &str, what: &str) -> Result<Option<Secret>, ConfigError> {
+    if let Some(path) = file {
+        return read_secret(path, what).map(|s| Some(Secret(s)));
+    }
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => Ok(Some(Secret(v.trim().to_owned()))),
+        Ok(_) => Err(ConfigError(format!("{var} is set but empty"))),
+        Err(_) => Ok(None),
+    }
+}
+
 impl ServeArgs {
     /// Validates the flags into settings.
     pub fn settings(&self) -> Result<ServeSettings, ConfigError> {
@@ -384,11 +398,12 @@ impl ServeArgs {
                 self.policies.display()
             )));
         }
-        let bearer_token = self
-            .webhook_token_file
-            .as_deref()
-            .map(|p| read_secret(p, "webhook token"))
-            .transpose()?;
+        let bearer_token = secret(
+            &self.webhook_token_file,
+            "SALVE_WEBHOOK_TOKEN",
+            "webhook token",
+        )?
+        .map(|s| s.0);
         let basic = match (&self.webhook_basic_user, &self.webhook_basic_password_file) {
             (Some(user), Some(file)) => {
                 Some((user.clone(), read_secret(file, "webhook password")?))
@@ -420,17 +435,9 @@ impl ServeArgs {
             alertmanager_url: self.alertmanager_url.clone(),
             escalation_webhook_url: self.escalation_webhook_url.clone(),
             external_url: self.external_url.clone(),
-            admin_token: self
-                .admin_token_file
-                .as_deref()
-                .map(|p| read_secret(p, "admin token").map(Secret))
-                .transpose()?,
+            admin_token: secret(&self.admin_token_file, "SALVE_ADMIN_TOKEN", "admin token")?,
             retention: self.retention,
-            read_token: self
-                .read_token_file
-                .as_deref()
-                .map(|p| read_secret(p, "read token").map(Secret))
-                .transpose()?,
+            read_token: secret(&self.read_token_file, "SALVE_READ_TOKEN", "read token")?,
             limits: Limits {
                 max_actions_per_hour: self.max_actions_per_hour,
                 call_timeout: self.call_timeout,

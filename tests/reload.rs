@@ -205,6 +205,7 @@ async fn reload_requires_the_admin_token_when_one_is_set() {
 
 #[tokio::test]
 async fn sighup_reloads_a_running_salve() {
+    salve::telemetry::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let policies = support::policies_with_rules(dir.path(), None);
     let port = std::net::TcpListener::bind("127.0.0.1:0")

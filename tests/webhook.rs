@@ -308,3 +308,75 @@ async fn the_openapi_document_describes_every_route() {
         assert!(params.contains(&filter), "{filter} undocumented");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_from_the_environment_are_enforced_and_never_logged() {
+    salve::telemetry::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let policies = support::policies_with_rules(dir.path(), None);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = dir.path().join("salve.log");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_salve"))
+        .args([
+            "serve",
+            "--offline",
+            "--no-watch",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg("--policies")
+        .arg(&policies)
+        .arg("--database")
+        .arg(format!(
+            "sqlite://{}",
+            dir.path().join("salve.db").display()
+        ))
+        .env("SALVE_WEBHOOK_TOKEN", "hook-s3cret")
+        .env("SALVE_READ_TOKEN", "read-s3cret")
+        .env("RUST_LOG", "debug")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while http.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "salve did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let body = fixture("firing-single-api-posted.json");
+    let post = |token: &'static str| {
+        http.post(format!("{base}/api/v1/alerts"))
+            .bearer_auth(token)
+            .body(body.clone())
+            .send()
+    };
+    assert_eq!(post("wrong").await.unwrap().status(), 401);
+    assert_eq!(post("hook-s3cret").await.unwrap().status(), 200);
+    let list = format!("{base}/api/v1/remediations");
+    assert_eq!(http.get(&list).send().await.unwrap().status(), 401);
+    assert_eq!(
+        http.get(&list)
+            .bearer_auth("read-s3cret")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    child.kill().await.unwrap();
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("listening"), "{logged}");
+    assert!(
+        !logged.contains("hook-s3cret") && !logged.contains("read-s3cret"),
+        "a token was logged:\n{logged}"
+    );
+}
