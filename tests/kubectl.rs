@@ -9,18 +9,11 @@ use std::path::Path;
 use support::FakeKube;
 
 fn kubectl_available() -> bool {
-    let found = std::process::Command::new("kubectl")
-        .arg("version")
-        .arg("--client")
-        .output()
-        .is_ok();
+    let found = support::installed("kubectl", &["version", "--client"]);
     if !found {
-        assert!(
-            std::env::var("CI").is_err(),
-            "kubectl is required under CI (install kubernetes-client)"
-        );
-        eprintln!(
-            "\n*** SKIPPED: kubectl not found on PATH; the kubectl compatibility test did not run ***\n"
+        support::component_missing(
+            "kubectl on PATH (Debian package kubernetes-client)",
+            "the kubectl compatibility test",
         );
     }
     found

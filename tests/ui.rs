@@ -1,122 +1,111 @@
-//! The audit page in a real browser (Debian's headless Chromium): load the list, filter
-//! it, open a remediation, and check what a person would see. Skips loudly without
-//! Chromium; under CI it must run.
+//! The audit page in a real browser: Debian's headless Chromium driven through
+//! ChromeDriver. A person loads the list, types a namespace into the filter form and
+//! submits it, opens a remediation from its link, and reads its timeline. Skips loudly
+//! without Chromium and ChromeDriver; under CI it must run.
 
 mod support;
 
+use support::browser::Browser;
 use support::{Options, firing_for, spawn_salve};
-
-fn chromium() -> Option<&'static str> {
-    let found = ["chromium", "chromium-browser"].into_iter().find(|b| {
-        std::process::Command::new(b)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").is_err(),
-            "chromium is required under CI (Debian package chromium)"
-        );
-        eprintln!(
-            "\n*** SKIPPED: chromium not found; the audit page browser test did not run ***\n"
-        );
-    }
-    found
-}
-
-/// The DOM Chromium renders for `url`.
-async fn render(browser: &str, url: &str) -> String {
-    let profile = tempfile::tempdir().unwrap();
-    let out = tokio::process::Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(url)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_can_filter_the_audit_page_and_open_a_remediation() {
-    let Some(browser) = chromium() else { return };
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
     let s = spawn_salve(Options::default()).await;
-    s.post_alerts(&firing_for(
-        "HighRequestLatency",
-        "shop",
-        "checkout",
-        "0000000000000a01",
-    ))
-    .await;
-    s.post_alerts(&firing_for(
-        "HighRequestLatency",
-        "payments",
-        "api",
-        "0000000000000a02",
-    ))
-    .await;
-    s.post_alerts(&firing_for(
-        "HighRequestLatency",
-        "kube-system",
-        "coredns",
-        "0000000000000a03",
-    ))
-    .await;
-    s.finished(3).await;
+    for (i, (namespace, name, fingerprint)) in [
+        ("shop", "checkout", "0000000000000a01"),
+        ("payments", "api", "0000000000000a02"),
+        ("kube-system", "coredns", "0000000000000a03"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        s.post_alerts(&firing_for(
+            "HighRequestLatency",
+            namespace,
+            name,
+            fingerprint,
+        ))
+        .await;
+        // One at a time, so "newest first" has one right answer.
+        s.finished(i + 1).await;
+    }
 
-    let all = render(browser, &format!("{}/ui", s.url)).await;
-    assert!(all.contains("<h1>salve: what was done</h1>"), "{all}");
-    assert_eq!(all.matches("class=\"remediation\"").count(), 3, "{all}");
-    assert!(all.contains("namespace kube-system is protected: salve never changes it"));
-
-    // Filtering is the page's GET form: namespace=kube-system.
-    let filtered = render(browser, &format!("{}/ui?namespace=kube-system", s.url)).await;
+    browser.open(&format!("{}/ui", s.url)).await;
     assert_eq!(
-        filtered.matches("class=\"remediation\"").count(),
-        1,
-        "{filtered}"
+        browser.find("h1").await.text().await,
+        "salve: what was done"
     );
-    assert!(filtered.contains("Deployment/kube-system/coredns"));
-    assert!(!filtered.contains("Deployment/shop/checkout"));
+    let rows = browser.find_all("tr.remediation").await;
+    assert_eq!(rows.len(), 3);
+    let mut shown = Vec::new();
+    for row in &rows {
+        shown.push(row.text().await);
+    }
     assert!(
-        filtered.contains("value=\"kube-system\""),
-        "the form keeps the filter"
+        shown[0].contains("Deployment/kube-system/coredns"),
+        "newest first: {shown:?}"
+    );
+    assert!(
+        shown[0].contains("namespace kube-system is protected: salve never changes it"),
+        "the deny reason is on the list: {shown:?}"
     );
 
-    // Open the remediation from its link.
-    let href = filtered
-        .split("href=\"/ui/remediations/")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("a link to the remediation");
-    let detail = render(browser, &format!("{}/ui/remediations/{href}", s.url)).await;
-    assert!(
-        detail.contains("<span class=\"state denied\">denied</span>"),
-        "{detail}"
+    // Filter as a person does: type into the form and press the button.
+    browser
+        .find("input[name=namespace]")
+        .await
+        .type_text("kube-system")
+        .await;
+    browser.find("button[type=submit]").await.click().await;
+    browser
+        .wait_for_url("the filtered list", |u| u.contains("namespace=kube-system"))
+        .await;
+    let rows = browser.find_all("tr.remediation").await;
+    assert_eq!(rows.len(), 1, "{}", browser.source().await);
+    let row = rows[0].text().await;
+    assert!(row.contains("Deployment/kube-system/coredns"), "{row}");
+    assert!(row.contains("denied"), "{row}");
+    assert!(!browser.source().await.contains("Deployment/shop/checkout"));
+
+    // Open the remediation from its link and read the timeline.
+    browser.find("tr.remediation a").await.click().await;
+    browser
+        .wait_for_url("a remediation's page", |u| u.contains("/ui/remediations/"))
+        .await;
+    assert_eq!(browser.find(".state").await.text().await, "denied");
+    let summary = browser.find("#summary").await.text().await;
+    assert_eq!(
+        summary,
+        "denied: scale Deployment kube-system/coredns by +1 replicas (within 2..=10)"
     );
-    assert!(detail.contains("rule latency-scale-up matched"));
+    let mut timeline = Vec::new();
+    for event in browser.find_all("#timeline tr.event").await {
+        timeline.push(event.text().await);
+    }
+    let timeline = timeline.join("\n");
     assert!(
-        detail.contains(
-            "scale Deployment kube-system/coredns by +1 replicas (within 2..=10) -&gt; denied"
-        ),
-        "{detail}"
+        timeline.contains("rule latency-scale-up matched"),
+        "{timeline}"
     );
-    assert!(detail.contains("pending -&gt; denied"), "{detail}");
-    assert!(!detail.contains("<script"), "the page needs no script");
+    assert!(timeline.contains("pending -> denied"), "{timeline}");
+    assert!(
+        timeline.contains("namespace kube-system is protected"),
+        "the verdict's reasons are in the timeline: {timeline}"
+    );
+    assert!(
+        browser.find_all("script").await.is_empty(),
+        "the page needs no script"
+    );
+
+    // And back to the list from the detail page.
+    browser.find("a[href='/ui']").await.click().await;
+    let list = format!("{}/ui", s.url);
+    browser
+        .wait_for_url("the unfiltered list", |u| u == list)
+        .await;
+    assert_eq!(browser.find_all("tr.remediation").await.len(), 3);
+    browser.close().await;
 }

@@ -54,34 +54,54 @@ pub struct ListQuery {
     pub limit: Option<u32>,
     /// The `next` cursor of the previous page.
     #[arg(long)]
+    #[serde(default, deserialize_with = "blank_is_absent")]
     pub cursor: Option<String>,
     /// Only workloads in this namespace.
     #[arg(long)]
+    #[serde(default, deserialize_with = "blank_is_absent")]
     pub namespace: Option<String>,
     /// Only this workload kind (Deployment, StatefulSet).
     #[arg(long)]
+    #[serde(default, deserialize_with = "blank_is_absent")]
     pub kind: Option<String>,
     /// Only this workload (by name).
     #[arg(long)]
+    #[serde(default, deserialize_with = "blank_is_absent")]
     pub target: Option<String>,
     /// Only remediations of this alert.
     #[arg(long)]
+    #[serde(default, deserialize_with = "blank_is_absent")]
     pub alertname: Option<String>,
     /// Only remediations by this rule.
     #[arg(long)]
+    #[serde(default, deserialize_with = "blank_is_absent")]
     pub rule: Option<String>,
     /// Only remediations in this state (healed, escalated, denied, …).
     #[arg(long)]
+    #[serde(default, deserialize_with = "blank_is_absent")]
     pub state: Option<String>,
     /// Only remediations with a step that ended so (healed, not_healed, rollout_failed, …).
     #[arg(long)]
+    #[serde(default, deserialize_with = "blank_is_absent")]
     pub outcome: Option<String>,
     /// From this time on: RFC 3339, or a duration ago (`2h`, `7d`).
     #[arg(long)]
+    #[serde(default, deserialize_with = "blank_is_absent")]
     pub since: Option<String>,
     /// Before this time: RFC 3339, or a duration ago.
     #[arg(long)]
+    #[serde(default, deserialize_with = "blank_is_absent")]
     pub until: Option<String>,
+}
+
+/// An empty query value means "no filter": a plain HTML form sends every field, filled
+/// in or not (`?namespace=shop&state=`), and an empty `state` must not be refused.
+fn blank_is_absent<'de, D>(d: D) -> Result<Option<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let value: Option<String> = Option::deserialize(d)?;
+    Ok(value.filter(|v| !v.trim().is_empty()))
 }
 
 const OUTCOMES: [&str; 7] = [

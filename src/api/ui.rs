@@ -62,10 +62,14 @@ pub async fn list(
     let found = page(&state.store, &q).await?;
     let mut body = String::from("<form method=get action=/ui>");
     body += &input("namespace", &q.namespace, "shop");
+    body += &input("kind", &q.kind, "Deployment");
+    body += &input("target", &q.target, "checkout");
     body += &input("alertname", &q.alertname, "HighRequestLatency");
     body += &input("rule", &q.rule, "rule name");
     body += &input("state", &q.state, "healed, escalated, …");
-    body += &input("since", &q.since, "24h");
+    body += &input("outcome", &q.outcome, "healed, not_healed, …");
+    body += &input("since", &q.since, "24h or RFC 3339");
+    body += &input("until", &q.until, "RFC 3339");
     body += "<button type=submit>Filter</button></form>";
     let _ = write!(
         body,

@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod fake_kube;
 pub mod real;
 
@@ -22,6 +23,27 @@ use serde_json::Value;
 use sqlx::Connection;
 
 pub use fake_kube::FakeKube;
+
+/// Whether `program` runs (`program --version` or the given arguments succeed).
+pub fn installed(program: &str, args: &[&str]) -> bool {
+    let args = if args.is_empty() {
+        &["--version"][..]
+    } else {
+        args
+    };
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// A real component a test needs is missing: under CI (`CI` set) that is a failure;
+/// on a laptop the test says so loudly and skips. `missing` names what was not found
+/// and how to get it; `skipped` names the test that did not run.
+pub fn component_missing(missing: &str, skipped: &str) {
+    assert!(std::env::var("CI").is_err(), "required under CI: {missing}");
+    eprintln!("\n*** SKIPPED: {missing}; {skipped} did not run ***\n");
+}
 
 /// A fixture payload from `tests/fixtures/alertmanager/`.
 pub fn fixture(name: &str) -> String {
