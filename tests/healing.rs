@@ -99,6 +99,7 @@ async fn the_ladder_climbs_then_escalates_once() {
         "{r:#}"
     );
     // Alertmanager keeps re-sending the still-firing alert: no second escalation.
+    capture.received(1).await;
     s.post_alerts(&firing).await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let sent = capture.bodies();
@@ -188,7 +189,7 @@ async fn a_rollout_that_fails_is_reverted_and_escalated() {
         2,
         "the change and its revert, no second step: {scales:?}"
     );
-    assert_eq!(capture.bodies().len(), 1);
+    assert_eq!(capture.received(1).await.len(), 1);
     let detail = s.detail(r["id"].as_str().unwrap()).await;
     assert_eq!(events(&detail, "revert")[0]["detail"]["reverted"], true);
 }
@@ -379,7 +380,7 @@ async fn a_new_alert_on_the_workload_during_verification_reverts_the_change() {
     );
     assert!(reason.contains("scaled back to 2 replicas"), "{reason}");
     assert_eq!(replicas(&kube), 2);
-    assert_eq!(capture.bodies().len(), 1);
+    assert_eq!(capture.received(1).await.len(), 1);
 }
 
 #[tokio::test]

@@ -100,7 +100,7 @@ async fn after_a_crash_during_verification_salve_escalates_instead_of_guessing()
     .await;
     let items = s.finished(1).await;
     assert_eq!(items[0]["state"], "escalated");
-    let sent = capture.bodies();
+    let sent = capture.received(1).await;
     assert_eq!(sent.len(), 1, "{sent:#?}");
     assert_eq!(sent[0]["remediation_id"], id.as_str());
     assert!(kube.writes().is_empty(), "no next step is taken blindly");

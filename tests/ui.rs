@@ -107,5 +107,28 @@ async fn a_person_can_filter_the_audit_page_and_open_a_remediation() {
         .wait_for_url("the unfiltered list", |u| u == list)
         .await;
     assert_eq!(browser.find_all("tr.remediation").await.len(), 3);
+
+    // A filter that can never match is explained on a page, with the form to fix it.
+    browser.open(&format!("{}/ui?state=bogus", s.url)).await;
+    let error = browser.find("#error").await.text().await;
+    assert!(error.contains("unknown state \"bogus\""), "{error}");
+    assert!(browser.find_all("tr.remediation").await.is_empty());
+    assert_eq!(browser.find_all("input[name=state]").await.len(), 1);
     browser.close().await;
+}
+
+/// Errors on the audit page are pages a person can read, with the API's status codes.
+#[tokio::test]
+async fn audit_page_errors_are_pages_with_the_api_status() {
+    let s = spawn_salve(Options::default()).await;
+    for (path, status) in [
+        ("/ui?state=bogus", 400),
+        ("/ui/remediations/no-such-remediation", 404),
+    ] {
+        let reply = s.http.get(format!("{}{path}", s.url)).send().await.unwrap();
+        assert_eq!(reply.status().as_u16(), status, "{path}");
+        let content_type = reply.headers()[reqwest::header::CONTENT_TYPE].clone();
+        assert_eq!(content_type, "text/html; charset=utf-8", "{path}");
+        assert!(reply.text().await.unwrap().contains("id=error"), "{path}");
+    }
 }

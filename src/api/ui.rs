@@ -8,7 +8,8 @@
 use std::fmt::Write as _;
 
 use axum::extract::{Path, Query, State};
-use axum::response::Html;
+use axum::http::{HeaderValue, header};
+use axum::response::{Html, IntoResponse, Response};
 
 use super::{ApiState, ListQuery, page};
 use crate::http::HttpError;
@@ -54,12 +55,41 @@ fn input(name: &str, value: &Option<String>, placeholder: &str) -> String {
     )
 }
 
-/// `GET /ui`: the filtered list.
-pub async fn list(
-    State(state): State<ApiState>,
-    Query(q): Query<ListQuery>,
-) -> Result<Html<String>, HttpError> {
-    let found = page(&state.store, &q).await?;
+/// An error shown to a person as a page, not as JSON: the API's status and headers
+/// (`Retry-After`, `WWW-Authenticate`) with the reason in words, the filter form when
+/// the filter was the problem, and the way back to the list.
+pub struct PageError {
+    error: HttpError,
+    form: String,
+}
+
+impl From<HttpError> for PageError {
+    fn from(error: HttpError) -> PageError {
+        PageError {
+            error,
+            form: String::new(),
+        }
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let message = self.error.to_string();
+        let (mut parts, _) = self.error.into_response().into_parts();
+        parts.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        let body = format!(
+            "{}<p class=reason id=error>{}</p><p><a href=/ui>← all remediations</a></p>",
+            self.form,
+            escape(&message)
+        );
+        Response::from_parts(parts, layout("salve: cannot show this", &body).0.into())
+    }
+}
+
+fn filter_form(q: &ListQuery) -> String {
     let mut body = String::from("<form method=get action=/ui>");
     body += &input("namespace", &q.namespace, "shop");
     body += &input("kind", &q.kind, "Deployment");
@@ -71,6 +101,19 @@ pub async fn list(
     body += &input("since", &q.since, "24h or RFC 3339");
     body += &input("until", &q.until, "RFC 3339");
     body += "<button type=submit>Filter</button></form>";
+    body
+}
+
+/// `GET /ui`: the filtered list.
+pub async fn list(
+    State(state): State<ApiState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Html<String>, PageError> {
+    let mut body = filter_form(&q);
+    let found = page(&state.store, &q).await.map_err(|error| PageError {
+        error,
+        form: body.clone(),
+    })?;
     let _ = write!(
         body,
         "<p>{} remediations shown, newest first.</p><table><tr><th>Time (UTC)</th><th>State</th><th>Rule</th><th>Workload</th><th>What salve did</th></tr>",
@@ -140,7 +183,7 @@ fn serde_urlencoded_query(q: &ListQuery) -> String {
 pub async fn detail(
     State(state): State<ApiState>,
     Path(id): Path<String>,
-) -> Result<Html<String>, HttpError> {
+) -> Result<Html<String>, PageError> {
     let super::Detail {
         remediation: r,
         timeline,

@@ -302,6 +302,23 @@ impl Capture {
     pub fn bodies(&self) -> Vec<Value> {
         self.bodies.lock().unwrap().clone()
     }
+
+    /// Waits until at least `count` bodies arrived (a remediation is marked escalated
+    /// before its notification is on the wire) and returns everything received.
+    pub async fn received(&self, count: usize) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let bodies = self.bodies();
+            if bodies.len() >= count {
+                return bodies;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "expected {count} escalation(s), received {bodies:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// The timeline entries of one kind.
