@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::real::{self, Exporter};
-use support::{FakeKube, Options, TestSalve, spawn_salve};
+use support::{FakeKube, Options, TestSalve, eventually, spawn_salve};
 
 const RULES: &str = r#"
 rules:
@@ -70,17 +70,6 @@ fn replicas(kube: &FakeKube) -> i64 {
         .unwrap()
 }
 
-async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_prometheus_alert_is_healed_by_scaling_and_recorded_as_healed() {
     if !real::binaries_present() {
@@ -122,19 +111,18 @@ async fn a_metric_that_stays_bad_climbs_the_ladder_and_escalates_through_alertma
     let mut url = w.alertmanager.url.join("api/v2/alerts").unwrap();
     url.query_pairs_mut()
         .append_pair("filter", "alertname=\"SalveRemediationFailed\"");
-    let mut found = Value::Null;
-    wait_for("SalveRemediationFailed in Alertmanager", async || {
+    let what = "SalveRemediationFailed in Alertmanager";
+    let found = eventually(what, Duration::from_secs(90), async || {
         let alerts: Value = reqwest::get(url.clone())
             .await
             .unwrap()
             .json()
             .await
             .unwrap();
-        found = alerts
+        alerts
             .as_array()
             .and_then(|a| a.first().cloned())
-            .unwrap_or(Value::Null);
-        !found.is_null()
+            .ok_or_else(|| alerts.to_string())
     })
     .await;
     let labels = &found["labels"];

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use support::{Options, TestSalve, events, firing_for, spawn_salve};
+use support::{Options, TestSalve, events, eventually, firing_for, spawn_salve};
 
 const FREEZE_WEB: &str = "package salve\n\nimport rego.v1\n\ndeny contains \"web is frozen for the audit\" if {\n\tinput.action.target.namespace == \"web\"\n}\n";
 /// Compiles, but contradicts the shipped guardrail tests (which scale in `shop`).
@@ -162,14 +162,12 @@ async fn a_changed_file_is_reloaded_by_itself() {
     .await;
     let before = policy_hash(&s).await;
     std::fs::write(s.dir.path().join("policies/freeze.rego"), FREEZE_WEB).unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while policy_hash(&s).await == before {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the file change was not picked up"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let what = "the file change to be picked up";
+    eventually(what, Duration::from_secs(10), async || {
+        let now = policy_hash(&s).await;
+        if now == before { Err(now) } else { Ok(()) }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -238,17 +236,12 @@ async fn sighup_reloads_a_running_salve() {
         let v: serde_json::Value = r.json().await.ok()?;
         v["policy_hash"].as_str().map(str::to_owned)
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let before = loop {
-        if let Some(h) = hash().await {
-            break h;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "salve did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let before = eventually("salve to be ready", Duration::from_secs(20), async || {
+        hash()
+            .await
+            .ok_or_else(|| "no policy hash on /readyz".to_owned())
+    })
+    .await;
     std::fs::write(policies.join("freeze.rego"), FREEZE_WEB).unwrap();
     let pid = child.id().unwrap().to_string();
     assert!(
@@ -258,13 +251,14 @@ async fn sighup_reloads_a_running_salve() {
             .unwrap()
             .success()
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while hash().await.as_deref() == Some(before.as_str()) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "SIGHUP did not reload"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        "SIGHUP to reload",
+        Duration::from_secs(10),
+        async || match hash().await {
+            Some(now) if now == before => Err(now),
+            _ => Ok(()),
+        },
+    )
+    .await;
     child.kill().await.unwrap();
 }

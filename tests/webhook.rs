@@ -7,7 +7,7 @@ mod support;
 use base64::Engine as _;
 use salve::ingest::WebhookAuth;
 use sqlx::Connection;
-use support::{Options, fixture, spawn_salve};
+use support::{Options, eventually, fixture, spawn_salve};
 
 #[tokio::test]
 async fn a_malformed_payload_gets_400_with_the_reason_and_stores_nothing() {
@@ -344,14 +344,12 @@ async fn tokens_from_the_environment_are_enforced_and_never_logged() {
         .unwrap();
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
-    while http.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "salve did not start"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let started = std::time::Duration::from_secs(20);
+    eventually("salve to start", started, async || {
+        let reply = http.get(format!("{base}/healthz")).send().await;
+        reply.map(drop).map_err(|e| e.to_string())
+    })
+    .await;
     let body = fixture("firing-single-api-posted.json");
     let post = |token: &'static str| {
         http.post(format!("{base}/api/v1/alerts"))

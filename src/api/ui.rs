@@ -89,17 +89,27 @@ impl IntoResponse for PageError {
     }
 }
 
+/// The list's filters (query name, value, hint): one list, so the form shows every filter
+/// and the "Older" link keeps every one.
+fn filters(q: &ListQuery) -> [(&'static str, &Option<String>, &'static str); 9] {
+    [
+        ("namespace", &q.namespace, "shop"),
+        ("kind", &q.kind, "Deployment"),
+        ("target", &q.target, "checkout"),
+        ("alertname", &q.alertname, "HighRequestLatency"),
+        ("rule", &q.rule, "rule name"),
+        ("state", &q.state, "healed, escalated, …"),
+        ("outcome", &q.outcome, "healed, not_healed, …"),
+        ("since", &q.since, "24h or RFC 3339"),
+        ("until", &q.until, "RFC 3339"),
+    ]
+}
+
 fn filter_form(q: &ListQuery) -> String {
     let mut body = String::from("<form method=get action=/ui>");
-    body += &input("namespace", &q.namespace, "shop");
-    body += &input("kind", &q.kind, "Deployment");
-    body += &input("target", &q.target, "checkout");
-    body += &input("alertname", &q.alertname, "HighRequestLatency");
-    body += &input("rule", &q.rule, "rule name");
-    body += &input("state", &q.state, "healed, escalated, …");
-    body += &input("outcome", &q.outcome, "healed, not_healed, …");
-    body += &input("since", &q.since, "24h or RFC 3339");
-    body += &input("until", &q.until, "RFC 3339");
+    for (name, value, hint) in filters(q) {
+        body += &input(name, value, hint);
+    }
     body += "<button type=submit>Filter</button></form>";
     body
 }
@@ -144,7 +154,7 @@ pub async fn list(
     if let Some(next) = &found.next {
         let mut older = q.clone();
         older.cursor = Some(next.clone());
-        let query = serde_urlencoded_query(&older);
+        let query = query_string(&older);
         let _ = write!(
             body,
             "<p><a rel=next href=\"/ui?{}\">Older →</a></p>",
@@ -154,19 +164,11 @@ pub async fn list(
     Ok(layout("salve: what was done", &body))
 }
 
-fn serde_urlencoded_query(q: &ListQuery) -> String {
-    let pairs = [
-        ("namespace", &q.namespace),
-        ("kind", &q.kind),
-        ("target", &q.target),
-        ("alertname", &q.alertname),
-        ("rule", &q.rule),
-        ("state", &q.state),
-        ("outcome", &q.outcome),
-        ("since", &q.since),
-        ("until", &q.until),
-        ("cursor", &q.cursor),
-    ];
+fn query_string(q: &ListQuery) -> String {
+    let pairs = filters(q)
+        .map(|(name, value, _)| (name, value))
+        .into_iter()
+        .chain([("cursor", &q.cursor)]);
     let mut url = reqwest::Url::parse("http://x/").expect("constant URL parses");
     {
         let mut query = url.query_pairs_mut();

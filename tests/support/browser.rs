@@ -32,8 +32,9 @@ impl Browser {
     pub async fn launch() -> Option<Browser> {
         let chromium = ["chromium", "chromium-browser"]
             .into_iter()
-            .find(|b| super::installed(b, &[]));
-        let (Some(chromium), true) = (chromium, super::installed("chromedriver", &[])) else {
+            .find(|b| super::installed(b, &["--version"]));
+        let (Some(chromium), true) = (chromium, super::installed("chromedriver", &["--version"]))
+        else {
             super::component_missing(
                 "chromium or chromedriver (Debian packages chromium, chromium-driver)",
                 "the audit page browser test",
@@ -52,21 +53,24 @@ impl Browser {
         salve::telemetry::install_crypto_provider();
         let http = reqwest::Client::new();
         let base = format!("http://127.0.0.1:{port}");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let ready = http.get(format!("{base}/status")).send().await;
-            if let Ok(r) = ready
-                && let Ok(v) = r.json::<Value>().await
-                && v["value"]["ready"] == true
-            {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "chromedriver did not become ready"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        super::eventually(
+            "chromedriver to be ready",
+            Duration::from_secs(20),
+            async || {
+                let reply = http.get(format!("{base}/status")).send().await;
+                let status: Value = reply
+                    .map_err(|e| e.to_string())?
+                    .json()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if status["value"]["ready"] == true {
+                    Ok(())
+                } else {
+                    Err(status.to_string())
+                }
+            },
+        )
+        .await;
         let profile = tempfile::tempdir().unwrap();
         let args = [
             "--headless".to_owned(),
@@ -145,18 +149,11 @@ impl Browser {
     /// `what`), as it does once a click's navigation has happened; panics with the
     /// address shown.
     pub async fn wait_for_url(&self, what: &str, wanted: impl Fn(&str) -> bool) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
+        super::eventually(what, Duration::from_secs(10), async || {
             let url = self.url().await;
-            if wanted(&url) {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the browser never reached {what}; it shows {url}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            if wanted(&url) { Ok(()) } else { Err(url) }
+        })
+        .await;
     }
 
     /// The page's current DOM as HTML.
@@ -206,7 +203,8 @@ impl Element<'_> {
             .await;
     }
 
-    /// Clicks the element (and, for a link or submit button, waits for the next page).
+    /// Clicks the element. A link or submit button may return before its page loads:
+    /// follow with [`Browser::wait_for_url`].
     pub async fn click(&self) {
         self.browser
             .command(

@@ -24,13 +24,8 @@ use sqlx::Connection;
 
 pub use fake_kube::FakeKube;
 
-/// Whether `program` runs (`program --version` or the given arguments succeed).
+/// Whether `program` is there and works: run with `args` (say `--version`), it succeeds.
 pub fn installed(program: &str, args: &[&str]) -> bool {
-    let args = if args.is_empty() {
-        &["--version"][..]
-    } else {
-        args
-    };
     std::process::Command::new(program)
         .args(args)
         .output()
@@ -43,6 +38,26 @@ pub fn installed(program: &str, args: &[&str]) -> bool {
 pub fn component_missing(missing: &str, skipped: &str) {
     assert!(std::env::var("CI").is_err(), "required under CI: {missing}");
     eprintln!("\n*** SKIPPED: {missing}; {skipped} did not run ***\n");
+}
+
+/// Polls `check` every 50 ms until it gives `Ok`, and returns that value. Past `within`
+/// the test fails, naming `what` it waited for and the last `Err` (what it saw instead).
+pub async fn eventually<T>(
+    what: &str,
+    within: Duration,
+    mut check: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(seen) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out after {within:?} waiting for {what}; saw: {seen}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A fixture payload from `tests/fixtures/alertmanager/`.
@@ -230,24 +245,22 @@ impl TestSalve {
 
     /// Waits until `count` remediations exist and every one is in `states` (or a terminal state).
     pub async fn reached(&self, count: usize, states: &[&str]) -> Vec<Value> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
+        let terminal = |s: &str| !matches!(s, "pending" | "executing" | "verifying");
+        let what = format!("{count} remediation(s), each in {states:?} or an end state");
+        eventually(&what, Duration::from_secs(60), async || {
             let items = self.remediations().await;
-            let terminal = |s: &str| !matches!(s, "pending" | "executing" | "verifying");
             let done = items.len() >= count
                 && items.iter().all(|r| {
                     let s = r["state"].as_str().unwrap_or_default();
                     terminal(s) || states.contains(&s)
                 });
             if done {
-                return items;
+                Ok(items)
+            } else {
+                Err(format!("{items:#?}"))
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "remediations did not reach {states:?}: {items:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 
     /// Waits until `count` remediations exist and all have left `pending`/`executing`
@@ -306,18 +319,16 @@ impl Capture {
     /// Waits until at least `count` bodies arrived (a remediation is marked escalated
     /// before its notification is on the wire) and returns everything received.
     pub async fn received(&self, count: usize) -> Vec<Value> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
+        let what = format!("{count} escalation(s)");
+        eventually(&what, Duration::from_secs(30), async || {
             let bodies = self.bodies();
             if bodies.len() >= count {
-                return bodies;
+                Ok(bodies)
+            } else {
+                Err(format!("{bodies:#?}"))
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "expected {count} escalation(s), received {bodies:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
     }
 }
 

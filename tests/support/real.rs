@@ -15,7 +15,7 @@ use tokio::process::{Child, Command};
 pub fn binaries_present() -> bool {
     let missing: Vec<&str> = ["prometheus", "prometheus-alertmanager"]
         .into_iter()
-        .filter(|b| !super::installed(b, &[]))
+        .filter(|b| !super::installed(b, &["--version"]))
         .collect();
     if missing.is_empty() {
         return true;
@@ -89,20 +89,15 @@ async fn spawn(program: &str, args: &[String], dir: &Path, port: u16) -> Process
         .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
     let url: reqwest::Url = format!("http://127.0.0.1:{port}/").parse().unwrap();
     let ready = url.join("-/ready").unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = reqwest::get(ready.clone()).await {
-            if r.status().is_success() {
-                break;
-            }
+    let what = format!("{program} to be ready");
+    super::eventually(&what, Duration::from_secs(30), async || {
+        match reqwest::get(ready.clone()).await {
+            Ok(r) if r.status().is_success() => Ok(()),
+            // Its log says why it is not up yet.
+            _ => Err(std::fs::read_to_string(&log).unwrap_or_default()),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{program} did not become ready:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     Process {
         url,
         log,
