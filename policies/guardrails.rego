@@ -34,8 +34,10 @@ deny contains msg if {
 	msg := "the workload is scaled to zero on purpose; salve does not bring it back"
 }
 
-# Never pile a change on top of a rollout that has not finished.
+# Never pile a change on top of a rollout that has not finished. salve putting back its
+# own change (a revert) is exempt: that rollout is the one that went wrong.
 deny contains msg if {
+	input.action.type != "revert"
 	input.target.observed_generation < input.target.generation
 	msg := sprintf("a rollout is in progress (generation %d, observed %d): wait for it to finish", [input.target.generation, input.target.observed_generation])
 }
@@ -50,7 +52,9 @@ deny contains msg if {
 }
 
 # Flapping protection: a target that needed several actions in an hour needs a human.
+# A revert of salve's own change is not another action on the workload's behalf.
 deny contains msg if {
+	input.action.type != "revert"
 	input.history.actions_last_hour >= data.guardrails.max_actions_per_target_per_hour
 	msg := sprintf("%d actions on this target in the last hour (limit %d): a human should look", [input.history.actions_last_hour, data.guardrails.max_actions_per_target_per_hour])
 }

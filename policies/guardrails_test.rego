@@ -75,3 +75,20 @@ test_restart_without_replica_fields_is_allowed if {
 	restart := object.union(base, {"action": {"type": "restart", "from": {"restarted_at": null}, "to": {"restarted_at": "2026-11-24T03:12:00Z"}}})
 	count(salve.deny) == 0 with input as restart
 }
+
+# salve putting back its own change is allowed during its failed rollout and past the
+# flapping limit; a protected namespace still refuses it.
+revert := object.union(base, {
+	"action": {"type": "revert", "from": {"replicas": 3}, "to": {"replicas": 2}},
+	"target": {"generation": 5, "observed_generation": 4},
+	"history": {"actions_last_hour": 3},
+})
+
+test_a_revert_of_salves_own_change_is_allowed if {
+	count(salve.deny) == 0 with input as revert
+}
+
+test_a_revert_in_a_protected_namespace_is_denied if {
+	some msg in salve.deny with input as object.union(revert, {"action": {"target": {"namespace": "kube-system"}}})
+	contains(msg, "kube-system is protected")
+}

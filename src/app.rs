@@ -39,8 +39,6 @@ pub enum StartupError {
     Watch(#[from] notify::Error),
     #[error("knowledge base: {0}")]
     Store(#[from] crate::store::StoreError),
-    #[error("engine: {0}")]
-    Engine(#[from] crate::engine::EngineError),
     #[error("Kubernetes configuration: {0}")]
     Kube(String),
     #[error("cannot listen on {0}: {1}")]
@@ -110,7 +108,8 @@ pub struct Salve {
 }
 
 impl Salve {
-    /// Loads, connects, recovers what a previous run left, and starts serving.
+    /// Loads, connects, binds the port, and starts serving; recovery of what a previous
+    /// run left runs in the background.
     pub async fn start(settings: &ServeSettings) -> Result<Salve, StartupError> {
         let decisions = load_decisions(&settings.policies, settings.syntax)?;
         info!(
@@ -183,15 +182,16 @@ impl Salve {
         if let Some(keep) = settings.retention {
             spawn_retention(store.clone(), keep, shutdown.clone());
         }
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .map_err(|e| StartupError::Listen(settings.listen, e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| StartupError::Listen(settings.listen, e))?;
+        // Recovery of what a previous run left happens in the worker, in the background:
+        // the port answers /healthz and webhooks while it runs.
         let (queue, worker) = engine.start(shutdown.clone());
-        let leftover = engine.recover().await?;
-        if !leftover.is_empty() {
-            info!(
-                count = leftover.len(),
-                "deciding incidents acknowledged before the last stop"
-            );
-            ingest::IncidentSink::submit(&queue, leftover);
-        }
+        info!(owner = %engine.owner(), "this replica's owner id");
 
         let router = ingest::router(
             IngestState {
@@ -211,12 +211,6 @@ impl Salve {
         }))
         .layer(TraceLayer::new_for_http());
 
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .map_err(|e| StartupError::Listen(settings.listen, e))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| StartupError::Listen(settings.listen, e))?;
         if settings.auth.is_required() {
             info!(%addr, "listening; webhook authentication required");
         } else {

@@ -1,14 +1,15 @@
 //! The remediation lifecycle as an explicit state machine.
 //!
 //! A remediation is what salve does about one incident. Its state is stored as text
-//! (with a CHECK constraint listing exactly these names) and only ever moves along
-//! the edges [`RemediationState::can_become`] allows; the store enforces each move
-//! with a compare-and-set, so two workers (or two replicas) can never both claim one.
+//! (with a CHECK constraint listing exactly these names) and only ever moves by an
+//! [`Event`] through the one transition table, [`RemediationState::on`]; the store
+//! applies each move with a compare-and-set, so two workers (or two replicas) can never
+//! both claim one.
 //!
 //! ```text
 //!            ┌──────────── next step ◄──────────┐
 //!            ▼                                  │
-//! pending ──► executing ──► verifying ──► healed
+//! pending ◄─► executing ──► verifying ──► healed      (a refused write goes back)
 //!    │            │             ├──────► escalated   (ladder exhausted, made worse, unverifiable)
 //!    │            │             └──────► failed      (a later step errored; escalated)
 //!    │            ├──────► failed
@@ -93,16 +94,93 @@ impl RemediationState {
         )
     }
 
-    /// The lifecycle's edges; anything else is a bug the store refuses.
-    pub fn can_become(self, next: RemediationState) -> bool {
+    /// The lifecycle's one transition table: where `event` takes a remediation in this
+    /// state, or `None` when the move is impossible (a bug the store refuses to write).
+    /// Every state change goes through here; there is no other list of edges.
+    pub fn on(self, event: Event) -> Option<RemediationState> {
+        use Event::*;
         use RemediationState::*;
-        match self {
-            Pending => matches!(next, Executing | DryRun | Denied | Skipped | Failed),
-            Executing => matches!(next, Verifying | Failed | Interrupted),
-            Verifying => matches!(next, Executing | Healed | Escalated | Failed),
-            Healed | Escalated | DryRun | Denied | Skipped | Failed | Interrupted => false,
-        }
+        Some(match (self, event) {
+            (Pending, Skip) => Skipped,
+            (Pending, Deny) => Denied,
+            (Pending, WouldAct) => DryRun,
+            (Pending | Verifying, WriteIntent) => Executing,
+            (Executing, WriteAccepted) => Verifying,
+            // The API server refused the write, so nothing landed: back to before the intent.
+            (
+                Executing,
+                WriteRefused {
+                    changed_before: false,
+                },
+            ) => Pending,
+            (
+                Executing,
+                WriteRefused {
+                    changed_before: true,
+                },
+            ) => Verifying,
+            (Verifying, Heal) => Healed,
+            // A remediation that ends with something for humans to look at: every step
+            // denied, a failed change, an unverifiable one, a ladder that ran out.
+            (Pending | Verifying, Escalate) => Escalated,
+            (Pending | Executing | Verifying, Fail) => Failed,
+            (Executing, Interrupt) => Interrupted,
+            _ => return None,
+        })
     }
+
+    /// Whether some event moves this state to `next` (for checks and tests).
+    pub fn can_become(self, next: RemediationState) -> bool {
+        Event::ALL.into_iter().any(|e| self.on(e) == Some(next))
+    }
+}
+
+/// What happens to a remediation; [`RemediationState::on`] says where each one leads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// Nothing to do, on purpose: cooldown, busy workload, budget spent, already as
+    /// wanted, resolved before salve acted.
+    Skip,
+    /// Policy refused every step (or could not be evaluated).
+    Deny,
+    /// Dry-run or offline: what salve would have done is recorded instead.
+    WouldAct,
+    /// A real write is about to be sent (committed first, so a crash is never blind).
+    WriteIntent,
+    /// The API server accepted the write.
+    WriteAccepted,
+    /// The API server refused the write (409, 422, …): it did not land.
+    /// `changed_before`: an earlier step of the ladder did change the workload.
+    WriteRefused { changed_before: bool },
+    /// Verified: rolled out and the alert resolved (or resolved before the next step).
+    Heal,
+    /// Ended with humans told.
+    Escalate,
+    /// The change could not be made.
+    Fail,
+    /// salve stopped while a write was in flight.
+    Interrupt,
+}
+
+impl Event {
+    /// Every event, for [`RemediationState::can_become`] and exhaustive tests.
+    pub const ALL: [Event; 11] = [
+        Event::Skip,
+        Event::Deny,
+        Event::WouldAct,
+        Event::WriteIntent,
+        Event::WriteAccepted,
+        Event::WriteRefused {
+            changed_before: false,
+        },
+        Event::WriteRefused {
+            changed_before: true,
+        },
+        Event::Heal,
+        Event::Escalate,
+        Event::Fail,
+        Event::Interrupt,
+    ];
 }
 
 impl fmt::Display for RemediationState {
@@ -164,6 +242,14 @@ mod tests {
             "pending work is resumed, not interrupted"
         );
         assert!(Executing.can_become(Interrupted));
+        assert_eq!(
+            Executing.on(Event::WriteRefused {
+                changed_before: false
+            }),
+            Some(Pending),
+            "a 409 on the real write leaves nothing written"
+        );
+        assert_eq!(Executing.on(Event::Skip), None, "the 409-then-no-op bug");
         for terminal in RemediationState::ALL
             .into_iter()
             .filter(|s| s.is_terminal())

@@ -39,6 +39,13 @@ fn replicas(kube: &FakeKube) -> i64 {
         .unwrap()
 }
 
+/// The payload with its alert's `startsAt` set to `at`.
+fn starting_at(firing: &str, at: chrono::DateTime<Utc>) -> String {
+    let mut v: Value = serde_json::from_str(firing).unwrap();
+    v["alerts"][0]["startsAt"] = at.to_rfc3339().into();
+    v.to_string()
+}
+
 fn resolved(firing: &str) -> String {
     let mut v: Value = serde_json::from_str(firing).unwrap();
     v["status"] = "resolved".into();
@@ -68,12 +75,17 @@ async fn a_resolved_notification_during_verification_heals() {
     ));
     let detail = s.detail(r["id"].as_str().unwrap()).await;
     let verification = &events(&detail, "verification")[0]["detail"];
+    assert_eq!(verification["outcome"], "healed", "{verification}");
+    let polls = verification["polls"].as_array().unwrap();
+    let last = polls.last().unwrap();
+    assert_eq!(last["alert"]["status"], "resolved", "{verification}");
+    assert_eq!(last["alert"]["detail"], "Alertmanager sent resolved");
+    assert_eq!(last["rollout"]["status"], "done", "{verification}");
     assert!(
-        verification["evidence"]["signal"]
-            .as_str()
-            .unwrap()
-            .contains("Alertmanager sent resolved"),
-        "{verification}"
+        polls
+            .iter()
+            .all(|p| p["at"].as_str().is_some_and(|t| t.ends_with('Z'))),
+        "every poll carries its time: {verification}"
     );
     assert!(events(&detail, "escalation").is_empty());
 }
@@ -360,12 +372,10 @@ async fn a_new_alert_on_the_workload_during_verification_reverts_the_change() {
     s.reached(1, &["verifying"]).await;
     assert_eq!(replicas(&kube), 3);
 
-    // Another alert fires on the same Deployment after salve's change.
-    s.post_alerts(&firing_for(
-        "HighRequestLatency",
-        "shop",
-        "checkout",
-        "abcdef0000000001",
+    // Another alert starts on the same Deployment after salve's change.
+    s.post_alerts(&starting_at(
+        &firing_for("HighRequestLatency", "shop", "checkout", "abcdef0000000001"),
+        Utc::now(),
     ))
     .await;
     let items = s.finished(2).await;
@@ -375,12 +385,43 @@ async fn a_new_alert_on_the_workload_during_verification_reverts_the_change() {
         .expect("the first remediation escalates");
     let reason = first["reasons"][0].as_str().unwrap();
     assert!(
-        reason.contains("fired on Deployment shop/checkout after the change"),
+        reason.contains("started on Deployment shop/checkout after the change"),
         "{reason}"
     );
     assert!(reason.contains("scaled back to 2 replicas"), "{reason}");
     assert_eq!(replicas(&kube), 2);
     assert_eq!(capture.received(1).await.len(), 1);
+}
+
+#[tokio::test]
+async fn an_alert_that_started_before_the_change_is_not_blamed_on_it() {
+    let kube = FakeKube::start().await;
+    kube.add_deployment("shop", "checkout", 2, "checkout:1.4");
+    let rules = LADDER.replace("within: 700ms", "within: 2s");
+    let s = salve_with(&kube, &rules, None).await;
+    let before_the_change = Utc::now() - Duration::seconds(30);
+    s.post_alerts(&fixture("firing-from-prometheus-rule.json"))
+        .await;
+    s.reached(1, &["verifying"]).await;
+    // Its webhook arrives after the write, but the alert started before it.
+    s.post_alerts(&starting_at(
+        &firing_for("HighRequestLatency", "shop", "checkout", "abcdef0000000003"),
+        before_the_change,
+    ))
+    .await;
+    let items = s.finished(2).await;
+    let first = items
+        .iter()
+        .find(|r| r["rule"] == "checkout-ladder" && r["state"] != "skipped")
+        .unwrap();
+    let reason = first["reasons"][0].as_str().unwrap();
+    assert!(!reason.contains("made things worse"), "{reason}");
+    assert!(reason.contains("not healed after 2 step(s)"), "{reason}");
+    assert_eq!(
+        replicas(&kube),
+        5,
+        "not reverted: the ladder climbed +1 then +2"
+    );
 }
 
 #[tokio::test]

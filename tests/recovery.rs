@@ -4,7 +4,7 @@ mod support;
 
 use chrono::Utc;
 use salve::alert::Delivery;
-use salve::remediation::RemediationState;
+use salve::remediation::{Event, RemediationState};
 use salve::store::Store;
 use support::{FakeKube, Options, fixture, fresh_database, spawn_salve};
 
@@ -24,14 +24,14 @@ async fn after_a_crash_executing_is_interrupted_not_resent_and_acked_alerts_are_
         .transition(
             &id,
             RemediationState::Pending,
-            RemediationState::Executing,
+            Event::WriteIntent,
             "executing",
             &[],
             Utc::now(),
         )
         .await
         .unwrap();
-    assert!(moved);
+    assert_eq!(moved, Some(RemediationState::Executing));
     let second = Delivery::parse(fixture("firing-single-api-posted.json").as_bytes()).unwrap();
     store.record_delivery(&second, Utc::now()).await.unwrap();
     drop(store);
@@ -78,15 +78,16 @@ async fn after_a_crash_during_verification_salve_escalates_instead_of_guessing()
     let store = Store::open(&database).await.unwrap();
     let (_, id) =
         support::seed_remediation(&store, 1, ("shop", "checkout"), "scale", Utc::now()).await;
-    for (from, to) in [
-        (RemediationState::Pending, RemediationState::Executing),
-        (RemediationState::Executing, RemediationState::Verifying),
+    for (from, event) in [
+        (RemediationState::Pending, Event::WriteIntent),
+        (RemediationState::Executing, Event::WriteAccepted),
     ] {
         assert!(
             store
-                .transition(&id, from, to, "", &[], Utc::now())
+                .transition(&id, from, event, "", &[], Utc::now())
                 .await
                 .unwrap()
+                .is_some()
         );
     }
     drop(store);

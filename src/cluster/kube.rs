@@ -12,7 +12,7 @@ use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams}
 use serde_json::{Value, json};
 
 use super::workload::RESTARTED_AT_ANNOTATION;
-use super::{Change, Cluster, ClusterError, Revision, TargetRef, Workload, WorkloadKind};
+use super::{Change, Cluster, ClusterError, Revision, TargetRef, Workload, WorkloadKind, Written};
 
 /// The field manager salve's writes are attributed to (visible in `managedFields`).
 pub const FIELD_MANAGER: &str = "salve";
@@ -46,6 +46,12 @@ fn cluster_error(e: kube::Error) -> ClusterError {
             message: status.message.clone(),
         },
         other => ClusterError::Transport(other.to_string()),
+    }
+}
+
+fn written(obj: DynamicObject) -> Written {
+    Written {
+        generation: obj.metadata.generation,
     }
 }
 
@@ -106,7 +112,7 @@ impl Cluster for KubeCluster {
         workload: &Workload,
         change: &Change,
         dry_run: bool,
-    ) -> Result<(), ClusterError> {
+    ) -> Result<Written, ClusterError> {
         let api = self.api(&workload.target);
         let name = &workload.target.name;
         let rv = &workload.resource_version;
@@ -114,14 +120,16 @@ impl Cluster for KubeCluster {
         match change {
             Change::Scale { replicas } => {
                 let patch = json!({"metadata": {"resourceVersion": rv}, "spec": {"replicas": replicas}});
-                api.patch_scale(name, &pp, &Patch::Merge(&patch)).await.map(drop)
+                api.patch_scale(name, &pp, &Patch::Merge(&patch))
+                    .await
+                    .map(|_| Written::default())
             }
             Change::Restart { restarted_at } => {
                 let patch = json!({
                     "metadata": {"resourceVersion": rv},
                     "spec": {"template": {"metadata": {"annotations": {RESTARTED_AT_ANNOTATION: restarted_at}}}}
                 });
-                api.patch(name, &pp, &Patch::Merge(&patch)).await.map(drop)
+                api.patch(name, &pp, &Patch::Merge(&patch)).await.map(written)
             }
             Change::Rollback { template, annotations, .. } => {
                 let ops: Value = json!([
@@ -131,7 +139,7 @@ impl Cluster for KubeCluster {
                 ]);
                 let patch: json_patch::Patch =
                     serde_json::from_value(ops).map_err(|e| ClusterError::Transport(e.to_string()))?;
-                api.patch(name, &pp, &Patch::<()>::Json(patch)).await.map(drop)
+                api.patch(name, &pp, &Patch::<()>::Json(patch)).await.map(written)
             }
         }
         .map_err(cluster_error)

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub use self::kube::KubeCluster;
-pub use workload::{Revision, Workload};
+pub use workload::{Condition, Revision, Workload};
 
 /// The workload kinds salve can act on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -227,7 +227,24 @@ pub trait Cluster: Send + Sync {
         workload: &Workload,
         change: &Change,
         dry_run: bool,
-    ) -> Result<(), ClusterError>;
+    ) -> Result<Written, ClusterError>;
+}
+
+/// What the API server said a write produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Written {
+    /// `metadata.generation` of the object after the write, when the answer carried it
+    /// (a `scale` subresource answer does not).
+    pub generation: Option<i64>,
+}
+
+impl Written {
+    /// The generation the controller must observe before status says anything about this
+    /// write: every spec change bumps the generation, so it is at least one past the
+    /// generation read before writing.
+    pub fn generation_after(&self, before: &Workload) -> i64 {
+        self.generation.unwrap_or(0).max(before.generation + 1)
+    }
 }
 
 #[cfg(test)]

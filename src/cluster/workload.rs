@@ -38,6 +38,21 @@ pub struct Workload {
     pub template: Value,
     pub restarted_at: Option<String>,
     pub conditions: Vec<Condition>,
+    /// `status.replicas`: every Pod the workload owns, old template or new. A Deployment
+    /// whose rollout left old Pods behind is not done (kubectl: "old replicas are
+    /// pending termination").
+    pub status_replicas: i32,
+    /// How a StatefulSet replaces its Pods: `RollingUpdate` (the default, and what a
+    /// Deployment reads as) or `OnDelete`, where a template change waits for someone to
+    /// delete Pods.
+    pub update_strategy: String,
+    /// `spec.updateStrategy.rollingUpdate.partition` of a StatefulSet: ordinals below it
+    /// keep the old template, so a partitioned rollout is done with fewer updated Pods.
+    pub partition: Option<i32>,
+    /// A StatefulSet's `status.currentRevision` and `status.updateRevision`: equal when its
+    /// rolling update is complete.
+    pub current_revision: Option<String>,
+    pub update_revision: Option<String>,
 }
 
 /// One entry of `status.conditions`.
@@ -48,6 +63,10 @@ pub struct Condition {
     pub status: String,
     pub reason: String,
     pub message: String,
+    /// When the controller last wrote this condition. A condition salve saw before its own
+    /// write, unchanged since, is not evidence about that write.
+    pub last_update_time: Option<String>,
+    pub last_transition_time: Option<String>,
 }
 
 /// One revision of a Deployment: a ReplicaSet it owns.
@@ -98,6 +117,8 @@ impl Workload {
                         status: text(&c["status"]),
                         reason: text(&c["reason"]),
                         message: text(&c["message"]),
+                        last_update_time: c["lastUpdateTime"].as_str().map(str::to_owned),
+                        last_transition_time: c["lastTransitionTime"].as_str().map(str::to_owned),
                     })
                     .collect()
             })
@@ -124,7 +145,22 @@ impl Workload {
             template: spec["template"].clone(),
             annotations,
             conditions,
+            status_replicas: int(&status["replicas"]) as i32,
+            update_strategy: spec["updateStrategy"]["type"]
+                .as_str()
+                .unwrap_or("RollingUpdate")
+                .to_owned(),
+            partition: spec["updateStrategy"]["rollingUpdate"]["partition"]
+                .as_i64()
+                .map(|p| p as i32),
+            current_revision: status["currentRevision"].as_str().map(str::to_owned),
+            update_revision: status["updateRevision"].as_str().map(str::to_owned),
         }
+    }
+
+    /// The status condition of that type (`Progressing`, `Available`), if the controller set one.
+    pub fn condition(&self, kind: &str) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.kind == kind)
     }
 }
 

@@ -32,6 +32,9 @@ pub struct InputParts<'a> {
     pub plan: &'a Plan,
     pub workload: Option<&'a Workload>,
     pub history: &'a [HistoryEntry],
+    /// Real changes (steps and reverts) salve made to this workload in the last hour,
+    /// from the actions ledger.
+    pub actions_last_hour: i64,
 }
 
 /// `input.history.stats`: what each step achieved for this alert on this workload.
@@ -62,14 +65,6 @@ pub fn stats(steps: &[StepStats], proposed: &ActionSpec, window: Duration) -> Va
 
 /// Builds the document policy evaluates as `input`.
 pub fn build(p: &InputParts<'_>) -> Value {
-    let hour_ago = p.now - Duration::hours(1);
-    let actions_last_hour = p
-        .history
-        .iter()
-        .filter_map(|h| h.acted_at.as_deref())
-        .filter_map(|t| DateTime::parse_from_rfc3339(t).ok())
-        .filter(|t| *t >= hour_ago)
-        .count();
     let last_action_at = p.history.iter().find_map(|h| h.acted_at.clone());
     json!({
         "version": INPUT_VERSION,
@@ -94,7 +89,7 @@ pub fn build(p: &InputParts<'_>) -> Value {
         "history": {
             "window_seconds": HISTORY_WINDOW.num_seconds(),
             "remediations": p.history,
-            "actions_last_hour": actions_last_hour,
+            "actions_last_hour": p.actions_last_hour,
             "last_action_at": last_action_at,
         },
     })

@@ -8,14 +8,26 @@
 //! change, each conditional on the version it read. A conflict starts over from a fresh
 //! read, policy included. Every step lands on the remediation's timeline.
 //!
-//! Crash safety: a remediation is marked `executing` (committed) before the first real
-//! write. On start-up, `executing` ones become `interrupted` (never re-sent: whether the
-//! write landed is for a human to check), `pending` ones resume from the start (nothing
-//! was written), and incidents acknowledged but never decided are decided.
+//! Crash safety: a remediation is marked `executing` (committed, with its rate slot and
+//! its lease checked in the same transaction) before every real write. Each replica has an
+//! owner id and a heartbeat; work is settled only when its owner is dead: `executing`
+//! becomes `interrupted` (never re-sent: whether the write landed is for a human to check),
+//! `verifying` is escalated, `pending` is adopted and resumed from a fresh read. Recovery
+//! runs in the background, after the port is bound, and again every few seconds.
+//!
+//! The modules follow one remediation's path: [`ladder`] drives it (lock, preconditions,
+//! steps in order), `step` takes one step up to the write, `admission` is the one gate
+//! every write passes (steps and reverts), `revert` is compare-and-revert, `escalation`
+//! tells humans, and `record` writes the timeline.
 
+mod admission;
+mod escalation;
 mod input;
 mod ladder;
 pub mod plan;
+mod record;
+mod revert;
+mod step;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -33,7 +45,7 @@ use crate::alert::AlertStatus;
 use crate::cluster::{Cluster, TargetRef, WorkloadKind};
 use crate::notify::Notifier;
 use crate::policy::PolicySet;
-use crate::remediation::{Mode, RemediationState};
+use crate::remediation::{Event, Mode, RemediationState};
 use crate::rules::{Rule, RuleSet};
 use crate::store::incidents::Decision;
 use crate::store::{NewRemediation, Store, StoreError};
@@ -41,6 +53,16 @@ use crate::verify::Prometheus;
 pub use input::{HISTORY_WINDOW, INPUT_VERSION};
 pub use ladder::LEARNING_WINDOW;
 use ladder::Run;
+
+/// The host (or pod) name, for the owner id people read.
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "salve".to_owned())
+}
 
 /// The rules and policy salve decides with, loaded together from one directory.
 #[derive(Debug, Clone)]
@@ -54,10 +76,16 @@ pub struct Decisions {
 /// The bounds that hold whatever rules and policy say.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Real actions across all workloads per rolling hour; beyond it salve only records.
+    /// Real changes across all workloads per rolling hour; beyond it salve only records.
     pub max_actions_per_hour: u32,
-    /// How long a workload's lock lasts if its holder dies.
+    /// How long a workload's lock outlives its holder's last renewal (the holder renews
+    /// it before every write and every verification poll).
     pub lock_lease: Duration,
+    /// How long a replica counts as alive after its last heartbeat.
+    pub heartbeat_ttl: Duration,
+    /// How long a stop waits for running remediations (each stops before its next write)
+    /// before it leaves them to the next owner; below Kubernetes' 30 s grace period.
+    pub shutdown_grace: Duration,
     /// Fresh-state retries after a 409 before giving up.
     pub conflict_retries: u32,
     /// Longest wait for one Kubernetes API call.
@@ -70,7 +98,9 @@ impl Default for Limits {
     fn default() -> Limits {
         Limits {
             max_actions_per_hour: 20,
-            lock_lease: Duration::from_secs(600),
+            lock_lease: Duration::from_secs(120),
+            heartbeat_ttl: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(20),
             conflict_retries: 3,
             call_timeout: Duration::from_secs(30),
             concurrency: 8,
@@ -115,6 +145,10 @@ struct Inner {
     decisions: Arc<ArcSwap<Decisions>>,
     limits: Limits,
     in_flight: Mutex<HashSet<String>>,
+    /// This replica: `host/incarnation`, the owner of what it creates and adopts.
+    owner: String,
+    /// Cancelled on shutdown: ladders stop before their next write.
+    stopping: CancellationToken,
 }
 
 /// Where the webhook hands new incidents to the engine.
@@ -171,8 +205,15 @@ impl Engine {
                 decisions,
                 limits,
                 in_flight: Mutex::new(HashSet::new()),
+                owner: format!("{}/{}", host_name(), uuid::Uuid::now_v7().simple()),
+                stopping: CancellationToken::new(),
             }),
         }
+    }
+
+    /// This replica's owner id (`host/incarnation`).
+    pub fn owner(&self) -> &str {
+        &self.inner.owner
     }
 
     /// How this engine acts: live, dry-run or offline.
@@ -186,19 +227,36 @@ impl Engine {
     }
 
     /// Starts the worker: handles queued incidents concurrently (serialised per workload
-    /// by the lock) until `shutdown`, then lets in-flight remediations finish.
+    /// by the lock), keeps this replica's heartbeat, and settles dead owners' work, all in
+    /// the background, until `shutdown`. Then ladders stop before their next write, the
+    /// worker waits at most `Limits::shutdown_grace` for them, and the replica retires (so another replica,
+    /// or the next start, may resume what it left at once).
     pub fn start(&self, shutdown: CancellationToken) -> (WorkQueue, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<String>(1024);
         let engine = self.clone();
+        let queue = WorkQueue { tx };
+        let sink = queue.clone();
         let handle = tokio::spawn(async move {
             let permits = Arc::new(Semaphore::new(engine.inner.limits.concurrency));
             let mut tasks = JoinSet::new();
             let mut sweep = tokio::time::interval(SWEEP_EVERY);
+            let mut heartbeat = tokio::time::interval(engine.inner.limits.heartbeat_ttl / 3);
+            let mut recovered = false;
             loop {
                 let id = tokio::select! {
                     _ = shutdown.cancelled() => break,
                     Some(id) = rx.recv() => id,
+                    _ = heartbeat.tick() => {
+                        engine.beat().await;
+                        if !recovered {
+                            recovered = engine.recover_into(&sink).await;
+                        }
+                        continue;
+                    }
                     _ = sweep.tick() => {
+                        if recovered {
+                            engine.recover_into(&sink).await;
+                        }
                         engine.sweep(&mut tasks, &permits).await;
                         continue;
                     }
@@ -206,9 +264,65 @@ impl Engine {
                 engine.spawn_incident(&mut tasks, &permits, id).await;
                 while tasks.try_join_next().is_some() {}
             }
-            while tasks.join_next().await.is_some() {}
+            engine.inner.stopping.cancel();
+            let drained = tokio::time::timeout(engine.inner.limits.shutdown_grace, async {
+                while tasks.join_next().await.is_some() {}
+            })
+            .await;
+            if drained.is_err() {
+                warn!(
+                    "{} remediation(s) still running after the grace period; they stay owned by this replica and are resumed once it is gone",
+                    tasks.len()
+                );
+                tasks.abort_all();
+            }
+            if let Err(e) = engine
+                .inner
+                .store
+                .retire(&engine.inner.owner, Utc::now())
+                .await
+            {
+                warn!(error = %e, "could not mark this replica retired; others resume its work when its heartbeat expires");
+            }
         });
-        (WorkQueue { tx }, handle)
+        (queue, handle)
+    }
+
+    /// Renews this replica's heartbeat.
+    async fn beat(&self) {
+        let now = Utc::now();
+        let ttl = chrono::Duration::from_std(self.inner.limits.heartbeat_ttl)
+            .unwrap_or(chrono::Duration::seconds(30));
+        let name = host_name();
+        if let Err(e) = self
+            .inner
+            .store
+            .heartbeat(&self.inner.owner, &name, now, now + ttl)
+            .await
+        {
+            warn!(error = %e, "cannot renew this replica's heartbeat");
+        }
+    }
+
+    /// Runs [`Engine::recover`] and queues what it found undecided; `false` if the store
+    /// failed (it is tried again at the next tick).
+    async fn recover_into(&self, queue: &WorkQueue) -> bool {
+        match self.recover().await {
+            Ok(undecided) => {
+                if !undecided.is_empty() {
+                    info!(
+                        count = undecided.len(),
+                        "deciding incidents acknowledged but not decided"
+                    );
+                    crate::ingest::IncidentSink::submit(queue, undecided);
+                }
+                true
+            }
+            Err(e) => {
+                warn!(error = %e, "recovery could not run; trying again shortly");
+                false
+            }
+        }
     }
 
     async fn spawn_incident(&self, tasks: &mut JoinSet<()>, permits: &Arc<Semaphore>, id: String) {
@@ -246,74 +360,81 @@ impl Engine {
         }
     }
 
-    /// Settles what a previous run left: interrupts `executing` remediations, resumes
-    /// `pending` ones, and returns the incidents still to be decided.
+    /// Settles what dead replicas (this one's earlier runs included) left: interrupts
+    /// their `executing` remediations, escalates their `verifying` ones, adopts and
+    /// resumes their `pending` ones, and returns the incidents still to be decided.
+    /// A live replica's work is never touched.
     pub async fn recover(&self) -> Result<Vec<String>, EngineError> {
         let store = &self.inner.store;
         // A change landed but what it achieved is unknown: escalate rather than guess, and
         // never take the next step blindly.
-        self.settle_after_restart(
+        self.settle_orphans(
             RemediationState::Verifying,
-            RemediationState::Escalated,
-            "escalated: salve restarted while verifying this change; a human should check it",
-            "restarted while verifying",
+            Event::Escalate,
+            "escalated: the salve verifying this change stopped; a human should check it",
+            "its owner stopped while verifying",
         )
         .await?;
         // A write may or may not have landed: record it, never re-send it.
-        self.settle_after_restart(
+        self.settle_orphans(
             RemediationState::Executing,
-            RemediationState::Interrupted,
+            Event::Interrupt,
             "salve stopped while sending this change; it was not re-sent. Check the workload.",
-            "interrupted by a restart during execution",
+            "interrupted: its owner stopped during execution",
         )
         .await?;
-        for id in store
-            .remediations_in_state(RemediationState::Pending)
+        let now = Utc::now();
+        for orphan in store
+            .orphaned_remediations(RemediationState::Pending, &self.inner.owner, now)
             .await?
         {
-            if let Err(e) = self.resume(&id).await {
-                warn!(remediation = %id, error = %e, "cannot resume pending remediation");
+            if !store
+                .adopt_remediation(&orphan, RemediationState::Pending, &self.inner.owner)
+                .await?
+            {
+                continue;
             }
+            let engine = self.clone();
+            // Resumed like any other work: in the background, one lock per workload.
+            tokio::spawn(async move {
+                if let Err(e) = engine.resume(&orphan.id).await {
+                    warn!(remediation = %orphan.id, error = %e, "resuming a pending remediation failed; the next recovery tries again");
+                }
+            });
         }
         Ok(store.undecided_firing_incidents().await?)
     }
 
-    /// Ends every remediation left in `from` by a previous run, and frees its workload.
-    async fn settle_after_restart(
+    /// Ends every remediation a dead owner left in `from` (adopting it first, so exactly
+    /// one replica settles it); the terminal move frees its workload.
+    async fn settle_orphans(
         &self,
         from: RemediationState,
-        to: RemediationState,
+        event: Event,
         summary: &str,
         reason: &str,
     ) -> Result<(), EngineError> {
         let store = &self.inner.store;
-        for id in store.remediations_in_state(from).await? {
-            store
-                .transition(&id, from, to, summary, &[reason.to_owned()], Utc::now())
-                .await?;
-            let Some(r) = store.remediation(&id).await? else {
+        let now = Utc::now();
+        for orphan in store
+            .orphaned_remediations(from, &self.inner.owner, now)
+            .await?
+        {
+            if !store
+                .adopt_remediation(&orphan, from, &self.inner.owner)
+                .await?
+            {
                 continue;
-            };
-            let Some(target) = stored_target(&r.target.kind, &r.target.namespace, &r.target.name)
+            }
+            let Some(to) = store
+                .transition(&orphan.id, from, event, summary, &[reason.to_owned()], now)
+                .await?
             else {
                 continue;
             };
-            store.release_target_lock(&target, &id).await?;
-            warn!(remediation = %id, state = %to, "{reason}");
+            warn!(remediation = %orphan.id, previous_owner = %orphan.owner, state = %to, "{reason}");
             if to == RemediationState::Escalated {
-                if let Some(incident) = store.incident(&r.incident_id).await? {
-                    let escalation = crate::notify::Escalation {
-                        audit_url: self.audit_url(&id),
-                        remediation_id: id.clone(),
-                        incident_id: r.incident_id.clone(),
-                        rule: r.rule.clone(),
-                        target,
-                        reason: reason.to_owned(),
-                        summary: summary.to_owned(),
-                        alert: incident.alert,
-                    };
-                    self.deliver_escalation(&escalation).await?;
-                }
+                self.escalate_stored(&orphan.id, reason, summary).await?;
             }
         }
         Ok(())
@@ -337,7 +458,7 @@ impl Engine {
                 .transition(
                     id,
                     RemediationState::Pending,
-                    RemediationState::Skipped,
+                    Event::Skip,
                     &reason,
                     std::slice::from_ref(&reason),
                     Utc::now(),
@@ -353,6 +474,8 @@ impl Engine {
             incident,
             decisions: &decisions,
             state: RemediationState::Pending,
+            lease: None,
+            changed: 0,
         })
         .await
     }
@@ -415,6 +538,7 @@ impl Engine {
             target: target.clone(),
             mode: self.inner.mode,
             summary: format!("{} {target}: pending", rule.steps[0].kind()),
+            owner: self.inner.owner.clone(),
         };
         let matched = json!({
             "rule": rule.name,
@@ -436,6 +560,8 @@ impl Engine {
             incident,
             decisions: &decisions,
             state: RemediationState::Pending,
+            lease: None,
+            changed: 0,
         })
         .await
     }

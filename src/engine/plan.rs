@@ -43,13 +43,10 @@ pub fn plan(
     let kind = action.kind();
     Ok(match (action, workload) {
         (ActionSpec::Scale(spec), Some(w)) => {
-            let to = spec.desired(w.replicas);
-            if to == w.replicas {
-                return Ok(Planned::NoOp(format!(
-                    "{target} already has {to} replicas (rule bounds {}..={})",
-                    spec.min, spec.max
-                )));
-            }
+            let to = match spec.desired(w.replicas) {
+                Ok(to) => to,
+                Err(why) => return Ok(Planned::NoOp(format!("{target} {why}"))),
+            };
             Planned::Act(Plan {
                 change: Some(Change::Scale { replicas: to }),
                 action: kind,
@@ -147,6 +144,7 @@ mod tests {
             change: ReplicaChange::By(n),
             min: 1,
             max,
+            to_direction: crate::rules::Direction::Up,
         })
     }
 
@@ -182,6 +180,16 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(p, Planned::NoOp(r) if r.contains("already has 10 replicas")));
+        // A scale-up rule never lowers a workload that someone scaled past its max.
+        let p = plan(
+            &scale_by(1, 10),
+            &target(),
+            Some(&workload(14)),
+            &[],
+            Utc::now(),
+        )
+        .unwrap();
+        assert!(matches!(p, Planned::NoOp(r) if r.contains("never lowers")));
     }
 
     #[test]

@@ -18,7 +18,8 @@ use serde::Deserialize;
 use crate::alert::Alert;
 use crate::bundle::{Bundle, FileKind};
 pub use model::{
-    ActionSpec, ReplicaChange, Rule, ScaleSpec, StepOrder, TargetTemplate, VerifySpec,
+    ActionSpec, Direction, NoData, ReplicaChange, Rule, ScaleSpec, StepOrder, TargetTemplate,
+    VerifySpec,
 };
 
 /// A rule file that cannot be loaded, with where and why.

@@ -61,6 +61,8 @@ pub struct VerifySpec {
     pub within: Duration,
     /// How often to look.
     pub every: Duration,
+    /// What an alert expression that returns no series at all means.
+    pub no_data: NoData,
 }
 
 impl Default for VerifySpec {
@@ -68,8 +70,24 @@ impl Default for VerifySpec {
         VerifySpec {
             within: Duration::from_secs(300),
             every: Duration::from_secs(10),
+            no_data: NoData::default(),
         }
     }
+}
+
+/// How to read an alert expression that Prometheus answers with no series at all.
+///
+/// An expression like `latency > 0.5` returns nothing both when latency is fine and when
+/// the metric is gone (the exporter died, the target was relabelled, Prometheus just
+/// restarted). Only the rule's author knows which is likelier, so it is the rule's choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum NoData {
+    /// No series means the condition cleared: the alert resolved.
+    Healed,
+    /// No series proves nothing: keep waiting for Alertmanager's resolved notification.
+    #[default]
+    Unknown,
 }
 
 #[derive(Deserialize)]
@@ -77,6 +95,8 @@ impl Default for VerifySpec {
 struct RawVerify {
     within: String,
     every: Option<String>,
+    #[serde(default)]
+    no_data: NoData,
 }
 
 impl TryFrom<RawVerify> for VerifySpec {
@@ -97,7 +117,11 @@ impl TryFrom<RawVerify> for VerifySpec {
                 raw.within
             ));
         }
-        Ok(VerifySpec { within, every })
+        Ok(VerifySpec {
+            within,
+            every,
+            no_data: raw.no_data,
+        })
     }
 }
 
@@ -157,6 +181,8 @@ pub struct ScaleSpec {
     pub change: ReplicaChange,
     pub min: i32,
     pub max: i32,
+    /// For `to`: which way it may move replicas (`up` unless the rule says `down`).
+    pub to_direction: Direction,
 }
 
 /// Relative or absolute replica change.
@@ -166,12 +192,47 @@ pub enum ReplicaChange {
     To(i32),
 }
 
+/// Which way a scale rule moves replicas. A remediation never moves them the other way:
+/// a scale-up rule that found a human's emergency scale-up above its `max` must not
+/// "correct" it downwards in the middle of an incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Up,
+    Down,
+}
+
 impl ScaleSpec {
-    /// The replica count this spec asks for, given the current one, always within bounds.
-    pub fn desired(&self, current: i32) -> i32 {
+    /// The rule's direction: the sign of `by`; `to` raises unless `direction: down` is given.
+    pub fn direction(&self) -> Direction {
         match self.change {
-            ReplicaChange::By(n) => current.saturating_add(n).clamp(self.min, self.max),
+            ReplicaChange::By(n) if n < 0 => Direction::Down,
+            ReplicaChange::By(_) => Direction::Up,
+            ReplicaChange::To(_) => self.to_direction,
+        }
+    }
+
+    /// The replica count to set, given the current one: moved in the rule's direction
+    /// only, never past its bound in that direction. `Err` says why there is nothing to do
+    /// (already at or past the bound, or the change would go the wrong way).
+    pub fn desired(&self, current: i32) -> Result<i32, String> {
+        let wanted = match self.change {
+            // Bounded in the rule's direction: `max` caps a scale-up, `min` floors a
+            // scale-down (and a scale-up never ends below `min`).
+            ReplicaChange::By(n) if n > 0 => current.saturating_add(n).clamp(self.min, self.max),
+            ReplicaChange::By(n) => current.saturating_add(n).max(self.min),
             ReplicaChange::To(n) => n,
+        };
+        match self.direction() {
+            Direction::Up if wanted > current => Ok(wanted),
+            Direction::Up => Err(format!(
+                "already has {current} replicas, at or above what this scale-up rule would set ({wanted}, max {}); a scale-up never lowers replicas",
+                self.max
+            )),
+            Direction::Down if wanted < current => Ok(wanted),
+            Direction::Down => Err(format!(
+                "already has {current} replicas, at or below what this scale-down rule would set ({wanted}, min {}); a scale-down never raises replicas",
+                self.min
+            )),
         }
     }
 }
@@ -218,6 +279,7 @@ struct RawScale {
     to: Option<i32>,
     min: Option<i32>,
     max: Option<i32>,
+    direction: Option<String>,
 }
 
 /// Default cooldown: long enough for a rollout and the alert's `for:` to settle.
@@ -336,7 +398,25 @@ impl RawScale {
                 return Err(format!("scale.to={n} lies outside min={min} max={max}"));
             }
         }
-        Ok(ScaleSpec { change, min, max })
+        let to_direction = match (change, self.direction.as_deref()) {
+            (ReplicaChange::To(_), None | Some("up")) => Direction::Up,
+            (ReplicaChange::To(_), Some("down")) => Direction::Down,
+            (ReplicaChange::To(_), Some(other)) => {
+                return Err(format!("scale.direction {other:?} must be `up` or `down`"));
+            }
+            (ReplicaChange::By(_), None) => Direction::Up,
+            (ReplicaChange::By(_), Some(_)) => {
+                return Err(
+                    "scale.direction goes with `to`; the sign of `by` is its direction".into(),
+                );
+            }
+        };
+        Ok(ScaleSpec {
+            change,
+            min,
+            max,
+            to_direction,
+        })
     }
 }
 
@@ -350,16 +430,53 @@ mod tests {
         min: Option<i32>,
         max: Option<i32>,
     ) -> Result<ScaleSpec, String> {
-        RawScale { by, to, min, max }.into_spec()
+        RawScale {
+            by,
+            to,
+            min,
+            max,
+            direction: None,
+        }
+        .into_spec()
     }
 
     #[test]
     fn scale_by_stays_within_bounds() {
         let s = spec(Some(2), None, Some(2), Some(5)).unwrap();
-        assert_eq!(s.desired(1), 3);
-        assert_eq!(s.desired(4), 5, "clamped to max");
+        assert_eq!(s.desired(1), Ok(3));
+        assert_eq!(s.desired(4), Ok(5), "clamped to max");
         let down = spec(Some(-3), None, Some(2), Some(10)).unwrap();
-        assert_eq!(down.desired(4), 2, "clamped to min");
+        assert_eq!(down.desired(4), Ok(2), "clamped to min");
+    }
+
+    #[test]
+    fn a_scale_never_moves_against_its_direction() {
+        // The reported bug: by 2 within 2..=5 at 7 replicas set 5.
+        let up = spec(Some(2), None, Some(2), Some(5)).unwrap();
+        let err = up.desired(7).unwrap_err();
+        assert!(err.contains("never lowers"), "{err}");
+        assert!(up.desired(5).is_err(), "at the bound: nothing to do");
+        let down = spec(Some(-1), None, Some(2), Some(10)).unwrap();
+        assert!(down.desired(1).unwrap_err().contains("never raises"));
+        assert_eq!(
+            down.desired(12),
+            Ok(11),
+            "above max, lowering is its direction"
+        );
+        let to = spec(None, Some(4), None, None).unwrap();
+        assert_eq!(to.desired(2), Ok(4));
+        assert!(to.desired(7).is_err(), "`to` raises unless told down");
+        let to_down = RawScale {
+            by: None,
+            to: Some(4),
+            min: None,
+            max: None,
+            direction: Some("down".into()),
+        }
+        .into_spec()
+        .unwrap();
+        assert_eq!(to_down.desired(7), Ok(4));
+        assert!(to_down.desired(2).is_err());
     }
 
     #[test]
@@ -378,6 +495,6 @@ mod tests {
                 .contains("outside")
         );
         assert!(spec(Some(1), None, Some(5), Some(2)).is_err());
-        assert_eq!(spec(None, Some(3), None, None).unwrap().desired(7), 3);
+        assert_eq!(spec(None, Some(3), None, None).unwrap().desired(1), Ok(3));
     }
 }

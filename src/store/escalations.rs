@@ -41,8 +41,10 @@ impl Store {
         Ok(())
     }
 
-    /// Another remediation opened for the same workload after `after`: a new alert fired on it.
-    pub async fn newer_remediation_on_target(
+    /// A new alert on the same workload: an incident whose alert *started* after `after`
+    /// (salve's write) and that a rule tied to this workload. An alert that started before
+    /// the write, however late its webhook arrived, is not evidence against the write.
+    pub async fn newer_alert_on_target(
         &self,
         target: &TargetRef,
         after: DateTime<Utc>,
@@ -50,9 +52,10 @@ impl Store {
     ) -> Result<Option<(String, String)>, StoreError> {
         use sqlx::Row;
         let row = sqlx::query(
-            "SELECT id, alertname FROM remediations
-             WHERE target_kind = $1 AND target_namespace = $2 AND target_name = $3 AND created_at > $4 AND id <> $5
-             ORDER BY created_at LIMIT 1",
+            "SELECT r.id, r.alertname FROM remediations r JOIN incidents i ON i.id = r.incident_id
+             WHERE r.target_kind = $1 AND r.target_namespace = $2 AND r.target_name = $3
+               AND i.starts_at > $4 AND r.id <> $5
+             ORDER BY i.starts_at LIMIT 1",
         )
         .bind(target.kind.as_str())
         .bind(&target.namespace)

@@ -14,6 +14,7 @@ pub mod chain;
 pub mod escalations;
 pub mod incidents;
 pub mod learning;
+pub mod owners;
 pub mod remediations;
 pub mod retention;
 pub mod targets;

@@ -13,7 +13,7 @@ use sqlx::any::AnyRow;
 use super::incidents::Decision;
 use super::{Store, StoreError, new_id, parse_timestamp, timestamp};
 use crate::cluster::TargetRef;
-use crate::remediation::{Mode, RemediationState};
+use crate::remediation::{Event, Mode, RemediationState};
 
 /// What the engine knows when it opens a remediation.
 #[derive(Debug, Clone)]
@@ -26,6 +26,8 @@ pub struct NewRemediation {
     pub target: TargetRef,
     pub mode: Mode,
     pub summary: String,
+    /// The replica that drives it (see [`super::owners`]).
+    pub owner: String,
 }
 
 /// The kinds of timeline entries (the schema's CHECK lists the same names).
@@ -229,8 +231,8 @@ impl Store {
         let now_s = timestamp(now);
         let inserted = sqlx::query(
             "INSERT INTO remediations (id, incident_id, created_at, updated_at, acted_at, alertname, rule_name,
-                 rule_file, action, target_kind, target_namespace, target_name, mode, state, summary, reasons)
-             VALUES ($1, $2, $3, $3, NULL, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', $12, '[]')
+                 rule_file, action, target_kind, target_namespace, target_name, mode, state, summary, reasons, owner)
+             VALUES ($1, $2, $3, $3, NULL, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', $12, '[]', $13)
              ON CONFLICT (incident_id) DO NOTHING",
         )
         .bind(&id)
@@ -245,6 +247,7 @@ impl Store {
         .bind(&r.target.name)
         .bind(r.mode.as_str())
         .bind(&r.summary)
+        .bind(&r.owner)
         .execute(&mut *tx)
         .await?
         .rows_affected()
@@ -277,46 +280,23 @@ impl Store {
         Ok(())
     }
 
-    /// Moves a remediation from `from` to `to` if (and only if) it is still in `from`.
-    /// Returns whether this caller made the move. Entering `executing` stamps `acted_at`.
+    /// Applies `event` to a remediation that is still in `from` (compare-and-set), by the
+    /// lifecycle's transition table. Returns the new state when this caller made the move,
+    /// `None` when the remediation had already left `from`. Entering `executing` stamps
+    /// `acted_at` (going back to `pending` after a refused write clears it); entering a
+    /// terminal state releases the workload's lock in the same transaction, so no
+    /// finished remediation can leave its workload locked.
     pub async fn transition(
         &self,
         id: &str,
         from: RemediationState,
-        to: RemediationState,
+        event: Event,
         summary: &str,
         reasons: &[String],
         now: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        if !from.can_become(to) {
-            return Err(StoreError::Corrupt(format!(
-                "refused state move {from} -> {to} for {id}"
-            )));
-        }
-        let now_s = timestamp(now);
-        let reasons_json =
-            serde_json::to_string(reasons).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    ) -> Result<Option<RemediationState>, StoreError> {
         let mut tx = self.pool().begin().await?;
-        let moved = sqlx::query(
-            "UPDATE remediations SET state = $1, summary = $2, reasons = $3, updated_at = $4,
-                 acted_at = CASE WHEN $1 = 'executing' THEN $4 ELSE acted_at END
-             WHERE id = $5 AND state = $6",
-        )
-        .bind(to.as_str())
-        .bind(summary)
-        .bind(&reasons_json)
-        .bind(&now_s)
-        .bind(id)
-        .bind(from.as_str())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if moved {
-            let detail =
-                serde_json::json!({"from": from, "to": to, "summary": summary, "reasons": reasons});
-            append(&mut tx, id, EventKind::StateChanged, &detail, &now_s).await?;
-        }
+        let moved = transition_in(&mut tx, id, from, event, summary, reasons, now).await?;
         tx.commit().await?;
         Ok(moved)
     }
@@ -408,6 +388,54 @@ impl Store {
             .await?;
         rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
     }
+}
+
+/// [`Store::transition`] inside an open transaction (the write intent shares one).
+pub(super) async fn transition_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    id: &str,
+    from: RemediationState,
+    event: Event,
+    summary: &str,
+    reasons: &[String],
+    now: DateTime<Utc>,
+) -> Result<Option<RemediationState>, StoreError> {
+    let Some(to) = from.on(event) else {
+        return Err(StoreError::Corrupt(format!(
+            "refused state move: {event:?} from {from} for {id}"
+        )));
+    };
+    let now_s = timestamp(now);
+    let reasons_json =
+        serde_json::to_string(reasons).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let moved = sqlx::query(
+        "UPDATE remediations SET state = $1, summary = $2, reasons = $3, updated_at = $4,
+             acted_at = CASE WHEN $1 = 'executing' THEN $4 WHEN $1 = 'pending' THEN NULL ELSE acted_at END
+         WHERE id = $5 AND state = $6",
+    )
+    .bind(to.as_str())
+    .bind(summary)
+    .bind(&reasons_json)
+    .bind(&now_s)
+    .bind(id)
+    .bind(from.as_str())
+    .execute(&mut **tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if !moved {
+        return Ok(None);
+    }
+    let detail =
+        serde_json::json!({"from": from, "to": to, "summary": summary, "reasons": reasons});
+    append(tx, id, EventKind::StateChanged, &detail, &now_s).await?;
+    if to.is_terminal() {
+        sqlx::query("DELETE FROM target_locks WHERE remediation_id = $1")
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(Some(to))
 }
 
 /// Appends a timeline entry inside an open transaction: numbered after the remediation's

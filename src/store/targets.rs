@@ -1,8 +1,11 @@
 //! Per-workload facts: the lock, the cooldown clock, the recent history, the rate.
 //!
 //! The lock is a lease row per workload: taken if free, expired, or already held by
-//! the same remediation (a resumed one after a restart), and released when the
-//! remediation ends. The lease bounds how long a crashed holder can block a target.
+//! the same remediation (a resumed one after its owner died), renewed while the ladder
+//! runs, and released in the transaction that ends the remediation. The lease bounds how
+//! long a crashed holder can block a target; its epoch fences a holder that lapsed.
+//! Every real change is a row in the actions ledger, reserved atomically with the intent
+//! to write, so rate limits count changes, across replicas.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -10,6 +13,25 @@ use sqlx::Row;
 
 use super::{Store, StoreError, timestamp};
 use crate::cluster::TargetRef;
+use crate::remediation::{Event, RemediationState};
+
+/// What a reserved change is, in the actions ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionKind {
+    /// A step of a rule's ladder.
+    Step,
+    /// salve putting back its own change.
+    Revert,
+}
+
+impl ActionKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            ActionKind::Step => "step",
+            ActionKind::Revert => "revert",
+        }
+    }
+}
 
 /// One past remediation on a target, as policy sees it in `input.history.remediations`.
 #[derive(Debug, Clone, Serialize)]
@@ -26,57 +48,165 @@ pub struct HistoryEntry {
     pub summary: String,
 }
 
+/// A workload lock held by one remediation, as this replica took it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub remediation_id: String,
+    /// Grows each time the lock is taken: a holder with an older epoch has lost it.
+    pub epoch: i64,
+}
+
+/// What a request to take a workload's lock found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockAttempt {
+    Taken(Lease),
+    /// Another remediation holds it (its id).
+    Busy(String),
+}
+
+/// What the store said to an intent to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteSlot {
+    /// Reserved and recorded: the remediation is now in this state (`executing`).
+    Reserved(RemediationState),
+    /// The lease lapsed or was taken over: this replica must not write.
+    LeaseLost,
+    /// The global budget of changes per hour is spent (how many were made).
+    OverBudget(i64),
+    /// The remediation was no longer in the expected state (claimed elsewhere).
+    Moved,
+}
+
 impl Store {
-    /// Takes the workload's lock for `remediation_id` until `expires_at`.
-    /// `Ok(None)` when taken; `Ok(Some(holder))` when another remediation holds it.
+    /// Takes the workload's lock for `remediation_id` (owned by `owner`) until
+    /// `expires_at`: if free, if its lease lapsed, or if this remediation already holds it
+    /// (resumed after its owner died). Each take bumps the epoch.
     pub async fn acquire_target_lock(
         &self,
         target: &TargetRef,
         remediation_id: &str,
+        owner: &str,
         now: DateTime<Utc>,
         expires_at: DateTime<Utc>,
-    ) -> Result<Option<String>, StoreError> {
+    ) -> Result<LockAttempt, StoreError> {
         let key = target.key();
         let taken = sqlx::query(
-            "INSERT INTO target_locks (target, remediation_id, expires_at) VALUES ($1, $2, $3)
+            "INSERT INTO target_locks (target, remediation_id, expires_at, owner, epoch) VALUES ($1, $2, $3, $5, 1)
              ON CONFLICT (target) DO UPDATE SET remediation_id = excluded.remediation_id,
-                 expires_at = excluded.expires_at
-             WHERE target_locks.expires_at < $4 OR target_locks.remediation_id = $2",
+                 expires_at = excluded.expires_at, owner = excluded.owner, epoch = target_locks.epoch + 1
+             WHERE target_locks.expires_at < $4 OR target_locks.remediation_id = $2
+             RETURNING epoch",
         )
         .bind(&key)
         .bind(remediation_id)
         .bind(timestamp(expires_at))
         .bind(timestamp(now))
-        .execute(self.pool())
-        .await?
-        .rows_affected()
-            == 1;
-        if taken {
-            return Ok(None);
+        .bind(owner)
+        .fetch_optional(self.pool())
+        .await?;
+        if let Some(row) = taken {
+            return Ok(LockAttempt::Taken(Lease {
+                remediation_id: remediation_id.to_owned(),
+                epoch: row.try_get("epoch")?,
+            }));
         }
         let row = sqlx::query("SELECT remediation_id FROM target_locks WHERE target = $1")
             .bind(&key)
             .fetch_optional(self.pool())
             .await?;
-        Ok(Some(match row {
+        Ok(LockAttempt::Busy(match row {
             Some(r) => r.try_get("remediation_id")?,
             // Released between the two statements: report it as briefly busy.
             None => "a remediation that just finished".to_owned(),
         }))
     }
 
-    /// Releases the workload's lock if `remediation_id` holds it.
-    pub async fn release_target_lock(
+    /// Extends a lease that is still this holder's and has not lapsed; `false` means the
+    /// holder lost the workload and must not write to it again.
+    pub async fn renew_lease(
         &self,
         target: &TargetRef,
+        lease: &Lease,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let held = renew(&mut tx, target, lease, now, until).await?;
+        tx.commit().await?;
+        Ok(held)
+    }
+
+    /// The intent to write, admitted or refused in one transaction: the lease must still
+    /// be held (and is renewed), a slot in the global hourly budget is reserved in the
+    /// actions ledger, and the remediation moves to `executing` by compare-and-set. Either
+    /// all of it is committed or none.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn reserve_write(
+        &self,
         remediation_id: &str,
-    ) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM target_locks WHERE target = $1 AND remediation_id = $2")
-            .bind(target.key())
-            .bind(remediation_id)
-            .execute(self.pool())
+        from: RemediationState,
+        (target, lease): (&TargetRef, &Lease),
+        kind: ActionKind,
+        summary: &str,
+        (now, lease_until): (DateTime<Utc>, DateTime<Utc>),
+        max_per_hour: u32,
+    ) -> Result<WriteSlot, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        if !renew(&mut tx, target, lease, now, lease_until).await? {
+            return Ok(WriteSlot::LeaseLost);
+        }
+        sqlx::query("UPDATE action_budget SET reservations = reservations + 1 WHERE id = 1")
+            .execute(&mut *tx)
             .await?;
-        Ok(())
+        let made: i64 = sqlx::query("SELECT COUNT(*) AS n FROM actions WHERE at >= $1")
+            .bind(timestamp(now - chrono::Duration::hours(1)))
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?;
+        if made >= i64::from(max_per_hour) {
+            return Ok(WriteSlot::OverBudget(made));
+        }
+        sqlx::query(
+            "INSERT INTO actions (id, remediation_id, target, kind, at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(super::new_id())
+        .bind(remediation_id)
+        .bind(target.key())
+        .bind(kind.as_str())
+        .bind(timestamp(now))
+        .execute(&mut *tx)
+        .await?;
+        let to = super::remediations::transition_in(
+            &mut tx,
+            remediation_id,
+            from,
+            Event::WriteIntent,
+            summary,
+            &[],
+            now,
+        )
+        .await?;
+        if to.is_none() {
+            return Ok(WriteSlot::Moved);
+        }
+        tx.commit().await?;
+        Ok(WriteSlot::Reserved(
+            to.unwrap_or(RemediationState::Executing),
+        ))
+    }
+
+    /// Real changes salve made to the workload since `since` (steps and reverts).
+    pub async fn target_actions_since(
+        &self,
+        target: &TargetRef,
+        since: DateTime<Utc>,
+    ) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM actions WHERE target = $1 AND at >= $2")
+            .bind(target.key())
+            .bind(timestamp(since))
+            .fetch_one(self.pool())
+            .await?;
+        Ok(row.try_get("n")?)
     }
 
     /// The target's remediations since `since`, newest first, at most 50.
@@ -135,12 +265,35 @@ impl Store {
             .transpose()
     }
 
-    /// How many real actions salve took on any target since `since` (the global rate limit).
+    /// How many real changes salve made on any target since `since` (the global rate limit).
     pub async fn actions_since(&self, since: DateTime<Utc>) -> Result<i64, StoreError> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM remediations WHERE acted_at >= $1")
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM actions WHERE at >= $1")
             .bind(timestamp(since))
             .fetch_one(self.pool())
             .await?;
         Ok(row.try_get("n")?)
     }
+}
+
+/// Renews a lease inside a transaction; `false` if it lapsed or changed hands.
+async fn renew(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    target: &TargetRef,
+    lease: &Lease,
+    now: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let renewed = sqlx::query(
+        "UPDATE target_locks SET expires_at = $1
+         WHERE target = $2 AND remediation_id = $3 AND epoch = $4 AND expires_at >= $5",
+    )
+    .bind(timestamp(until))
+    .bind(target.key())
+    .bind(&lease.remediation_id)
+    .bind(lease.epoch)
+    .bind(timestamp(now))
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(renewed == 1)
 }

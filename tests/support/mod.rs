@@ -388,6 +388,8 @@ pub async fn seed_remediation(
         .unwrap(),
         mode: salve::remediation::Mode::Live,
         summary: "pending".into(),
+        // A past run's owner: no heartbeat, so it counts as dead.
+        owner: "seeded/past-run".into(),
     };
     let id = store
         .create_remediation(&new, &serde_json::json!({}), at)

@@ -1,0 +1,152 @@
+//! The one gate every write passes, a ladder's steps and salve's own reverts alike.
+//!
+//! Two halves, because they happen at two moments:
+//! - [`Engine::admit`], before the dry-run: the policy verdict on the exact change,
+//!   from the workload as just read (bounds that keep the rule's direction were already
+//!   applied by the plan; a workload past them is a no-op, never a write);
+//! - [`Engine::reserve`], right before the real write, in one transaction: the lease on
+//!   the workload is still this holder's (and renewed), a slot in the global hourly budget
+//!   is taken in the actions ledger, and the remediation moves to `executing`.
+//!
+//! A refusal is recorded with its reason; nothing here is re-checked anywhere else.
+
+use chrono::Utc;
+use serde_json::json;
+
+use super::input::{self, HISTORY_WINDOW};
+use super::ladder::{LEARNING_WINDOW, Run};
+use super::plan::Plan;
+use super::{Engine, EngineError};
+use crate::cluster::Workload;
+use crate::rules::ActionSpec;
+use crate::store::EventKind;
+use crate::store::targets::{ActionKind, WriteSlot};
+
+/// Which write is asking.
+pub(super) enum Gate<'a> {
+    /// Step `index` (0-based) of `total`.
+    Step {
+        spec: &'a ActionSpec,
+        index: usize,
+        total: usize,
+    },
+    /// Putting back salve's own change.
+    Revert,
+}
+
+/// Why a write was not sent.
+pub(super) enum NotSent {
+    /// The lease on the workload lapsed or was taken over: no further change from here.
+    LeaseLost,
+    /// Another worker moved this remediation on.
+    Moved,
+    /// The global hourly budget of changes is spent.
+    OverBudget(String),
+}
+
+impl NotSent {
+    /// What the remediation's record says about it.
+    pub fn reason(&self, run: &Run<'_>) -> String {
+        match self {
+            NotSent::LeaseLost => format!(
+                "salve lost its lock on {} (the lease lapsed or was taken over) and made no further change",
+                run.target
+            ),
+            NotSent::Moved => "another worker claimed this remediation".to_owned(),
+            NotSent::OverBudget(why) => why.clone(),
+        }
+    }
+}
+
+/// The policy's answer.
+pub(super) enum Admission {
+    Allowed,
+    /// The reasons (a policy that cannot be evaluated denies, with its error).
+    Denied(Vec<String>),
+}
+
+impl Engine {
+    /// Builds the policy input, evaluates it, and records both with the verdict.
+    pub(super) async fn admit(
+        &self,
+        run: &Run<'_>,
+        gate: Gate<'_>,
+        workload: Option<&Workload>,
+        plan: &Plan,
+    ) -> Result<Admission, EngineError> {
+        let store = &self.inner.store;
+        let now = Utc::now();
+        let history = store
+            .target_history(&run.target, now - HISTORY_WINDOW, &run.id)
+            .await?;
+        let changes_last_hour = store
+            .target_actions_since(&run.target, now - chrono::Duration::hours(1))
+            .await?;
+        let mut doc = input::build(&input::InputParts {
+            now,
+            mode: self.inner.mode,
+            alert: &run.incident.alert,
+            rule: run.rule,
+            target: &run.target,
+            plan,
+            workload,
+            history: &history,
+            actions_last_hour: changes_last_hour,
+        });
+        if let Gate::Step { spec, index, total } = gate {
+            let stats = self.stats(run).await?;
+            doc["history"]["stats"] = input::stats(&stats, spec, LEARNING_WINDOW);
+            doc["step"] = json!({"index": index + 1, "of": total, "key": spec.key()});
+        }
+        let verdict = run.decisions.policy.evaluate(&doc);
+        self.event(
+            run,
+            EventKind::PolicyEvaluated,
+            json!({"input": doc, "verdict": verdict}),
+        )
+        .await?;
+        Ok(if verdict.allowed {
+            Admission::Allowed
+        } else {
+            Admission::Denied(verdict.reasons)
+        })
+    }
+
+    /// Records the intent to write, or says why it must not happen.
+    pub(super) async fn reserve(
+        &self,
+        run: &mut Run<'_>,
+        kind: ActionKind,
+        summary: &str,
+    ) -> Result<Result<(), NotSent>, EngineError> {
+        let Some(lease) = run.lease.clone() else {
+            return Ok(Err(NotSent::LeaseLost));
+        };
+        let now = Utc::now();
+        let limit = self.inner.limits.max_actions_per_hour;
+        let slot = self
+            .inner
+            .store
+            .reserve_write(
+                &run.id,
+                run.state,
+                (&run.target, &lease),
+                kind,
+                summary,
+                (now, self.lease_until(now)),
+                limit,
+            )
+            .await?;
+        Ok(match slot {
+            WriteSlot::Reserved(state) => {
+                run.state = state;
+                Ok(())
+            }
+            WriteSlot::LeaseLost => Err(NotSent::LeaseLost),
+            WriteSlot::Moved => Err(NotSent::Moved),
+            WriteSlot::OverBudget(made) => Err(NotSent::OverBudget(format!(
+                "salve already made {made} changes in the last hour (limit {limit}); a human should look"
+            ))),
+        })
+    }
+}

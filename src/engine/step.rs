@@ -1,0 +1,313 @@
+//! One step of a ladder, up to the write, and its verification.
+//!
+//! read → plan → admission (the one gate) → server-side dry-run → write intent (lease,
+//! rate slot and `executing`, committed together) → the real write. A 409 at any write
+//! starts the step over from a fresh read, policy included; a refused real write moves
+//! the remediation back (nothing landed), by the transition table.
+
+use chrono::{DateTime, Utc};
+
+use super::admission::{Admission, Gate, NotSent};
+use super::ladder::{Finish, Run};
+use super::plan::{self, Plan, Planned};
+use super::{Engine, EngineError};
+use crate::cluster::{ApiCall, Change, Cluster, Workload};
+use crate::remediation::{Event, Mode};
+use crate::rules::ActionSpec;
+use crate::store::EventKind;
+use crate::store::targets::ActionKind;
+use crate::verify::{self, Outcome};
+
+/// How one step went before verification.
+pub(super) enum Step {
+    /// The change was made; `before` is the workload as it was, for verification and a
+    /// revert; `written_generation` is the generation the write produced.
+    Applied {
+        plan: Box<Plan>,
+        before: Box<Workload>,
+        acted_at: DateTime<Utc>,
+        written_generation: i64,
+    },
+    /// Policy said no: the plan's description and the reasons.
+    Denied(String, Vec<String>),
+    /// Nothing to do, or not allowed now (budget spent): the reason.
+    NoOp(String),
+    Failed(String),
+    /// Dry-run or offline: salve only records what it would do.
+    WouldAct(Finish),
+    /// Stop without touching anything more: shutting down, or another worker claimed
+    /// this remediation.
+    Leave(&'static str),
+    /// The workload's lease was lost: end here, saying so, with no further change.
+    LeaseLost(String),
+}
+
+/// What sending one write found.
+pub(super) enum Sent {
+    /// Accepted; the generation the controller must observe.
+    Accepted(i64),
+    /// 409: the workload changed since it was read; read again.
+    Conflict,
+    /// Refused for good (the API's message).
+    Refused(String),
+    /// The write was not sent.
+    NotSent(NotSent),
+}
+
+impl Engine {
+    /// One step up to the write, with conflict retries.
+    pub(super) async fn attempt(
+        &self,
+        run: &mut Run<'_>,
+        spec: &ActionSpec,
+        index: usize,
+        total: usize,
+    ) -> Result<Step, EngineError> {
+        let retries = self.inner.limits.conflict_retries;
+        for _ in 0..=retries {
+            if self.inner.stopping.is_cancelled() {
+                return Ok(Step::Leave("shutting down before the next write"));
+            }
+            let (workload, plan) = match self.read_and_plan(run, spec).await? {
+                Ok(pair) => pair,
+                Err(step) => return Ok(step),
+            };
+            let gate = Gate::Step { spec, index, total };
+            if let Admission::Denied(reasons) =
+                self.admit(run, gate, workload.as_ref(), &plan).await?
+            {
+                return Ok(Step::Denied(plan.description, reasons));
+            }
+            let (Some(cluster), Some(workload), Some(change)) =
+                (&self.inner.cluster, &workload, &plan.change)
+            else {
+                let why =
+                    "offline mode: no Kubernetes configuration was found, so no call was made"
+                        .to_owned();
+                return Ok(Step::WouldAct(Finish::new(
+                    Event::WouldAct,
+                    format!("would {}", plan.description),
+                    vec![why],
+                )));
+            };
+            match self
+                .call(
+                    run,
+                    ApiCall::write(&run.target, change, true),
+                    cluster.write(workload, change, true),
+                )
+                .await?
+            {
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => {
+                    return Ok(Step::Failed(format!(
+                        "server-side dry-run of \"{}\" was rejected: {e}",
+                        plan.description
+                    )));
+                }
+                Ok(_) if self.inner.mode == Mode::DryRun => {
+                    let why = "dry-run mode: the API server accepted the change as a dry-run; nothing was changed".to_owned();
+                    return Ok(Step::WouldAct(Finish::new(
+                        Event::WouldAct,
+                        format!("would {}", plan.description),
+                        vec![why],
+                    )));
+                }
+                Ok(_) => {}
+            }
+            let summary = format!("executing: {}", plan.description);
+            match self
+                .send(
+                    run,
+                    cluster.as_ref(),
+                    workload,
+                    change,
+                    ActionKind::Step,
+                    &summary,
+                )
+                .await?
+            {
+                Sent::Accepted(written_generation) => {
+                    self.inner.store.begin_step(&run.id, spec.kind()).await?;
+                    return Ok(Step::Applied {
+                        plan: Box::new(plan),
+                        before: Box::new(workload.clone()),
+                        acted_at: Utc::now(),
+                        written_generation,
+                    });
+                }
+                Sent::Conflict => continue,
+                Sent::Refused(e) => {
+                    return Ok(Step::Failed(format!(
+                        "\"{}\" was rejected: {e}",
+                        plan.description
+                    )));
+                }
+                Sent::NotSent(NotSent::Moved) => {
+                    return Ok(Step::Leave("another worker claimed this remediation"));
+                }
+                Sent::NotSent(NotSent::OverBudget(why)) => return Ok(Step::NoOp(why)),
+                Sent::NotSent(lost @ NotSent::LeaseLost) => {
+                    return Ok(Step::LeaseLost(lost.reason(run)));
+                }
+            }
+        }
+        Ok(Step::Failed(format!(
+            "{} kept changing under salve: {} conflicting writes in a row",
+            run.target,
+            retries + 1
+        )))
+    }
+
+    /// The real write, fenced: the intent (lease held, rate slot, `executing`) is
+    /// committed first; then the PATCH; then `verifying` if it landed, or back where the
+    /// remediation was if the API server refused it.
+    pub(super) async fn send(
+        &self,
+        run: &mut Run<'_>,
+        cluster: &dyn Cluster,
+        workload: &Workload,
+        change: &Change,
+        kind: ActionKind,
+        summary: &str,
+    ) -> Result<Sent, EngineError> {
+        if let Err(not_sent) = self.reserve(run, kind, summary).await? {
+            return Ok(Sent::NotSent(not_sent));
+        }
+        let result = self
+            .call(
+                run,
+                ApiCall::write(&run.target, change, false),
+                cluster.write(workload, change, false),
+            )
+            .await?;
+        let store = &self.inner.store;
+        let now = Utc::now();
+        let (event, sent) = match result {
+            Ok(written) => {
+                run.changed += 1;
+                (
+                    Event::WriteAccepted,
+                    Sent::Accepted(written.generation_after(workload)),
+                )
+            }
+            Err(e) => {
+                let event = Event::WriteRefused {
+                    changed_before: run.changed > 0,
+                };
+                let sent = if e.is_conflict() {
+                    Sent::Conflict
+                } else {
+                    Sent::Refused(e.to_string())
+                };
+                (event, sent)
+            }
+        };
+        let summary = match &sent {
+            Sent::Accepted(_) => summary.replacen("executing:", "verifying:", 1),
+            _ => format!("{summary} (refused by the API server; nothing changed)"),
+        };
+        if let Some(to) = store
+            .transition(&run.id, run.state, event, &summary, &[], now)
+            .await?
+        {
+            run.state = to;
+        }
+        Ok(sent)
+    }
+
+    /// Reads the workload (and its revisions, for a rollback) and plans the change.
+    async fn read_and_plan(
+        &self,
+        run: &Run<'_>,
+        spec: &ActionSpec,
+    ) -> Result<Result<(Option<Workload>, Plan), Step>, EngineError> {
+        let mut revisions = Vec::new();
+        let workload = match &self.inner.cluster {
+            None => None,
+            Some(cluster) => {
+                let w = match self
+                    .call(run, ApiCall::read(&run.target), cluster.read(&run.target))
+                    .await?
+                {
+                    Ok(w) => w,
+                    Err(e) => {
+                        return Ok(Err(Step::Failed(format!(
+                            "cannot read {}: {e}",
+                            run.target
+                        ))));
+                    }
+                };
+                if *spec == ActionSpec::Rollback {
+                    match self
+                        .call(
+                            run,
+                            ApiCall::list_revisions(&run.target),
+                            cluster.revisions(&w),
+                        )
+                        .await?
+                    {
+                        Ok(r) => revisions = r,
+                        Err(e) => {
+                            return Ok(Err(Step::Failed(format!(
+                                "cannot list the revisions of {}: {e}",
+                                run.target
+                            ))));
+                        }
+                    }
+                }
+                Some(w)
+            }
+        };
+        match plan::plan(spec, &run.target, workload.as_ref(), &revisions, Utc::now()) {
+            Ok(Planned::Act(plan)) => Ok(Ok((workload, plan))),
+            Ok(Planned::NoOp(reason)) => Ok(Err(Step::NoOp(reason))),
+            Err(e) => Ok(Err(Step::Failed(format!(
+                "cannot {} {}: {e}",
+                spec.kind(),
+                run.target
+            )))),
+        }
+    }
+
+    /// Verifies an applied step and records the evidence; `None` when salve is shutting
+    /// down (the remediation is left `verifying`, owned by this replica until it is gone).
+    pub(super) async fn verify_step(
+        &self,
+        run: &Run<'_>,
+        before: &Workload,
+        acted_at: DateTime<Utc>,
+        written_generation: i64,
+    ) -> Result<Option<Outcome>, EngineError> {
+        let Some(cluster) = &self.inner.cluster else {
+            return Ok(Some(Outcome::Unavailable("no cluster".into())));
+        };
+        let check = verify::Check {
+            remediation_id: &run.id,
+            incident_id: &run.incident.id,
+            alert: &run.incident.alert,
+            target: &run.target,
+            acted_at,
+            written_generation,
+            before,
+            spec: run.rule.verify,
+            lease: run
+                .lease
+                .as_ref()
+                .map(|l| (l, self.lease_until(acted_at) - acted_at)),
+        };
+        let verification = tokio::select! {
+            v = verify::verify(
+                &check,
+                cluster.as_ref(),
+                &self.inner.store,
+                self.inner.prometheus.as_deref(),
+                self.inner.limits.call_timeout,
+            ) => v?,
+            _ = self.inner.stopping.cancelled() => return Ok(None),
+        };
+        self.event(run, EventKind::Verification, verification.evidence(&check))
+            .await?;
+        Ok(Some(verification.outcome))
+    }
+}
