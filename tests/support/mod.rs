@@ -9,8 +9,10 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod control_plane;
 pub mod fake_kube;
 pub mod real;
+pub mod workloads;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -122,6 +124,8 @@ pub async fn fresh_database(dir: &Path) -> String {
 /// How a test salve is set up.
 pub struct Options {
     pub kube: Option<FakeKube>,
+    /// A kubeconfig for a real cluster (see [`control_plane`]); wins over `kube`.
+    pub kubeconfig: Option<PathBuf>,
     pub dry_run: bool,
     pub rules: Option<String>,
     pub auth: WebhookAuth,
@@ -141,6 +145,7 @@ impl Default for Options {
     fn default() -> Options {
         Options {
             kube: None,
+            kubeconfig: None,
             dry_run: false,
             rules: None,
             auth: WebhookAuth::default(),
@@ -180,8 +185,10 @@ pub async fn spawn_salve(opts: Options) -> TestSalve {
         listen: "127.0.0.1:0".parse().unwrap(),
         database_url: database.clone(),
         policies: policies_with_rules(dir.path(), opts.rules.as_deref()),
-        offline: opts.kube.is_none(),
-        kubeconfig: opts.kube.as_ref().map(|k| k.write_kubeconfig(dir.path())),
+        offline: opts.kube.is_none() && opts.kubeconfig.is_none(),
+        kubeconfig: opts
+            .kubeconfig
+            .or_else(|| opts.kube.as_ref().map(|k| k.write_kubeconfig(dir.path()))),
         dry_run: opts.dry_run,
         auth: opts.auth,
         max_body_bytes: 1024 * 1024,
