@@ -8,7 +8,9 @@ use salve::cluster::{TargetRef, WorkloadKind};
 use salve::store::Store;
 use salve::store::learning::{AttemptOutcome, NewAttempt};
 use serde_json::{Value, json};
-use support::{Capture, FakeKube, Options, TestSalve, events, firing_for, fixture, spawn_salve};
+use support::{
+    Capture, FakeKube, Options, TestSalve, events, firing_for, fixture, resolved, spawn_salve,
+};
 
 const LADDER: &str = r#"
 rules:
@@ -43,14 +45,6 @@ fn replicas(kube: &FakeKube) -> i64 {
 fn starting_at(firing: &str, at: chrono::DateTime<Utc>) -> String {
     let mut v: Value = serde_json::from_str(firing).unwrap();
     v["alerts"][0]["startsAt"] = at.to_rfc3339().into();
-    v.to_string()
-}
-
-fn resolved(firing: &str) -> String {
-    let mut v: Value = serde_json::from_str(firing).unwrap();
-    v["status"] = "resolved".into();
-    v["alerts"][0]["status"] = "resolved".into();
-    v["alerts"][0]["endsAt"] = Utc::now().to_rfc3339().into();
     v.to_string()
 }
 

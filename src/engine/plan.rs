@@ -109,6 +109,16 @@ pub fn plan(
             to: Value::Null,
             description: format!("roll back {target} to its previous revision"),
         }),
+        (ActionSpec::Restart, Some(w)) if w.paused => {
+            return Err(ClusterError::Unsupported(format!(
+                "{target} is paused: a restart would only arm a rollout for whenever someone resumes it (kubectl refuses too); resume it first"
+            )));
+        }
+        (ActionSpec::Restart, Some(w)) if w.update_strategy == "OnDelete" => {
+            return Err(ClusterError::Unsupported(format!(
+                "{target} uses updateStrategy OnDelete: a restart takes effect only when its Pods are deleted, which salve does not do; delete them, or switch to RollingUpdate"
+            )));
+        }
         (ActionSpec::Restart, w) => {
             let at = now.to_rfc3339_opts(SecondsFormat::Secs, true);
             Planned::Act(Plan {
@@ -190,6 +200,33 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(p, Planned::NoOp(r) if r.contains("never lowers")));
+    }
+
+    #[test]
+    fn a_restart_is_refused_where_kubectl_would_not_roll_out() {
+        let paused =
+            Workload::from_object(target(), &json!({"spec": {"replicas": 2, "paused": true}}));
+        let err = plan(
+            &ActionSpec::Restart,
+            &target(),
+            Some(&paused),
+            &[],
+            Utc::now(),
+        );
+        assert!(err.unwrap_err().to_string().contains("is paused"));
+        let sts = TargetRef::new(WorkloadKind::StatefulSet, "db", "pg").unwrap();
+        let on_delete = Workload::from_object(
+            sts.clone(),
+            &json!({"spec": {"replicas": 2, "updateStrategy": {"type": "OnDelete"}}}),
+        );
+        let err = plan(
+            &ActionSpec::Restart,
+            &sts,
+            Some(&on_delete),
+            &[],
+            Utc::now(),
+        );
+        assert!(err.unwrap_err().to_string().contains("Pods are deleted"));
     }
 
     #[test]

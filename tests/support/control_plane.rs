@@ -103,19 +103,17 @@ impl ControlPlane {
         );
         let client = self.client().await;
         let api: Api<Namespace> = Api::all(client.clone());
-        let ns: Namespace =
-            serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
         api.create(&PostParams::default(), &ns).await.unwrap();
         // Pods are admitted only once the namespace has its default ServiceAccount.
-        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
-            Api::namespaced(client, &name);
+        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client, &name);
         let sa = serde_json::from_value(json!({"metadata": {"name": "default"}})).unwrap();
         let _ = sas.create(&PostParams::default(), &sa).await;
         TestNamespace { name, plane: self }
     }
 
-    /// Keeps the Pods whose `namespace/name` starts with `prefix` Running but never
-    /// Ready (new ones included), so a rollout to them never finishes.
+    /// Keeps the Pods whose `namespace/name` starts with `prefix` and that are not Ready
+    /// yet (new ones) Running but never Ready, so a rollout to them never finishes.
     pub fn hold_unready(&self, prefix: &str) {
         self.held.lock().unwrap().push(prefix.to_owned());
     }
@@ -157,7 +155,13 @@ impl ControlPlane {
     /// A kubeconfig in `dir` for this cluster with a bearer `token`.
     pub fn kubeconfig_with_token(&self, dir: &Path, token: &str) -> PathBuf {
         let path = dir.join(format!("kubeconfig-{}", uuid::Uuid::now_v7().simple()));
-        write_kubeconfig(&path, &self.server, &self.dir.join("pki/ca.crt"), "user", token);
+        write_kubeconfig(
+            &path,
+            &self.server,
+            &self.dir.join("pki/ca.crt"),
+            "user",
+            token,
+        );
         path
     }
 }
@@ -232,12 +236,31 @@ fn certificates(pki: &Path) -> Result<(), String> {
     std::fs::create_dir_all(pki).map_err(|e| e.to_string())?;
     let quiet = |args: &[&str]| openssl(pki, args);
     quiet(&[
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
-        "-days", "2", "-subj", "/CN=salve-test-ca",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=salve-test-ca",
     ])?;
     quiet(&[
-        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "apiserver.key", "-out",
-        "apiserver.csr", "-subj", "/CN=kube-apiserver",
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "apiserver.key",
+        "-out",
+        "apiserver.csr",
+        "-subj",
+        "/CN=kube-apiserver",
     ])?;
     std::fs::write(
         pki.join("ext.cnf"),
@@ -245,8 +268,21 @@ fn certificates(pki: &Path) -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
     quiet(&[
-        "x509", "-req", "-in", "apiserver.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", "apiserver.crt", "-days", "2", "-extfile", "ext.cnf",
+        "x509",
+        "-req",
+        "-in",
+        "apiserver.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "apiserver.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
     ])?;
     quiet(&["genrsa", "-out", "sa.key", "2048"])?;
     quiet(&["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"])
@@ -279,7 +315,12 @@ fn spawn(program: &Path, args: &[String], log: &Path) -> Result<u32, String> {
     Ok(child.id())
 }
 
-fn wait_until(what: &str, within: Duration, log: &Path, mut ok: impl FnMut() -> bool) -> Result<(), String> {
+fn wait_until(
+    what: &str,
+    within: Duration,
+    log: &Path,
+    mut ok: impl FnMut() -> bool,
+) -> Result<(), String> {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if ok() {
@@ -289,7 +330,9 @@ fn wait_until(what: &str, within: Duration, log: &Path, mut ok: impl FnMut() -> 
     }
     let tail = std::fs::read_to_string(log).unwrap_or_default();
     let tail: String = tail.lines().rev().take(30).collect::<Vec<_>>().join("\n");
-    Err(format!("{what} not ready within {within:?}; last log lines (newest first):\n{tail}"))
+    Err(format!(
+        "{what} not ready within {within:?}; last log lines (newest first):\n{tail}"
+    ))
 }
 
 /// Starts everything on a dedicated thread that stays alive (and so keeps the children
@@ -351,13 +394,20 @@ fn start_here(
     spawn(
         etcd,
         &[
-            "--name".into(), "salve-test".into(),
-            "--data-dir".into(), dir.join("etcd").display().to_string(),
-            "--listen-client-urls".into(), etcd_url.clone(),
-            "--advertise-client-urls".into(), etcd_url.clone(),
-            "--listen-peer-urls".into(), peer_url.clone(),
-            "--initial-advertise-peer-urls".into(), peer_url.clone(),
-            "--initial-cluster".into(), format!("salve-test={peer_url}"),
+            "--name".into(),
+            "salve-test".into(),
+            "--data-dir".into(),
+            dir.join("etcd").display().to_string(),
+            "--listen-client-urls".into(),
+            etcd_url.clone(),
+            "--advertise-client-urls".into(),
+            etcd_url.clone(),
+            "--listen-peer-urls".into(),
+            peer_url.clone(),
+            "--initial-advertise-peer-urls".into(),
+            peer_url.clone(),
+            "--initial-cluster".into(),
+            format!("salve-test={peer_url}"),
         ],
         &etcd_log,
     )?;
@@ -408,7 +458,9 @@ fn start_here(
     if let Err(seen) = apiserver_up {
         let tail = std::fs::read_to_string(&api_log).unwrap_or_default();
         let tail: String = tail.lines().rev().take(20).collect::<Vec<_>>().join("\n");
-        return Err(format!("kube-apiserver did not become ready ({seen}); its log, newest first:\n{tail}"));
+        return Err(format!(
+            "kube-apiserver did not become ready ({seen}); its log, newest first:\n{tail}"
+        ));
     }
 
     let kcm_log = dir.join("kube-controller-manager.log");
@@ -480,7 +532,10 @@ async fn kubelet(kubeconfig: PathBuf, held: Arc<Mutex<Vec<String>>>) {
     let merge = PatchParams::default();
     let node = json!({"metadata": {"name": "fake-node", "labels": {"kubernetes.io/hostname": "fake-node"}}});
     let _ = nodes
-        .create(&PostParams::default(), &serde_json::from_value(node).unwrap())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(node).unwrap(),
+        )
         .await;
     let mut last_beat = Instant::now() - Duration::from_secs(60);
     loop {
@@ -511,7 +566,9 @@ async fn drive_pod(client: &kube::Client, pod: &Pod, held: &[String]) {
     };
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
     if pod.metadata.deletion_timestamp.is_some() {
-        let _ = api.delete(name, &DeleteParams::default().grace_period(0)).await;
+        let _ = api
+            .delete(name, &DeleteParams::default().grace_period(0))
+            .await;
         return;
     }
     let spec = pod.spec.clone().unwrap_or_default();
@@ -534,7 +591,8 @@ async fn drive_pod(client: &kube::Client, pod: &Pod, held: &[String]) {
         .iter()
         .flatten()
         .any(|c| c.type_ == "Ready" && c.status == "True");
-    if running && ready == ready_wanted {
+    // A hold keeps Pods from *becoming* Ready; Pods already Ready stay so.
+    if running && (ready == ready_wanted || ready) {
         return;
     }
     let now = chrono::Utc::now().to_rfc3339();

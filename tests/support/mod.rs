@@ -349,10 +349,15 @@ pub fn events<'a>(detail: &'a Value, kind: &str) -> Vec<&'a Value> {
 
 /// A one-alert firing payload for a Deployment, built from the real fixture's shape.
 pub fn firing_for(alertname: &str, namespace: &str, deployment: &str, fingerprint: &str) -> String {
-    let mut v: Value = serde_json::from_str(&fixture("firing-from-prometheus-rule.json")).unwrap();
     let labels = serde_json::json!({
         "alertname": alertname, "namespace": namespace, "deployment": deployment, "severity": "critical"
     });
+    firing_with(labels, fingerprint)
+}
+
+/// A one-alert firing payload with exactly these labels (the real fixture's shape).
+pub fn firing_with(labels: Value, fingerprint: &str) -> String {
+    let mut v: Value = serde_json::from_str(&fixture("firing-from-prometheus-rule.json")).unwrap();
     v["alerts"][0]["labels"] = labels.clone();
     v["alerts"][0]["fingerprint"] = Value::String(fingerprint.to_owned());
     v["commonLabels"] = labels;
@@ -404,4 +409,15 @@ pub async fn seed_remediation(
         .unwrap()
         .unwrap();
     (incident, id)
+}
+
+/// The resolved notification Alertmanager sends for a firing payload.
+pub fn resolved(firing: &str) -> String {
+    let mut v: Value = serde_json::from_str(firing).unwrap();
+    v["status"] = "resolved".into();
+    for alert in v["alerts"].as_array_mut().unwrap() {
+        alert["status"] = "resolved".into();
+        alert["endsAt"] = chrono::Utc::now().to_rfc3339().into();
+    }
+    v.to_string()
 }

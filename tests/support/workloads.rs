@@ -95,7 +95,8 @@ pub async fn deployment_rolled_out(client: &kube::Client, ns: &str, name: &str) 
 /// Sets the image of a Deployment's container (a new revision), without waiting.
 pub async fn set_image(client: &kube::Client, ns: &str, name: &str, image: &str) {
     let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": image}]}}}});
+    let patch =
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": image}]}}}});
     api.patch(name, &PatchParams::default(), &Patch::Strategic(&patch))
         .await
         .unwrap();
@@ -119,7 +120,14 @@ pub async fn get_statefulset(client: &kube::Client, ns: &str, name: &str) -> Sta
 
 /// The image a Deployment's pod template runs.
 pub fn image_of(d: &Deployment) -> String {
-    d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0]
+    d.spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
         .image
         .clone()
         .unwrap_or_default()
