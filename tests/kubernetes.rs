@@ -38,6 +38,13 @@ rules:
     action: { rollback: {} }
     verify: { within: 2s, every: 200ms }
     cooldown: 0s
+  - name: rollback-stalls
+    matchers: ['alertname="StallingRollback"']
+    target: { kind: Deployment, name: "{{ deployment }}" }
+    action: { rollback: {} }
+    verify: { within: 3s, every: 200ms }
+    revert_on_failure: true
+    cooldown: 0s
   - name: restart-deployment
     matchers: ['alertname="KubeDeploymentReplicasMismatch"']
     target: { kind: Deployment, name: "{{ deployment }}" }
@@ -501,6 +508,41 @@ async fn a_rollout_that_never_becomes_ready_is_reverted_by_compare_and_revert() 
         6
     );
     plane.release(&format!("{}/", ns.name));
+}
+
+#[tokio::test]
+async fn a_rollback_whose_pods_never_become_ready_is_reverted_to_the_template_salve_replaced() {
+    let Some(plane) = ControlPlane::get() else {
+        return;
+    };
+    let ns = plane.namespace("rbstall").await;
+    let client = plane.client().await;
+    create_deployment(&client, &ns.name, deployment("api", 2, "api:1.0")).await;
+    set_image(&client, &ns.name, "api", "api:1.1").await;
+    deployment_rolled_out(&client, &ns.name, "api").await;
+    plane.hold_unready(&format!("{}/", ns.name));
+    let s = salve_on(plane).await;
+    s.post_alerts(&firing_for(
+        "StallingRollback",
+        &ns.name,
+        "api",
+        "aaaa000000000010",
+    ))
+    .await;
+    let items = s.finished(1).await;
+    let reason = items[0]["reasons"][0].as_str().unwrap();
+    assert!(reason.contains("made things worse"), "{reason}");
+    assert!(
+        reason.contains("salve reverted its change (restored the previous pod template)"),
+        "{reason}"
+    );
+    plane.release(&format!("{}/", ns.name));
+    let d = deployment_rolled_out(&client, &ns.name, "api").await;
+    assert_eq!(
+        image_of(&d),
+        "api:1.1",
+        "the template salve replaced is back"
+    );
 }
 
 /// Applies `deploy/rbac.yaml` with its RoleBinding moved to `namespace`.

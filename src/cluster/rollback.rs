@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::PodTemplateSpec;
 use serde_json::Value;
 
 use super::{Change, ClusterError, Revision, Workload};
@@ -57,8 +58,8 @@ pub fn plan(deployment: &Workload, revisions: &[Revision]) -> Result<RollbackPla
         }
         n => sorted[n - 2],
     };
-    let template = without_hash_label(&previous.template);
-    if template == without_hash_label(&deployment.template) {
+    let template = normalized_template(&previous.template);
+    if template == normalized_template(&deployment.template) {
         return Ok(RollbackPlan::AlreadyAt {
             revision: previous.number,
         });
@@ -87,9 +88,15 @@ pub fn plan(deployment: &Workload, revisions: &[Revision]) -> Result<RollbackPla
     })
 }
 
-/// A pod template with the `pod-template-hash` label removed (and an emptied label map dropped).
-pub fn without_hash_label(template: &Value) -> Value {
-    let mut t = template.clone();
+/// A pod template in the one form two templates are compared in: read as Kubernetes'
+/// `PodTemplateSpec` and written back (so `creationTimestamp: null` and other fields the
+/// API server spells out but the typed form omits compare equal), with the
+/// `pod-template-hash` label removed.
+pub fn normalized_template(template: &Value) -> Value {
+    let mut t = serde_json::from_value::<PodTemplateSpec>(template.clone())
+        .ok()
+        .and_then(|typed| serde_json::to_value(typed).ok())
+        .unwrap_or_else(|| template.clone());
     if let Some(labels) = t
         .pointer_mut("/metadata/labels")
         .and_then(Value::as_object_mut)
@@ -141,7 +148,7 @@ mod tests {
     }
 
     #[test]
-    fn restores_the_second_newest_revision_without_hash_label() {
+    fn restores_the_second_newest_revision_normalized_template() {
         let d = deployment("app:3", 3);
         let plan = plan(&d, &[rs(3, "app:3"), rs(1, "app:1"), rs(2, "app:2")]).unwrap();
         let RollbackPlan::Restore {
@@ -174,6 +181,17 @@ mod tests {
             "{}"
         );
         assert_eq!(annotations["team"], "rev2");
+    }
+
+    #[test]
+    fn templates_compare_as_kubernetes_reads_them() {
+        // The API server spells out `creationTimestamp: null`; the typed form omits it.
+        let raw = json!({"metadata": {"creationTimestamp": null, "labels": {"app": "checkout"}},
+                         "spec": {"containers": [{"name": "app", "image": "app:1"}]}});
+        assert_eq!(
+            normalized_template(&raw),
+            normalized_template(&template("app:1", Some("h")))
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use super::ladder::{Ending, Run};
 use super::plan::Plan;
 use super::step::Sent;
 use super::{Engine, EngineError};
-use crate::cluster::rollback::without_hash_label;
+use crate::cluster::rollback::normalized_template;
 use crate::cluster::{ApiCall, Change, Workload};
 use crate::store::EventKind;
 use crate::store::targets::ActionKind;
@@ -29,7 +29,7 @@ pub fn still_salves(change: &Change, now: &Workload) -> Result<(), String> {
             "it has {} replicas, not the {replicas} salve set",
             now.replicas
         )),
-        Change::Rollback { template, .. } if without_hash_label(&now.template) == *template => {
+        Change::Rollback { template, .. } if normalized_template(&now.template) == *template => {
             Ok(())
         }
         Change::Rollback { .. } => {
@@ -54,7 +54,7 @@ fn undo(change: &Change, before: &Workload) -> Option<(Change, String)> {
         Change::Rollback { .. } => Some((
             Change::Rollback {
                 to_revision: before.revision.unwrap_or_default(),
-                template: without_hash_label(&before.template),
+                template: normalized_template(&before.template),
                 annotations: before.annotations.clone(),
             },
             "restored the previous pod template".to_owned(),
