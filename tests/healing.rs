@@ -419,6 +419,39 @@ async fn an_alert_that_started_before_the_change_is_not_blamed_on_it() {
 }
 
 #[tokio::test]
+async fn an_alert_that_resolves_between_steps_stops_the_ladder() {
+    let kube = FakeKube::start().await;
+    kube.add_deployment("shop", "checkout", 2, "checkout:1.4");
+    // The Deployment's rollout had already failed before salve: step 1 cannot heal it
+    // within its window, whatever the alert does.
+    kube.stall_rollouts("deployments", "shop", "checkout");
+    kube.set_image("shop", "checkout", "checkout:1.5-broken");
+    let rules = LADDER.replace("within: 700ms", "within: 1500ms");
+    let s = salve_with(&kube, &rules, None).await;
+    let firing = fixture("firing-from-prometheus-rule.json");
+    s.post_alerts(&firing).await;
+    s.reached(1, &["verifying"]).await;
+    s.post_alerts(&resolved(&firing)).await;
+    let items = s.finished(1).await;
+    let r = &items[0];
+    assert_eq!(r["state"], "healed", "{r:#}");
+    assert!(
+        r["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("healed: the alert resolved before step 2"),
+        "{r:#}"
+    );
+    assert_eq!(replicas(&kube), 3, "step 1 only; step 2 was never taken");
+    let scale_writes = kube
+        .writes()
+        .iter()
+        .filter(|w| w.path.ends_with("/scale"))
+        .count();
+    assert_eq!(scale_writes, 1);
+}
+
+#[tokio::test]
 async fn a_refire_after_resolution_is_a_new_incident_but_the_cooldown_holds() {
     let kube = FakeKube::start().await;
     kube.add_deployment("shop", "checkout", 2, "checkout:1.4");

@@ -322,6 +322,71 @@ async fn a_conflicting_write_is_retried_on_fresh_state_and_judged_again() {
 }
 
 #[tokio::test]
+async fn a_conflict_on_the_real_write_then_nothing_to_do_ends_skipped_and_frees_the_workload() {
+    let kube = FakeKube::start().await;
+    kube.add_deployment("shop", "checkout", 2, "checkout:1.4");
+    // A human scales to the rule's max between salve's dry-run and its real write.
+    kube.scale_before_next_write("deployments", "shop", "checkout", 10);
+    let s = live(&kube).await;
+    s.post_alerts(&fixture("firing-from-prometheus-rule.json"))
+        .await;
+    let items = s.finished(1).await;
+    let r = &items[0];
+    assert_eq!(r["state"], "skipped", "{r:#}");
+    assert!(
+        r["acted_at"].is_null(),
+        "the refused write landed nothing: {r:#}"
+    );
+    assert!(
+        r["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("already has 10 replicas"),
+        "{r:#}"
+    );
+    assert_eq!(replicas(&kube, "deployments", "shop", "checkout"), 10);
+    let detail = s.detail(r["id"].as_str().unwrap()).await;
+    let moves: Vec<(String, String)> = events(&detail, "state_changed")
+        .iter()
+        .map(|e| {
+            (
+                e["detail"]["from"].as_str().unwrap().to_owned(),
+                e["detail"]["to"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        moves,
+        pairs(&[
+            ("pending", "executing"),
+            ("executing", "pending"),
+            ("pending", "skipped")
+        ])
+    );
+    // The workload is free: the next incident on it is not "being remediated".
+    s.post_alerts(&firing_for(
+        "HighRequestLatency",
+        "shop",
+        "checkout",
+        "cafe000000000001",
+    ))
+    .await;
+    let items = s.finished(2).await;
+    assert!(
+        items.iter().all(|r| !r["reasons"][0]
+            .as_str()
+            .unwrap_or_default()
+            .contains("being remediated")),
+        "{items:#?}"
+    );
+}
+
+#[tokio::test]
 async fn a_restart_stamps_restarted_at_like_kubectl() {
     let kube = FakeKube::start().await;
     kube.add_deployment("shop", "cart", 3, "cart:2.0");

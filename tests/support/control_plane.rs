@@ -361,6 +361,28 @@ fn start(assets: &Path, etcd: &Path) -> Result<ControlPlane, String> {
     rx.recv().map_err(|e| e.to_string())?
 }
 
+/// Removes the state directories of earlier test binaries that have exited (their
+/// processes died with them; their etcd data would pile up in the temp directory).
+fn remove_stale_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("salve-kube-")
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: signal 0 only asks whether the process exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0;
+        if !alive {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// Starts the processes; `runtime` (its `block_on`, which drives timers and I/O) waits
 /// for them.
 fn start_here(
@@ -369,7 +391,9 @@ fn start_here(
     runtime: &tokio::runtime::Runtime,
 ) -> Result<(ControlPlane, PathBuf), String> {
     let begun = Instant::now();
-    let dir = std::env::temp_dir().join(format!("salve-kube-{}", uuid::Uuid::now_v7().simple()));
+    remove_stale_dirs();
+    let dir = std::env::temp_dir().join(format!("salve-kube-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
     let pki = dir.join("pki");
     certificates(&pki)?;
     let (admin, kcm) = (token(), token());

@@ -15,6 +15,13 @@
 //! - the discovery documents kubectl reads (`/api`, `/apis`, `/apis/apps/v1`, `/version`).
 //!
 //! Every request is logged so tests can assert exactly which calls were made.
+//!
+//! What it is for, now that behaviour is tested on a real control plane
+//! (`control_plane.rs`): faults a real API server cannot produce on demand: a conflict
+//! injected between salve's read and its write, another writer racing salve's write,
+//! stalled rollouts without waiting for a deadline, 403s without RBAC set-up, and the
+//! request log that proves which calls (and which dry-runs) were made. It also serves
+//! kubectl's discovery documents, so `tests/kubectl.rs` runs kubectl against it.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -63,6 +70,9 @@ struct KubeState {
     interfere_after_read: HashSet<Key>,
     /// Workloads whose rollouts never finish (their new pods never become available).
     stuck: HashSet<Key>,
+    /// Objects another writer scales (to this count) just before salve's next real write
+    /// to their scale subresource, so that write meets a 409.
+    scaled_before_next_write: BTreeMap<Key, i64>,
 }
 
 /// A running fake API server.
@@ -558,6 +568,14 @@ fn scale_call(
         .get(&key)
         .cloned()
         .ok_or_else(|| not_found(resource, name))?;
+    if !dry_run(q) && *method != Method::GET {
+        if let Some(replicas) = s.scaled_before_next_write.remove(&key) {
+            let mut other = parent.clone();
+            other["spec"]["replicas"] = json!(replicas);
+            other["metadata"]["resourceVersion"] = Value::Null;
+            s.update(&key, other, false)?;
+        }
+    }
     let sc = match *method {
         Method::GET => return Ok(scale_of(&parent)),
         Method::PATCH | Method::PUT => requested(method, headers, scale_of(&parent), body)?,
@@ -804,6 +822,16 @@ impl FakeKube {
             ns.to_owned(),
             name.to_owned(),
         ));
+    }
+
+    /// Just before salve's next real write to this workload's scale subresource, another
+    /// writer scales it to `replicas`: salve's write meets a 409 and its fresh read sees
+    /// the other writer's count.
+    pub fn scale_before_next_write(&self, resource: &str, ns: &str, name: &str, replicas: i64) {
+        self.state.lock().unwrap().scaled_before_next_write.insert(
+            (resource.to_owned(), ns.to_owned(), name.to_owned()),
+            replicas,
+        );
     }
 
     /// From now on, changes to this workload never finish rolling out.
