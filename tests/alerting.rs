@@ -141,3 +141,129 @@ async fn a_metric_that_stays_bad_climbs_the_ladder_and_escalates_through_alertma
         "{audit}"
     );
 }
+
+const BLIND_RULES: &str = r#"
+rules:
+  - name: checkout-latency
+    matchers: ['alertname="HighRequestLatency"']
+    target: { kind: Deployment, name: "{{ deployment }}" }
+    steps:
+      - scale: { by: 1, max: 10 }
+      - scale: { by: 2, max: 10 }
+    verify: { within: 3s, every: 200ms, no_data: healed }
+    cooldown: 0s
+"#;
+
+/// The alert Prometheus's `HighRequestLatency` rule makes of the exporter's series.
+fn prometheus_alert(exporter_port: u16, fingerprint: &str) -> String {
+    let labels = serde_json::json!({
+        "alertname": "HighRequestLatency", "severity": "critical", "namespace": "shop",
+        "deployment": "checkout", "job": "checkout", "instance": format!("127.0.0.1:{exporter_port}")
+    });
+    let mut v: Value = serde_json::from_str(&support::firing_with(labels, fingerprint)).unwrap();
+    v["alerts"][0]["generatorURL"] =
+        "http://prometheus:9090/graph?g0.expr=checkout_latency_seconds+%3E+0.5&g0.tab=1".into();
+    v["alerts"][0]["startsAt"] = chrono::Utc::now().to_rfc3339().into();
+    v.to_string()
+}
+
+/// Waits until Prometheus returns the exporter's series for the alert's expression.
+async fn scraping(prometheus: &real::Process) {
+    let mut url = prometheus.url.join("api/v1/query").unwrap();
+    url.query_pairs_mut()
+        .append_pair("query", "checkout_latency_seconds > 0.5");
+    eventually(
+        "Prometheus to return the series",
+        Duration::from_secs(30),
+        async || {
+            let body: Value = match reqwest::get(url.clone()).await {
+                Ok(r) => r.json().await.unwrap_or(Value::Null),
+                Err(e) => return Err(e.to_string()),
+            };
+            match body["data"]["result"].as_array() {
+                Some(r) if !r.is_empty() => Ok(()),
+                _ => Err(body.to_string()),
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn prometheus_down_mid_verification_is_unavailable_and_never_climbs_the_ladder() {
+    if !real::binaries_present() {
+        return;
+    }
+    salve::telemetry::install_crypto_provider();
+    let kube = FakeKube::start().await;
+    kube.add_deployment("shop", "checkout", 2, "checkout:1.4");
+    let dir = tempfile::tempdir().unwrap();
+    let exporter = Exporter::start(0.9).await;
+    let port = real::free_port();
+    let nowhere: reqwest::Url = format!("http://127.0.0.1:{}/", real::free_port())
+        .parse()
+        .unwrap();
+    let prometheus = real::prometheus_on(dir.path(), exporter.port, &nowhere, port).await;
+    scraping(&prometheus).await;
+    let s = spawn_salve(Options {
+        kube: Some(kube.clone()),
+        rules: Some(BLIND_RULES.to_owned()),
+        prometheus_url: Some(prometheus.url.clone()),
+        ..Options::default()
+    })
+    .await;
+
+    s.post_alerts(&prometheus_alert(exporter.port, "feed000000000001"))
+        .await;
+    s.reached(1, &["verifying"]).await;
+    drop(prometheus);
+    let items = s.finished(1).await;
+    let r = &items[0];
+    assert_eq!(r["state"], "escalated", "{r:#}");
+    let reason = r["reasons"][0].as_str().unwrap();
+    assert!(
+        reason.contains("cannot verify") && reason.contains("Prometheus"),
+        "{reason}"
+    );
+    assert_eq!(kube.writes().len(), 1, "no second step while blind");
+    let detail = s.detail(r["id"].as_str().unwrap()).await;
+    let verification = &support::events(&detail, "verification")[0]["detail"];
+    assert_eq!(verification["outcome"], "verification_unavailable");
+    // Learning does not count a blind step as a try.
+    let (_, tried) = s.get("/api/v1/remediations?outcome=not_healed").await;
+    assert!(tried["items"].as_array().unwrap().is_empty());
+
+    // Prometheus back: the next incident is verified on its evidence.
+    let prometheus = real::prometheus_on(dir.path(), exporter.port, &nowhere, port).await;
+    scraping(&prometheus).await;
+    s.post_alerts(&prometheus_alert(exporter.port, "feed000000000002"))
+        .await;
+    let what = "the second remediation to see the alert still firing";
+    let second = eventually(what, Duration::from_secs(30), async || {
+        let items = s.remediations().await;
+        let newest = items.first().cloned().unwrap_or_default();
+        if items.len() == 2 && newest["state"] == "verifying" {
+            Ok(newest)
+        } else {
+            Err(format!("{items:#?}"))
+        }
+    })
+    .await;
+    exporter.set(0.1);
+    let items = s.finished(2).await;
+    let r = items.iter().find(|r| r["id"] == second["id"]).unwrap();
+    assert_eq!(r["state"], "healed", "{r:#}");
+    let detail = s.detail(r["id"].as_str().unwrap()).await;
+    let verifications = support::events(&detail, "verification");
+    let first = &verifications[0]["detail"]["polls"][0];
+    assert_eq!(first["alert"]["status"], "still_firing", "{detail:#}");
+    let verification = &verifications.last().unwrap()["detail"];
+    let polls = verification["polls"].as_array().unwrap();
+    assert!(
+        polls.last().unwrap()["alert"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("returns no series (the rule reads no data as healed)"),
+        "{verification:#}"
+    );
+}
