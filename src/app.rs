@@ -27,6 +27,9 @@ use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::verify::{Prometheus, PrometheusHttp};
 
+/// Who salve's Kubernetes requests say they come from (audit logs, API priority rules).
+pub const USER_AGENT: &str = concat!("salve/", env!("CARGO_PKG_VERSION"));
+
 /// How long an escalation alert stays firing in Alertmanager.
 const ESCALATION_TTL: std::time::Duration = std::time::Duration::from_secs(4 * 3600);
 
@@ -66,6 +69,11 @@ pub async fn connect_cluster(
             }
         },
     };
+    let mut config = config;
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(USER_AGENT),
+    ));
     kube::Client::try_from(config)
         .map(Some)
         .map_err(|e| StartupError::Kube(e.to_string()))

@@ -43,6 +43,14 @@ async fn a_firing_alert_scales_the_deployment_by_the_rules_step() {
         "verifying: scale Deployment shop/checkout from 2 to 3 replicas"
     );
 
+    // Every request names salve and its version.
+    let agents: std::collections::BTreeSet<String> =
+        kube.requests().into_iter().map(|r| r.user_agent).collect();
+    assert_eq!(
+        agents.into_iter().collect::<Vec<_>>(),
+        vec![format!("salve/{}", env!("CARGO_PKG_VERSION"))]
+    );
+
     // Dry-run first, then the real write, both on the scale subresource.
     let patches: Vec<_> = kube
         .requests()

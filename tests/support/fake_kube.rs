@@ -43,6 +43,7 @@ pub struct Recorded {
     pub path: String,
     pub query: String,
     pub status: u16,
+    pub user_agent: String,
 }
 
 impl Recorded {
@@ -678,12 +679,19 @@ async fn log_requests(
 ) -> Response {
     let method = request.method().to_string();
     let uri: Uri = request.uri().clone();
+    let user_agent = request
+        .headers()
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     let response = next.run(request).await;
     st.lock().unwrap().requests.push(Recorded {
         method,
         path: uri.path().to_owned(),
         query: uri.query().unwrap_or_default().to_owned(),
         status: response.status().as_u16(),
+        user_agent,
     });
     response
 }
