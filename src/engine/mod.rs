@@ -151,6 +151,13 @@ struct Inner {
     stopping: CancellationToken,
 }
 
+/// What recovery found: incidents to decide, and pending remediations it adopted.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    pub undecided: Vec<String>,
+    pub resumed: Vec<String>,
+}
+
 /// Where the webhook hands new incidents to the engine.
 #[derive(Clone)]
 pub struct WorkQueue {
@@ -249,13 +256,13 @@ impl Engine {
                     _ = heartbeat.tick() => {
                         engine.beat().await;
                         if !recovered {
-                            recovered = engine.recover_into(&sink).await;
+                            recovered = engine.recover_into(&sink, &mut tasks, &permits).await;
                         }
                         continue;
                     }
                     _ = sweep.tick() => {
                         if recovered {
-                            engine.recover_into(&sink).await;
+                            engine.recover_into(&sink, &mut tasks, &permits).await;
                         }
                         engine.sweep(&mut tasks, &permits).await;
                         continue;
@@ -304,11 +311,29 @@ impl Engine {
         }
     }
 
-    /// Runs [`Engine::recover`] and queues what it found undecided; `false` if the store
-    /// failed (it is tried again at the next tick).
-    async fn recover_into(&self, queue: &WorkQueue) -> bool {
+    /// Runs [`Engine::recover`], resumes the pending remediations it adopted (as tasks of
+    /// this worker, so a stop stops them too) and queues what it found undecided; `false`
+    /// if the store failed (it is tried again at the next tick).
+    async fn recover_into(
+        &self,
+        queue: &WorkQueue,
+        tasks: &mut JoinSet<()>,
+        permits: &Arc<Semaphore>,
+    ) -> bool {
         match self.recover().await {
-            Ok(undecided) => {
+            Ok(Recovered { undecided, resumed }) => {
+                for id in resumed {
+                    let Ok(permit) = permits.clone().acquire_owned().await else {
+                        break;
+                    };
+                    let engine = self.clone();
+                    tasks.spawn(async move {
+                        if let Err(e) = engine.resume(&id).await {
+                            warn!(remediation = %id, error = %e, "resuming a pending remediation failed; it stays pending, owned by this replica, until the next start");
+                        }
+                        drop(permit);
+                    });
+                }
                 if !undecided.is_empty() {
                     info!(
                         count = undecided.len(),
@@ -361,10 +386,10 @@ impl Engine {
     }
 
     /// Settles what dead replicas (this one's earlier runs included) left: interrupts
-    /// their `executing` remediations, escalates their `verifying` ones, adopts and
-    /// resumes their `pending` ones, and returns the incidents still to be decided.
-    /// A live replica's work is never touched.
-    pub async fn recover(&self) -> Result<Vec<String>, EngineError> {
+    /// their `executing` remediations, escalates their `verifying` ones, adopts their
+    /// `pending` ones (to be resumed by the caller), and returns those with the incidents
+    /// still to be decided. A live replica's work is never touched.
+    pub async fn recover(&self) -> Result<Recovered, EngineError> {
         let store = &self.inner.store;
         // A change landed but what it achieved is unknown: escalate rather than guess, and
         // never take the next step blindly.
@@ -384,25 +409,27 @@ impl Engine {
         )
         .await?;
         let now = Utc::now();
+        let mut resumed = Vec::new();
         for orphan in store
             .orphaned_remediations(RemediationState::Pending, &self.inner.owner, now)
             .await?
         {
-            if !store
+            if store
                 .adopt_remediation(&orphan, RemediationState::Pending, &self.inner.owner)
                 .await?
             {
-                continue;
+                resumed.push(orphan.id);
             }
-            let engine = self.clone();
-            // Resumed like any other work: in the background, one lock per workload.
-            tokio::spawn(async move {
-                if let Err(e) = engine.resume(&orphan.id).await {
-                    warn!(remediation = %orphan.id, error = %e, "resuming a pending remediation failed; the next recovery tries again");
-                }
-            });
         }
-        Ok(store.undecided_firing_incidents().await?)
+        Ok(Recovered {
+            undecided: store.undecided_firing_incidents().await?,
+            resumed,
+        })
+    }
+
+    /// Resumes a pending remediation this replica adopted (see [`Engine::recover`]).
+    pub async fn resume_adopted(&self, id: &str) -> Result<(), EngineError> {
+        self.resume(id).await
     }
 
     /// Ends every remediation a dead owner left in `from` (adopting it first, so exactly

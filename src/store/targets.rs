@@ -195,6 +195,17 @@ impl Store {
         ))
     }
 
+    /// Every workload lock held now, as `(workload, remediation)`: for diagnostics and for
+    /// checking that no finished remediation holds one.
+    pub async fn locks(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query("SELECT target, remediation_id FROM target_locks ORDER BY target")
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("target")?, r.try_get("remediation_id")?)))
+            .collect()
+    }
+
     /// Real changes salve made to the workload since `since` (steps and reverts).
     pub async fn target_actions_since(
         &self,
