@@ -127,6 +127,15 @@ async fn the_ladder_climbs_then_escalates_once() {
         .collect();
     assert_eq!(steps, vec![json!(2), json!(3)]);
 
+    // Each window is honoured to its end: the last poll is at or after `within` (700ms),
+    // and every poll carries its time.
+    for v in events(&detail, "verification") {
+        let polls = v["detail"]["polls"].as_array().unwrap();
+        let last = polls.last().unwrap()["after_seconds"].as_f64().unwrap();
+        assert!(last >= 0.7, "gave up at {last}s: {v:#}");
+        assert!(polls.len() >= 7, "every 100ms for 700ms: {v:#}");
+    }
+
     let (_, by_outcome) = s.get("/api/v1/remediations?outcome=not_healed").await;
     assert_eq!(by_outcome["items"].as_array().unwrap().len(), 1);
     let (_, none) = s.get("/api/v1/remediations?outcome=healed").await;

@@ -677,3 +677,139 @@ async fn the_shipped_rbac_allows_every_action_and_nothing_outside_its_bindings()
         1
     );
 }
+
+/// Starts `salve serve` as its own process against the real control plane.
+fn serve(
+    plane: &ControlPlane,
+    dir: &std::path::Path,
+    database: &str,
+    port: u16,
+) -> std::process::Child {
+    let policies = support::policies_with_rules(dir, Some(RULES));
+    std::process::Command::new(env!("CARGO_BIN_EXE_salve"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--database",
+            database,
+        ])
+        .arg("--policies")
+        .arg(&policies)
+        .arg("--kubeconfig")
+        .arg(&plane.admin_kubeconfig)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("salve-{port}.log"))).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn sigterm_with_a_ladder_in_flight_exits_within_the_grace_period_and_the_work_is_settled() {
+    let Some(plane) = ControlPlane::get() else {
+        return;
+    };
+    let ns = plane.namespace("sigterm").await;
+    let client = plane.client().await;
+    create_deployment(&client, &ns.name, deployment("checkout", 2, "c:1")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let database = support::fresh_database(dir.path()).await;
+    let port = support::real::free_port();
+    let mut child = serve(plane, dir.path(), &database, port);
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let firing = firing_for(
+        "HighRequestLatency",
+        &ns.name,
+        "checkout",
+        "aaaa000000000020",
+    );
+    support::eventually(
+        "salve to listen",
+        std::time::Duration::from_secs(30),
+        async || {
+            let r = http
+                .post(format!("{url}/api/v1/alerts"))
+                .body(firing.clone())
+                .send()
+                .await;
+            match r {
+                Ok(r) if r.status() == 200 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    let remediations = format!("{url}/api/v1/remediations");
+    support::eventually(
+        "the first step to be verifying",
+        std::time::Duration::from_secs(30),
+        async || {
+            let body: Value = http
+                .get(&remediations)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .json()
+                .await
+                .map_err(|e| e.to_string())?;
+            match body["items"][0]["state"].as_str() {
+                Some("verifying") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+
+    // SAFETY: kill(2) on the child this test started.
+    let stopped = std::time::Instant::now();
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let took = stopped.elapsed();
+    eprintln!(
+        "SIGTERM to exit with a ladder in flight: {:.3}s",
+        took.as_secs_f64()
+    );
+    assert!(status.success(), "{status:?}");
+    assert!(
+        took < std::time::Duration::from_secs(25),
+        "took {took:?}, past the 30s grace period's margin"
+    );
+
+    // The next start settles what the stopped replica left (it retired on its way out).
+    let port = support::real::free_port();
+    let mut child = serve(plane, dir.path(), &database, port);
+    let remediations = format!("http://127.0.0.1:{port}/api/v1/remediations");
+    let settled = support::eventually(
+        "the left remediation to be settled",
+        std::time::Duration::from_secs(30),
+        async || {
+            let body: Value = match http.get(&remediations).send().await {
+                Ok(r) => r.json().await.map_err(|e| e.to_string())?,
+                Err(e) => return Err(e.to_string()),
+            };
+            match body["items"][0]["state"].as_str() {
+                Some("escalated") => Ok(body["items"][0].clone()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    assert!(
+        settled["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("owner stopped while verifying"),
+        "{settled:#}"
+    );
+    assert_eq!(
+        replicas_of(&get_deployment(&client, &ns.name, "checkout").await),
+        3,
+        "no step repeated"
+    );
+    child.kill().unwrap();
+    let _ = child.wait();
+}
