@@ -236,7 +236,7 @@ fn start_replica(
     }
 }
 
-async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+async fn run(ops: Vec<Op>) -> Result<(i32, u32), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&support::fresh_database(dir.path()).await)
         .await
@@ -346,7 +346,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         "{} changes (limit {MAX_PER_HOUR})",
         w.accepted_writes
     );
-    Ok(())
+    Ok((w.replicas, w.accepted_writes))
 }
 
 proptest! {
@@ -408,4 +408,27 @@ fn the_hard_cases_keep_the_invariants() {
             panic!("{ops:?}: {e}");
         }
     }
+}
+
+#[test]
+fn a_revert_that_meets_a_conflict_is_retried_from_a_fresh_read() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // Step 1 lands (2 -> 3); a new alert makes it worse; the revert's write meets a 409.
+    let ops = vec![
+        Op::Alert(0),
+        Op::Wait(150),
+        Op::Fault(Fault::Conflict),
+        Op::NewAlert(3),
+        Op::Wait(800),
+    ];
+    let (replicas, writes) = runtime.block_on(run(ops)).unwrap();
+    assert_eq!(
+        (replicas, writes),
+        (2, 2),
+        "the step and its revert, after one retry"
+    );
 }

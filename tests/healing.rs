@@ -531,3 +531,62 @@ async fn the_workload_stays_locked_for_the_whole_ladder() {
         "{items:#?}"
     );
 }
+
+#[tokio::test]
+async fn the_hourly_budget_counts_every_change_not_every_remediation() {
+    let kube = FakeKube::start().await;
+    kube.add_deployment("shop", "checkout", 2, "checkout:1.4");
+    let s = spawn_salve(Options {
+        kube: Some(kube.clone()),
+        rules: Some(LADDER.to_owned()),
+        limits: salve::engine::Limits {
+            max_actions_per_hour: 1,
+            call_timeout: std::time::Duration::from_secs(5),
+            ..salve::engine::Limits::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    s.post_alerts(&fixture("firing-from-prometheus-rule.json"))
+        .await;
+    let items = s.finished(1).await;
+    let r = &items[0];
+    assert_eq!(
+        replicas(&kube),
+        3,
+        "step 1 only: step 2 would be the hour's second change"
+    );
+    let reason = r["reasons"][0].as_str().unwrap();
+    assert!(
+        reason.contains("salve already made 1 changes in the last hour (limit 1)"),
+        "{reason}"
+    );
+}
+
+#[tokio::test]
+async fn a_remediation_whose_lease_lapsed_stops_without_another_write() {
+    let kube = FakeKube::start().await;
+    kube.add_deployment("shop", "checkout", 2, "checkout:1.4");
+    let rules = LADDER.replace("within: 700ms", "within: 3s");
+    let s = salve_with(&kube, &rules, None).await;
+    s.post_alerts(&fixture("firing-from-prometheus-rule.json"))
+        .await;
+    s.reached(1, &["verifying"]).await;
+    // The lease lapses (as it would if this replica stalled past it).
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&s.database).await.unwrap();
+    sqlx::query("UPDATE target_locks SET expires_at = '2000-01-01T00:00:00.000000Z'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let items = s.finished(1).await;
+    let reason = items[0]["reasons"][0].as_str().unwrap();
+    assert_eq!(items[0]["state"], "escalated", "{:#}", items[0]);
+    assert!(reason.contains("lost its lock"), "{reason}");
+    assert_eq!(
+        replicas(&kube),
+        3,
+        "no second step after the lease was lost"
+    );
+    assert_eq!(kube.writes().len(), 1);
+}
