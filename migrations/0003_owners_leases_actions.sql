@@ -39,3 +39,14 @@ CREATE TABLE action_budget (
     reservations BIGINT NOT NULL
 );
 INSERT INTO action_budget (id, reservations) VALUES (1, 0);
+
+-- The escalation outbox: each escalation keeps what it says, which notifiers have not
+-- accepted it yet (retried with backoff), when its alert in Alertmanager was last
+-- refreshed (it is re-posted while the original alert fires) and when it was resolved.
+ALTER TABLE escalations ADD COLUMN payload TEXT;
+ALTER TABLE escalations ADD COLUMN undelivered TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE escalations ADD COLUMN attempts BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE escalations ADD COLUMN next_attempt_at TEXT;
+ALTER TABLE escalations ADD COLUMN refreshed_at TEXT;
+ALTER TABLE escalations ADD COLUMN resolved_at TEXT;
+CREATE INDEX escalations_open ON escalations (resolved_at, next_attempt_at);

@@ -30,9 +30,6 @@ use crate::verify::{Prometheus, PrometheusHttp};
 /// Who salve's Kubernetes requests say they come from (audit logs, API priority rules).
 pub const USER_AGENT: &str = concat!("salve/", env!("CARGO_PKG_VERSION"));
 
-/// How long an escalation alert stays firing in Alertmanager.
-const ESCALATION_TTL: std::time::Duration = std::time::Duration::from_secs(4 * 3600);
-
 /// Why salve would not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -144,11 +141,11 @@ impl Salve {
             .build()
             .map_err(|e| StartupError::Kube(format!("HTTP client: {e}")))?;
         let mut notifiers: Vec<Arc<dyn Notifier>> = Vec::new();
-        if let Some(url) = &settings.alertmanager_url {
+        // Every Alertmanager gets every escalation, as Prometheus sends to each of an HA set.
+        for url in &settings.alertmanager_url {
             notifiers.push(Arc::new(AlertmanagerNotifier::new(
                 url.clone(),
                 http.clone(),
-                ESCALATION_TTL,
             )));
         }
         if let Some(url) = &settings.escalation_webhook_url {

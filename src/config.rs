@@ -268,9 +268,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SALVE_PROMETHEUS_URL")]
     pub prometheus_url: Option<reqwest::Url>,
 
-    /// Alertmanager to escalate to (`SalveRemediationFailed` via /api/v2/alerts).
-    #[arg(long, env = "SALVE_ALERTMANAGER_URL")]
-    pub alertmanager_url: Option<reqwest::Url>,
+    /// Alertmanager to escalate to (`SalveRemediationFailed` via /api/v2/alerts). Give it
+    /// once per Alertmanager of an HA set (or comma-separated in the variable): each gets
+    /// every escalation.
+    #[arg(long, env = "SALVE_ALERTMANAGER_URL", value_delimiter = ',')]
+    pub alertmanager_url: Vec<reqwest::Url>,
 
     /// Also post escalations as JSON to this URL.
     #[arg(long, env = "SALVE_ESCALATION_WEBHOOK_URL")]
@@ -343,7 +345,7 @@ pub struct ServeSettings {
     pub read_token: Option<Secret>,
     pub retention: Option<Duration>,
     pub prometheus_url: Option<reqwest::Url>,
-    pub alertmanager_url: Option<reqwest::Url>,
+    pub alertmanager_url: Vec<reqwest::Url>,
     pub escalation_webhook_url: Option<reqwest::Url>,
     pub external_url: Option<String>,
 }

@@ -45,7 +45,7 @@ async fn world(verify_within: &str) -> World {
         kube: Some(kube.clone()),
         rules: Some(RULES.replace("VERIFY", verify_within)),
         prometheus_url: Some(format!("http://127.0.0.1:{prom_port}/").parse().unwrap()),
-        alertmanager_url: Some(format!("http://127.0.0.1:{am_port}/").parse().unwrap()),
+        alertmanager_urls: vec![format!("http://127.0.0.1:{am_port}/").parse().unwrap()],
         ..Options::default()
     })
     .await;

@@ -590,3 +590,69 @@ async fn a_remediation_whose_lease_lapsed_stops_without_another_write() {
     );
     assert_eq!(kube.writes().len(), 1);
 }
+
+#[tokio::test]
+async fn an_escalation_reaches_every_alertmanager_is_retried_kept_alive_and_resolved() {
+    let kube = FakeKube::start().await;
+    kube.add_deployment("shop", "checkout", 2, "checkout:1.4");
+    let am1 = Capture::start().await;
+    let am2 = Capture::failing_first(2).await;
+    let s = spawn_salve(Options {
+        kube: Some(kube.clone()),
+        rules: Some(LADDER.to_owned()),
+        alertmanager_urls: vec![am1.url.clone(), am2.url.clone()],
+        ..Options::default()
+    })
+    .await;
+    let firing = fixture("firing-from-prometheus-rule.json");
+    s.post_alerts(&firing).await;
+    let items = s.finished(1).await;
+    assert_eq!(items[0]["state"], "escalated");
+    let id = items[0]["id"].as_str().unwrap().to_owned();
+
+    // The pair's second member refused twice; the outbox retried until it accepted.
+    let second = am2.received(1).await;
+    assert_eq!(
+        second[0][0]["labels"]["alertname"],
+        "SalveRemediationFailed"
+    );
+    // While the original fires, the alert is re-posted before it could lapse.
+    let refreshed = am1.received(3).await;
+    let ends = |body: &Value| {
+        chrono::DateTime::parse_from_rfc3339(body[0]["endsAt"].as_str().unwrap()).unwrap()
+    };
+    assert!(
+        refreshed.iter().all(|b| ends(b) > Utc::now()),
+        "{refreshed:#?}"
+    );
+    assert!(
+        ends(&refreshed[0]) < Utc::now() + Duration::minutes(1),
+        "endsAt a few refreshes ahead, not hours"
+    );
+
+    // The original resolves: so does the escalation, in every Alertmanager.
+    s.post_alerts(&resolved(&firing)).await;
+    let what = "the escalation to be resolved in both Alertmanagers";
+    support::eventually(what, std::time::Duration::from_secs(10), async || {
+        let last = |c: &Capture| c.bodies().last().map(&ends);
+        match (last(&am1), last(&am2)) {
+            (Some(a), Some(b)) if a <= Utc::now() && b <= Utc::now() => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let detail = s.detail(&id).await;
+    let rounds = events(&detail, "escalation");
+    assert!(
+        rounds[0]["detail"]["delivered"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["ok"] == false),
+        "the first round's failure is on the record: {rounds:#?}"
+    );
+    assert!(
+        rounds.iter().any(|r| r["detail"]["resolved"] == true),
+        "{rounds:#?}"
+    );
+}

@@ -59,7 +59,8 @@ impl fmt::Display for WorkloadKind {
 }
 
 /// A workload named precisely: kind, namespace and name, each valid for Kubernetes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+/// (Deserialized only from salve's own records, such as a stored escalation.)
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TargetRef {
     pub kind: WorkloadKind,
     pub namespace: String,

@@ -1,10 +1,13 @@
-//! Telling humans, once per remediation.
+//! Telling humans, once per remediation, until they heard it.
 //!
 //! The escalation is claimed in the store first (at most one per remediation, so per
-//! incident, across replicas), then sent through every notifier, and the delivery is
-//! recorded on the timeline.
+//! incident, across replicas), with what it says: that row is an outbox. The first
+//! round goes out at once; the outbox retries notifiers that failed (every outbox period,
+//! 5 s, doubling, at most 5 min apart), re-posts the `SalveRemediationFailed` alert to
+//! every Alertmanager every minute with its `endsAt` 5 minutes ahead while the original
+//! alert fires, and resolves it when the original resolves. Every round that delivers or fails is on the timeline.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use tracing::warn;
 
@@ -13,7 +16,29 @@ use super::{Engine, EngineError, stored_target};
 use crate::notify::Escalation;
 use crate::store::EventKind;
 
+/// How long one replica holds an outbox entry it is working on.
+const OUTBOX_HOLD: chrono::Duration = chrono::Duration::seconds(30);
+
 impl Engine {
+    /// How often a live escalation alert is re-posted (`Limits::escalation_refresh`).
+    fn refresh_every(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.inner.limits.escalation_refresh)
+            .unwrap_or(chrono::Duration::minutes(1))
+    }
+
+    /// How far ahead an escalation alert's `endsAt` is set: five refreshes, so a missed
+    /// refresh or two never lets it lapse, and a dead salve's alert ends on its own.
+    fn escalation_ends(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        now + self.refresh_every() * 5
+    }
+
+    /// Delay before retry `attempts + 1`: the outbox period, doubling, at most 5 minutes.
+    fn retry_backoff(&self, attempts: i64) -> chrono::Duration {
+        let base = chrono::Duration::from_std(self.inner.limits.outbox_every)
+            .unwrap_or(chrono::Duration::seconds(5));
+        (base * (1 << attempts.clamp(0, 6))).min(chrono::Duration::minutes(5))
+    }
+
     /// Tells humans about this run, once per remediation.
     pub(super) async fn escalate(
         &self,
@@ -42,31 +67,127 @@ impl Engine {
         )
     }
 
-    /// Sends an escalation through every notifier, unless this remediation already had one.
+    /// Claims this remediation's one escalation and makes its first delivery round; the
+    /// outbox ([`Engine::run_outbox`]) retries what failed and keeps the alert current.
     pub(super) async fn deliver_escalation(&self, e: &Escalation) -> Result<(), EngineError> {
         let store = &self.inner.store;
         let id = &e.remediation_id;
-        if !store.claim_escalation(id, &e.reason, Utc::now()).await? {
+        let names: Vec<String> = self.inner.notifiers.iter().map(|n| n.name()).collect();
+        let payload = serde_json::to_value(e).unwrap_or(Value::Null);
+        if !store
+            .claim_escalation(id, &e.reason, &payload, &names, Utc::now())
+            .await?
+        {
             return Ok(());
         }
-        let mut delivered = Vec::new();
-        for notifier in &self.inner.notifiers {
-            let result = notifier.notify(e).await;
-            if let Err(err) = &result {
-                warn!(remediation = %id, notifier = %notifier.name(), error = %err, "escalation not delivered");
-            }
-            delivered
-                .push(json!({"to": notifier.name(), "ok": result.is_ok(), "error": result.err()}));
-        }
-        if self.inner.notifiers.is_empty() {
+        if names.is_empty() {
             warn!(remediation = %id, "escalation recorded, but no notifier is configured (--alertmanager-url)");
         }
-        let delivered = Value::Array(delivered);
-        store.set_escalation_delivery(id, &delivered).await?;
-        let detail = json!({"reason": e.reason, "delivered": delivered});
+        let ends_at = self.escalation_ends(Utc::now());
+        let round = self.deliver_round(e, &names, 0, ends_at).await?;
+        let detail = json!({"reason": e.reason, "delivered": round, "attempt": 1});
         Ok(store
             .append_event(id, EventKind::Escalation, &detail, Utc::now())
             .await?)
+    }
+
+    /// Sends `e` to the notifiers named in `to`, valid until `ends_at`, and records who
+    /// still has to accept it and when to try again. Returns the delivery log.
+    async fn deliver_round(
+        &self,
+        e: &Escalation,
+        to: &[String],
+        attempts: i64,
+        ends_at: DateTime<Utc>,
+    ) -> Result<Value, EngineError> {
+        let id = &e.remediation_id;
+        let mut log = Vec::new();
+        let mut undelivered = Vec::new();
+        let mut refreshed = false;
+        for notifier in self
+            .inner
+            .notifiers
+            .iter()
+            .filter(|n| to.contains(&n.name()))
+        {
+            let result = notifier.notify(e, ends_at).await;
+            match &result {
+                Ok(()) => refreshed |= notifier.keeps_alert(),
+                Err(err) => {
+                    warn!(remediation = %id, notifier = %notifier.name(), error = %err, "escalation not delivered; the outbox will retry");
+                    undelivered.push(notifier.name());
+                }
+            }
+            log.push(json!({"to": notifier.name(), "ok": result.is_ok(), "error": result.err()}));
+        }
+        let now = Utc::now();
+        let next = if undelivered.is_empty() {
+            now + self.refresh_every()
+        } else {
+            now + self.retry_backoff(attempts)
+        };
+        let log = Value::Array(log);
+        self.inner
+            .store
+            .record_escalation_round(id, &log, &undelivered, next, refreshed.then_some(now))
+            .await?;
+        Ok(log)
+    }
+
+    /// One pass of the escalation outbox: retries deliveries that failed (with backoff),
+    /// re-posts live escalation alerts before they expire, and resolves them once the
+    /// original alert resolved.
+    pub(super) async fn run_outbox(&self) -> Result<(), EngineError> {
+        let store = &self.inner.store;
+        let now = Utc::now();
+        let due = store
+            .due_escalations(now, now - self.refresh_every(), now + OUTBOX_HOLD)
+            .await?;
+        for entry in due {
+            let Ok(e) = serde_json::from_value::<Escalation>(entry.payload.clone()) else {
+                warn!(remediation = %entry.remediation_id, "a stored escalation does not read back; resolving it in the outbox");
+                store.resolve_escalation(&entry.remediation_id, now).await?;
+                continue;
+            };
+            let live: Vec<String> = self
+                .inner
+                .notifiers
+                .iter()
+                .filter(|n| n.keeps_alert())
+                .map(|n| n.name())
+                .collect();
+            if entry.original_resolved {
+                let log = self.deliver_round(&e, &live, entry.attempts, now).await?;
+                let all_ok = log
+                    .as_array()
+                    .is_some_and(|l| l.iter().all(|d| d["ok"] == true));
+                if all_ok {
+                    store.resolve_escalation(&entry.remediation_id, now).await?;
+                    let detail = json!({"resolved": true, "reason": "the original alert resolved", "delivered": log});
+                    store
+                        .append_event(&entry.remediation_id, EventKind::Escalation, &detail, now)
+                        .await?;
+                }
+            } else if !entry.undelivered.is_empty() {
+                let log = self
+                    .deliver_round(
+                        &e,
+                        &entry.undelivered,
+                        entry.attempts,
+                        self.escalation_ends(now),
+                    )
+                    .await?;
+                let detail =
+                    json!({"reason": e.reason, "delivered": log, "attempt": entry.attempts + 1});
+                store
+                    .append_event(&entry.remediation_id, EventKind::Escalation, &detail, now)
+                    .await?;
+            } else {
+                self.deliver_round(&e, &live, 0, self.escalation_ends(now))
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     /// Escalates a remediation from its stored record (recovery has no [`Run`]).

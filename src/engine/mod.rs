@@ -83,6 +83,11 @@ pub struct Limits {
     pub lock_lease: Duration,
     /// How long a replica counts as alive after its last heartbeat.
     pub heartbeat_ttl: Duration,
+    /// How often the escalation outbox looks for retries, refreshes and resolutions (and
+    /// the first retry's delay).
+    pub outbox_every: Duration,
+    /// How often a live escalation alert is re-posted to Alertmanager.
+    pub escalation_refresh: Duration,
     /// How long a stop waits for running remediations (each stops before its next write)
     /// before it leaves them to the next owner; below Kubernetes' 30 s grace period.
     pub shutdown_grace: Duration,
@@ -101,6 +106,8 @@ impl Default for Limits {
             lock_lease: Duration::from_secs(120),
             heartbeat_ttl: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(20),
+            outbox_every: Duration::from_secs(5),
+            escalation_refresh: Duration::from_secs(60),
             conflict_retries: 3,
             call_timeout: Duration::from_secs(30),
             concurrency: 8,
@@ -248,6 +255,7 @@ impl Engine {
             let mut tasks = JoinSet::new();
             let mut sweep = tokio::time::interval(SWEEP_EVERY);
             let mut heartbeat = tokio::time::interval(engine.inner.limits.heartbeat_ttl / 3);
+            let mut outbox = tokio::time::interval(engine.inner.limits.outbox_every);
             let mut recovered = false;
             loop {
                 let id = tokio::select! {
@@ -257,6 +265,12 @@ impl Engine {
                         engine.beat().await;
                         if !recovered {
                             recovered = engine.recover_into(&sink, &mut tasks, &permits).await;
+                        }
+                        continue;
+                    }
+                    _ = outbox.tick() => {
+                        if let Err(e) = engine.run_outbox().await {
+                            warn!(error = %e, "the escalation outbox could not run; trying again shortly");
                         }
                         continue;
                     }

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use reqwest::Url;
 use serde::Serialize;
 use serde_json::json;
@@ -20,8 +20,8 @@ use crate::cluster::TargetRef;
 /// The alertname salve's escalations carry.
 pub const ESCALATION_ALERTNAME: &str = "SalveRemediationFailed";
 
-/// What humans are told.
-#[derive(Debug, Clone, Serialize)]
+/// What humans are told (stored in the escalation outbox, so it is also read back).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Escalation {
     pub remediation_id: String,
     pub incident_id: String,
@@ -36,36 +36,41 @@ pub struct Escalation {
 /// A channel to humans.
 #[async_trait]
 pub trait Notifier: Send + Sync {
-    /// A short name for the audit trail.
+    /// A short name for the audit trail (and the outbox's bookkeeping: unique per channel).
     fn name(&self) -> String;
-    /// Delivers the escalation; the error says why not.
-    async fn notify(&self, e: &Escalation) -> Result<(), String>;
+    /// Whether the channel holds the escalation as a live alert that must be re-posted
+    /// while it lasts and resolved at the end (Alertmanager), rather than taking one
+    /// message (a webhook).
+    fn keeps_alert(&self) -> bool {
+        false
+    }
+    /// Delivers the escalation, valid until `ends_at` (now: resolved); the error says why not.
+    async fn notify(&self, e: &Escalation, ends_at: DateTime<Utc>) -> Result<(), String>;
 }
 
 /// Posts `SalveRemediationFailed` to Alertmanager's `/api/v2/alerts`.
 pub struct AlertmanagerNotifier {
     base: Url,
     client: reqwest::Client,
-    /// How long the escalation alert stays firing in Alertmanager.
-    ttl: Duration,
 }
 
 impl AlertmanagerNotifier {
     /// `base` is Alertmanager's URL, e.g. `http://alertmanager:9093`.
-    pub fn new(base: Url, client: reqwest::Client, ttl: Duration) -> AlertmanagerNotifier {
-        AlertmanagerNotifier { base, client, ttl }
+    pub fn new(base: Url, client: reqwest::Client) -> AlertmanagerNotifier {
+        AlertmanagerNotifier { base, client }
     }
 }
 
-/// The alert Alertmanager receives for an escalation.
-pub fn escalation_alert(e: &Escalation, ttl: Duration) -> serde_json::Value {
+/// The alert Alertmanager receives for an escalation. Like Prometheus, salve sends it
+/// with an `endsAt` a few minutes ahead and re-sends it while it lasts, so a salve that
+/// died cannot leave it firing forever; `ends_at` in the past resolves it.
+pub fn escalation_alert(e: &Escalation, ends_at: DateTime<Utc>) -> serde_json::Value {
     let mut labels = e.alert.labels.clone();
     labels.insert("original_alertname".into(), e.alert.alertname().to_owned());
     labels.insert("alertname".into(), ESCALATION_ALERTNAME.into());
     labels.insert("salve_remediation".into(), e.remediation_id.clone());
     labels.insert("salve_rule".into(), e.rule.clone());
     let now = Utc::now();
-    let ends = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(4));
     json!([{
         "labels": labels,
         "annotations": {
@@ -73,8 +78,8 @@ pub fn escalation_alert(e: &Escalation, ttl: Duration) -> serde_json::Value {
             "description": e.summary,
             "salve_audit_url": e.audit_url,
         },
-        "startsAt": now.to_rfc3339(),
-        "endsAt": ends.to_rfc3339(),
+        "startsAt": now.min(ends_at).to_rfc3339(),
+        "endsAt": ends_at.to_rfc3339(),
         "generatorURL": e.audit_url,
     }])
 }
@@ -85,12 +90,16 @@ impl Notifier for AlertmanagerNotifier {
         format!("alertmanager {}", self.base)
     }
 
-    async fn notify(&self, e: &Escalation) -> Result<(), String> {
+    fn keeps_alert(&self) -> bool {
+        true
+    }
+
+    async fn notify(&self, e: &Escalation, ends_at: DateTime<Utc>) -> Result<(), String> {
         let url = self.base.join("api/v2/alerts").map_err(|e| e.to_string())?;
         let resp = self
             .client
             .post(url)
-            .json(&escalation_alert(e, self.ttl))
+            .json(&escalation_alert(e, ends_at))
             .timeout(Duration::from_secs(10))
             .send()
             .await
@@ -124,7 +133,7 @@ impl Notifier for WebhookNotifier {
         format!("webhook {}", self.url)
     }
 
-    async fn notify(&self, e: &Escalation) -> Result<(), String> {
+    async fn notify(&self, e: &Escalation, _ends_at: DateTime<Utc>) -> Result<(), String> {
         let resp = self
             .client
             .post(self.url.clone())

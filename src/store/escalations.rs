@@ -1,40 +1,146 @@
-//! Escalations: humans told, at most once per remediation (and so per incident).
+//! Escalations: humans told, at most once per remediation (and so per incident), through
+//! an outbox that retries until every notifier accepted, keeps the alert active in
+//! Alertmanager while the original fires, and resolves it when the original resolves.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use sqlx::Row;
+
 use super::{Store, StoreError, timestamp};
 use crate::cluster::TargetRef;
 
+/// One escalation as the outbox sees it.
+#[derive(Debug, Clone)]
+pub struct OutboxEntry {
+    pub remediation_id: String,
+    /// The escalation as first claimed (JSON of [`crate::notify::Escalation`]).
+    pub payload: Value,
+    /// Notifiers (by name) that have not accepted it yet.
+    pub undelivered: Vec<String>,
+    pub attempts: i64,
+    /// Whether the original alert has resolved since (the escalation should resolve too).
+    pub original_resolved: bool,
+    pub refreshed_at: Option<String>,
+}
+
 impl Store {
-    /// Claims the remediation's one escalation; `false` when it was already escalated.
+    /// Claims the remediation's one escalation, to be delivered to `notifiers`;
+    /// `false` when it was already escalated.
     pub async fn claim_escalation(
         &self,
         remediation_id: &str,
         reason: &str,
+        payload: &Value,
+        notifiers: &[String],
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let inserted = sqlx::query(
-            "INSERT INTO escalations (remediation_id, created_at, reason, delivered) VALUES ($1, $2, $3, '[]')
+            "INSERT INTO escalations (remediation_id, created_at, reason, delivered, payload, undelivered, next_attempt_at)
+             VALUES ($1, $2, $3, '[]', $4, $5, $2)
              ON CONFLICT (remediation_id) DO NOTHING",
         )
         .bind(remediation_id)
         .bind(timestamp(now))
         .bind(reason)
+        .bind(payload.to_string())
+        .bind(serde_json::to_string(notifiers).unwrap_or_else(|_| "[]".into()))
         .execute(self.pool())
         .await?
         .rows_affected();
         Ok(inserted == 1)
     }
 
-    /// Records where the escalation was delivered (or why not).
-    pub async fn set_escalation_delivery(
+    /// Records a delivery round: the delivery log, who still has to accept it, and when
+    /// to try them again.
+    pub async fn record_escalation_round(
         &self,
         remediation_id: &str,
         delivered: &Value,
+        undelivered: &[String],
+        next_attempt_at: DateTime<Utc>,
+        refreshed_at: Option<DateTime<Utc>>,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE escalations SET delivered = $1 WHERE remediation_id = $2")
-            .bind(delivered.to_string())
+        sqlx::query(
+            "UPDATE escalations SET delivered = $1, undelivered = $2, attempts = attempts + 1,
+                 next_attempt_at = $3, refreshed_at = COALESCE($4, refreshed_at)
+             WHERE remediation_id = $5",
+        )
+        .bind(delivered.to_string())
+        .bind(serde_json::to_string(undelivered).unwrap_or_else(|_| "[]".into()))
+        .bind(timestamp(next_attempt_at))
+        .bind(refreshed_at.map(timestamp))
+        .bind(remediation_id)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Takes the escalations that need the outbox now (a retry is due, the alert needs
+    /// refreshing, or the original alert resolved), each claimed by compare-and-set on
+    /// its `next_attempt_at` so one replica handles it at a time.
+    pub async fn due_escalations(
+        &self,
+        now: DateTime<Utc>,
+        refresh_before: DateTime<Utc>,
+        hold_until: DateTime<Utc>,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT e.remediation_id, e.payload, e.undelivered, e.attempts, e.next_attempt_at, e.refreshed_at,
+                    i.status AS incident_status
+             FROM escalations e JOIN remediations r ON r.id = e.remediation_id
+                  JOIN incidents i ON i.id = r.incident_id
+             WHERE e.resolved_at IS NULL AND e.payload IS NOT NULL
+               AND (e.next_attempt_at <= $1 OR i.status = 'resolved'
+                    OR (e.undelivered = '[]' AND (e.refreshed_at IS NULL OR e.refreshed_at <= $2)))
+             ORDER BY e.created_at LIMIT 100",
+        )
+        .bind(timestamp(now))
+        .bind(timestamp(refresh_before))
+        .fetch_all(self.pool())
+        .await?;
+        let mut due = Vec::new();
+        for r in &rows {
+            let id: String = r.try_get("remediation_id")?;
+            let next: Option<String> = r.try_get("next_attempt_at")?;
+            let claimed = sqlx::query(
+                "UPDATE escalations SET next_attempt_at = $1
+                 WHERE remediation_id = $2 AND COALESCE(next_attempt_at, '') = $3 AND resolved_at IS NULL",
+            )
+            .bind(timestamp(hold_until))
+            .bind(&id)
+            .bind(next.unwrap_or_default())
+            .execute(self.pool())
+            .await?
+            .rows_affected()
+                == 1;
+            if !claimed {
+                continue;
+            }
+            let payload: String = r.try_get("payload")?;
+            let undelivered: String = r.try_get("undelivered")?;
+            let status: String = r.try_get("incident_status")?;
+            due.push(OutboxEntry {
+                remediation_id: id,
+                payload: serde_json::from_str(&payload)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                undelivered: serde_json::from_str(&undelivered).unwrap_or_default(),
+                attempts: r.try_get("attempts")?,
+                original_resolved: status == "resolved",
+                refreshed_at: r.try_get("refreshed_at")?,
+            });
+        }
+        Ok(due)
+    }
+
+    /// The escalation's alert was resolved in Alertmanager; the outbox is done with it.
+    pub async fn resolve_escalation(
+        &self,
+        remediation_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE escalations SET resolved_at = $1 WHERE remediation_id = $2")
+            .bind(timestamp(now))
             .bind(remediation_id)
             .execute(self.pool())
             .await?;
@@ -50,7 +156,6 @@ impl Store {
         after: DateTime<Utc>,
         excluding: &str,
     ) -> Result<Option<(String, String)>, StoreError> {
-        use sqlx::Row;
         let row = sqlx::query(
             "SELECT r.id, r.alertname FROM remediations r JOIN incidents i ON i.id = r.incident_id
              WHERE r.target_kind = $1 AND r.target_namespace = $2 AND r.target_name = $3

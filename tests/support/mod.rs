@@ -137,7 +137,8 @@ pub struct Options {
     pub admin_token: Option<String>,
     pub read_token: Option<String>,
     pub prometheus_url: Option<reqwest::Url>,
-    pub alertmanager_url: Option<reqwest::Url>,
+    /// Alertmanagers to escalate to (each gets every escalation).
+    pub alertmanager_urls: Vec<reqwest::Url>,
     pub escalation_webhook_url: Option<reqwest::Url>,
 }
 
@@ -151,6 +152,8 @@ impl Default for Options {
             auth: WebhookAuth::default(),
             limits: Limits {
                 call_timeout: Duration::from_secs(5),
+                outbox_every: Duration::from_millis(200),
+                escalation_refresh: Duration::from_millis(500),
                 ..Limits::default()
             },
             database: None,
@@ -158,7 +161,7 @@ impl Default for Options {
             admin_token: None,
             read_token: None,
             prometheus_url: None,
-            alertmanager_url: None,
+            alertmanager_urls: Vec::new(),
             escalation_webhook_url: None,
         }
     }
@@ -199,7 +202,7 @@ pub async fn spawn_salve(opts: Options) -> TestSalve {
         read_token: opts.read_token.map(salve::config::Secret),
         retention: None,
         prometheus_url: opts.prometheus_url,
-        alertmanager_url: opts.alertmanager_url,
+        alertmanager_url: opts.alertmanager_urls,
         escalation_webhook_url: opts.escalation_webhook_url,
         external_url: None,
     };
@@ -289,7 +292,8 @@ impl TestSalve {
     }
 }
 
-/// A loopback HTTP server that records every JSON body posted to it (an escalation webhook).
+/// A loopback HTTP server that records every JSON body posted to it, at any path (an
+/// escalation webhook, or an Alertmanager's `/api/v2/alerts`).
 pub struct Capture {
     pub url: reqwest::Url,
     bodies: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
@@ -298,18 +302,29 @@ pub struct Capture {
 impl Capture {
     /// Starts the server.
     pub async fn start() -> Capture {
+        Capture::failing_first(0).await
+    }
+
+    /// Starts a server that answers 500 to its first `failures` posts (recording nothing
+    /// for them), then accepts.
+    pub async fn failing_first(failures: usize) -> Capture {
         let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let store = bodies.clone();
-        let app = axum::Router::new().route(
-            "/",
-            axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
+        let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let app = axum::Router::new().fallback(axum::routing::post(
+            move |axum::Json(v): axum::Json<Value>| {
                 let store = store.clone();
+                let refused = refused.clone();
                 async move {
+                    use std::sync::atomic::Ordering;
+                    if refused.fetch_add(1, Ordering::SeqCst) < failures {
+                        return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+                    }
                     store.lock().unwrap().push(v);
-                    "ok"
+                    axum::http::StatusCode::OK
                 }
-            }),
-        );
+            },
+        ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/", listener.local_addr().unwrap())
             .parse()
