@@ -63,6 +63,12 @@ rules:
     action: { restart: {} }
     verify: { within: 2s, every: 200ms }
     cooldown: 0s
+  - name: restart-statefulset-patient
+    matchers: ['alertname="StatefulSetCanary"']
+    target: { kind: StatefulSet, name: "{{ statefulset }}" }
+    action: { restart: {} }
+    verify: { within: 30s, every: 200ms }
+    cooldown: 0s
 "#;
 
 async fn salve_with(kubeconfig: std::path::PathBuf, dry_run: bool) -> TestSalve {
@@ -375,6 +381,64 @@ async fn a_restart_stamps_restarted_at_and_refuses_paused_and_on_delete_workload
                 .as_ref()
         )
         .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_partitioned_statefulset_rollout_counts_as_done_the_way_kubectl_counts_it() {
+    let Some(plane) = ControlPlane::get() else {
+        return;
+    };
+    let ns = plane.namespace("partition").await;
+    let client = plane.client().await;
+    let mut sts = statefulset("pg", 3, "RollingUpdate");
+    sts["spec"]["updateStrategy"]["rollingUpdate"] = json!({"partition": 2});
+    create_statefulset(&client, &ns.name, sts).await;
+    let s = salve_on(plane).await;
+    let firing = sts_alert("StatefulSetCanary", &ns.name, "pg", "aaaa000000000030");
+    s.post_alerts(&firing).await;
+    s.settled(1).await;
+    // Only ordinal 2 (at or above the partition) takes the new template.
+    let what = "the partitioned rollout to update one Pod";
+    let api: Api<k8s_openapi::api::apps::v1::StatefulSet> =
+        Api::namespaced(client.clone(), &ns.name);
+    support::eventually(what, std::time::Duration::from_secs(30), async || {
+        let st = api
+            .get("pg")
+            .await
+            .map_err(|e| e.to_string())?
+            .status
+            .unwrap_or_default();
+        if st.updated_replicas == Some(1) && st.ready_replicas == Some(3) {
+            Ok(())
+        } else {
+            Err(format!("{st:?}"))
+        }
+    })
+    .await;
+    s.post_alerts(&resolved(&firing)).await;
+    let items = s.finished(1).await;
+    assert_eq!(items[0]["state"], "healed", "{:#}", items[0]);
+    let detail = s.detail(items[0]["id"].as_str().unwrap()).await;
+    let verification = &events(&detail, "verification")[0]["detail"];
+    let last = verification["polls"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["rollout"]["status"], "done", "{verification:#}");
+    assert!(
+        last["rollout"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("partitioned roll out complete: 1 new pods"),
+        "{verification:#}"
+    );
+    let st = api.get("pg").await.unwrap().status.unwrap();
+    assert_ne!(
+        st.current_revision, st.update_revision,
+        "two Pods keep the old template"
     );
 }
 
