@@ -21,7 +21,9 @@ use async_trait::async_trait;
 use chrono::Utc;
 use proptest::prelude::*;
 use salve::alert::Delivery;
-use salve::cluster::{Change, Cluster, ClusterError, Revision, TargetRef, Workload, Written};
+use salve::cluster::{
+    Change, Cluster, ClusterError, Notice, Revision, TargetRef, Workload, Written,
+};
 use salve::engine::{Engine, Limits, Seams};
 use salve::ingest::IncidentSink;
 use salve::store::Store;
@@ -132,6 +134,14 @@ impl Cluster for Scripted {
 
     async fn revisions(&self, _w: &Workload) -> Result<Vec<Revision>, ClusterError> {
         Ok(Vec::new())
+    }
+
+    async fn record_event(&self, _w: &Workload, _n: &Notice) -> Result<(), ClusterError> {
+        Ok(())
+    }
+
+    async fn annotate(&self, _w: &Workload, _k: &str, _v: &str) -> Result<(), ClusterError> {
+        Ok(())
     }
 
     async fn write(
@@ -321,8 +331,13 @@ async fn run(ops: Vec<Op>) -> Result<(i32, u32), TestCaseError> {
     let mut writes: Vec<(String, String)> = Vec::new();
     for r in &all {
         for e in store.timeline(&r.id).await.unwrap() {
-            if e.kind == "kube_call" && e.detail["verb"] == "PATCH" && e.detail["dry_run"] == false
-            {
+            let change = e.detail["verb"] == "PATCH"
+                && e.detail["dry_run"] == false
+                && !e.detail["path"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("fieldManager=salve-record");
+            if e.kind == "kube_call" && change {
                 writes.push((e.at.clone(), r.id.clone()));
             }
         }

@@ -55,7 +55,7 @@ async fn a_firing_alert_scales_the_deployment_by_the_rules_step() {
     let patches: Vec<_> = kube
         .requests()
         .into_iter()
-        .filter(|r| r.method == "PATCH")
+        .filter(|r| r.method == "PATCH" && !r.is_record_keeping())
         .collect();
     assert_eq!(patches.len(), 2, "{patches:?}");
     assert!(patches[0].dry_run() && !patches[1].dry_run());
@@ -75,25 +75,49 @@ async fn a_firing_alert_scales_the_deployment_by_the_rules_step() {
     assert_eq!(input["alert"]["labels"]["alertname"], "HighRequestLatency");
     assert_eq!(input["target"]["replicas"], 2);
     assert_eq!(policy[0]["detail"]["verdict"]["allowed"], true);
-    let calls = events(&detail, "kube_call");
-    let described: Vec<(String, bool, Value)> = calls
-        .iter()
-        .map(|c| {
-            (
-                c["detail"]["verb"].as_str().unwrap().to_owned(),
-                c["detail"]["dry_run"].as_bool().unwrap(),
-                c["detail"]["status"].clone(),
-            )
-        })
-        .collect();
+    // Then the record-keeping, just after the state moved to verifying: an Event (this
+    // fake serves no events API: 404, which never fails the remediation) and the
+    // annotation on the workload.
+    let id = r["id"].as_str().unwrap();
+    let described = support::eventually(
+        "the record-keeping calls",
+        std::time::Duration::from_secs(10),
+        async || {
+            let detail = s.detail(id).await;
+            let described: Vec<(String, bool, Value)> = events(&detail, "kube_call")
+                .iter()
+                .map(|c| {
+                    (
+                        c["detail"]["verb"].as_str().unwrap().to_owned(),
+                        c["detail"]["dry_run"].as_bool().unwrap(),
+                        c["detail"]["status"].clone(),
+                    )
+                })
+                .collect();
+            if described.len() >= 5 {
+                Ok(described)
+            } else {
+                Err(format!("{described:?}"))
+            }
+        },
+    )
+    .await;
     assert_eq!(
         described,
         vec![
             ("GET".into(), false, Value::from(200)),
             ("PATCH".into(), true, Value::from(200)),
             ("PATCH".into(), false, Value::from(200)),
+            ("POST".into(), false, Value::from(404)),
+            ("PATCH".into(), false, Value::from(200)),
         ]
     );
+    let stamped = kube.get("deployments", "shop", "checkout").unwrap()["metadata"]["annotations"]
+        ["salve.io/last-remediation"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(stamped.starts_with(r["id"].as_str().unwrap()), "{stamped}");
 }
 
 #[tokio::test]

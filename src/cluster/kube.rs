@@ -7,12 +7,16 @@
 
 use async_trait::async_trait;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::events::v1::Event;
 use kube::Client;
-use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 use super::workload::RESTARTED_AT_ANNOTATION;
-use super::{Change, Cluster, ClusterError, Revision, TargetRef, Workload, WorkloadKind, Written};
+use super::{
+    Change, Cluster, ClusterError, Notice, RECORD_FIELD_MANAGER, Revision, TargetRef, Workload,
+    WorkloadKind, Written,
+};
 
 /// The field manager salve's writes are attributed to (visible in `managedFields`).
 pub const FIELD_MANAGER: &str = "salve";
@@ -65,6 +69,47 @@ fn params(dry_run: bool) -> PatchParams {
 
 #[async_trait]
 impl Cluster for KubeCluster {
+    async fn record_event(&self, workload: &Workload, notice: &Notice) -> Result<(), ClusterError> {
+        let t = &workload.target;
+        let event = json!({
+            "metadata": {"generateName": format!("{}.salve-", t.name), "namespace": t.namespace},
+            "eventTime": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            "reportingController": FIELD_MANAGER,
+            "reportingInstance": notice.reporting_instance,
+            "action": notice.action,
+            "reason": notice.reason,
+            "note": notice.note.chars().take(1000).collect::<String>(),
+            "type": "Normal",
+            "regarding": {"apiVersion": "apps/v1", "kind": t.kind.as_str(), "namespace": t.namespace,
+                          "name": t.name, "uid": workload.uid},
+        });
+        let event: Event =
+            serde_json::from_value(event).map_err(|e| ClusterError::Transport(e.to_string()))?;
+        Api::<Event>::namespaced(self.client.clone(), &t.namespace)
+            .create(&PostParams::default(), &event)
+            .await
+            .map(drop)
+            .map_err(cluster_error)
+    }
+
+    async fn annotate(
+        &self,
+        workload: &Workload,
+        key: &str,
+        value: &str,
+    ) -> Result<(), ClusterError> {
+        let patch = json!({"metadata": {"annotations": {key: value}}});
+        let pp = PatchParams {
+            field_manager: Some(RECORD_FIELD_MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
+        self.api(&workload.target)
+            .patch(&workload.target.name, &pp, &Patch::Merge(&patch))
+            .await
+            .map(drop)
+            .map_err(cluster_error)
+    }
+
     async fn read(&self, target: &TargetRef) -> Result<Workload, ClusterError> {
         let obj = self
             .api(target)

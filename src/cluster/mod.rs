@@ -150,6 +150,27 @@ impl ApiCall {
         }
     }
 
+    /// The POST of an Event about the workload.
+    pub fn record_event(target: &TargetRef) -> ApiCall {
+        ApiCall {
+            verb: "POST",
+            path: format!(
+                "/apis/events.k8s.io/v1/namespaces/{}/events",
+                target.namespace
+            ),
+            dry_run: false,
+        }
+    }
+
+    /// The PATCH of the `salve.io/last-remediation` annotation.
+    pub fn annotate(target: &TargetRef) -> ApiCall {
+        ApiCall {
+            verb: "PATCH",
+            path: format!("{}?fieldManager={RECORD_FIELD_MANAGER}", target.path()),
+            dry_run: false,
+        }
+    }
+
     /// The LIST of a Deployment's ReplicaSets.
     pub fn list_revisions(target: &TargetRef) -> ApiCall {
         ApiCall {
@@ -221,6 +242,19 @@ pub trait Cluster: Send + Sync {
     /// LIST the Deployment's ReplicaSets (its revisions), oldest first.
     async fn revisions(&self, workload: &Workload) -> Result<Vec<Revision>, ClusterError>;
 
+    /// POST a Kubernetes Event (`events.k8s.io/v1`) about the workload, so `kubectl
+    /// describe` and every cluster event pipeline see what salve did.
+    async fn record_event(&self, workload: &Workload, event: &Notice) -> Result<(), ClusterError>;
+
+    /// PATCH one annotation onto the workload's metadata (no precondition: it records, it
+    /// does not change what runs).
+    async fn annotate(
+        &self,
+        workload: &Workload,
+        key: &str,
+        value: &str,
+    ) -> Result<(), ClusterError>;
+
     /// PATCH the change, made conditional on the `resourceVersion` read with `workload`
     /// (a stale write is a 409). With `dry_run` the server validates and persists nothing.
     async fn write(
@@ -230,6 +264,26 @@ pub trait Cluster: Send + Sync {
         dry_run: bool,
     ) -> Result<Written, ClusterError>;
 }
+
+/// A Kubernetes Event salve posts about a change it made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// `SalveScaled`, `SalveRolledBack`, `SalveRestarted` or `SalveReverted`.
+    pub reason: &'static str,
+    /// `Scale`, `Rollback`, `Restart` or `Revert`.
+    pub action: &'static str,
+    /// Names the alert, the rule and the remediation.
+    pub note: String,
+    /// This replica (`host/incarnation`).
+    pub reporting_instance: String,
+}
+
+/// The annotation a workload carries after salve changed it: the remediation and when.
+pub const LAST_REMEDIATION_ANNOTATION: &str = "salve.io/last-remediation";
+
+/// The field manager of salve's record-keeping writes (the annotation), distinct from
+/// its changes, so audit logs and `managedFields` tell the two apart.
+pub const RECORD_FIELD_MANAGER: &str = "salve-record";
 
 /// What the API server said a write produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

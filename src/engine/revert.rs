@@ -155,7 +155,6 @@ impl Engine {
                 }
                 Ok(_) => {}
             }
-            let summary = format!("executing: {}", revert_plan.description);
             match self
                 .send(
                     run,
@@ -163,7 +162,7 @@ impl Engine {
                     &now,
                     &undo,
                     ActionKind::Revert,
-                    &summary,
+                    &revert_plan.description,
                 )
                 .await?
             {

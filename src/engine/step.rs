@@ -11,7 +11,7 @@ use super::admission::{Admission, Gate, NotSent};
 use super::ladder::{Finish, Run};
 use super::plan::{self, Plan, Planned};
 use super::{Engine, EngineError};
-use crate::cluster::{ApiCall, Change, Cluster, Workload};
+use crate::cluster::{ApiCall, Change, Cluster, LAST_REMEDIATION_ANNOTATION, Notice, Workload};
 use crate::remediation::{Event, Mode};
 use crate::rules::ActionSpec;
 use crate::store::EventKind;
@@ -115,7 +115,6 @@ impl Engine {
                 }
                 Ok(_) => {}
             }
-            let summary = format!("executing: {}", plan.description);
             match self
                 .send(
                     run,
@@ -123,7 +122,7 @@ impl Engine {
                     workload,
                     change,
                     ActionKind::Step,
-                    &summary,
+                    &plan.description,
                 )
                 .await?
             {
@@ -160,8 +159,9 @@ impl Engine {
     }
 
     /// The real write, fenced: the intent (lease held, rate slot, `executing`) is
-    /// committed first; then the PATCH; then `verifying` if it landed, or back where the
-    /// remediation was if the API server refused it.
+    /// committed first; then the PATCH; then `verifying` if it landed (and the change is
+    /// announced on the workload), or back where the remediation was if the API server
+    /// refused it.
     pub(super) async fn send(
         &self,
         run: &mut Run<'_>,
@@ -169,9 +169,10 @@ impl Engine {
         workload: &Workload,
         change: &Change,
         kind: ActionKind,
-        summary: &str,
+        description: &str,
     ) -> Result<Sent, EngineError> {
-        if let Err(not_sent) = self.reserve(run, kind, summary).await? {
+        let summary = format!("executing: {description}");
+        if let Err(not_sent) = self.reserve(run, kind, &summary).await? {
             return Ok(Sent::NotSent(not_sent));
         }
         let result = self
@@ -204,7 +205,7 @@ impl Engine {
             }
         };
         let summary = match &sent {
-            Sent::Accepted(_) => summary.replacen("executing:", "verifying:", 1),
+            Sent::Accepted(_) => format!("verifying: {description}"),
             _ => format!("{summary} (refused by the API server; nothing changed)"),
         };
         if let Some(to) = store
@@ -213,7 +214,60 @@ impl Engine {
         {
             run.state = to;
         }
+        if let Sent::Accepted(_) = sent {
+            self.announce(run, cluster, workload, change, kind, description)
+                .await?;
+        }
         Ok(sent)
+    }
+
+    /// Makes a change visible in Kubernetes itself: an Event on the workload and its
+    /// `salve.io/last-remediation` annotation. Best effort: each call is on the timeline,
+    /// and a refusal (say, RBAC without `events`) never fails the remediation.
+    async fn announce(
+        &self,
+        run: &Run<'_>,
+        cluster: &dyn Cluster,
+        workload: &Workload,
+        change: &Change,
+        kind: ActionKind,
+        description: &str,
+    ) -> Result<(), EngineError> {
+        let (reason, action) = match (kind, change) {
+            (ActionKind::Revert, _) => ("SalveReverted", "Revert"),
+            (_, Change::Scale { .. }) => ("SalveScaled", "Scale"),
+            (_, Change::Rollback { .. }) => ("SalveRolledBack", "Rollback"),
+            (_, Change::Restart { .. }) => ("SalveRestarted", "Restart"),
+        };
+        let notice = Notice {
+            reason,
+            action,
+            note: format!(
+                "salve: {description} for alert {} (rule {}, remediation {})",
+                run.incident.alert.alertname(),
+                run.rule.name,
+                run.id
+            ),
+            reporting_instance: self.inner.owner.clone(),
+        };
+        let target = &run.target;
+        self.call(
+            run,
+            ApiCall::record_event(target),
+            cluster.record_event(workload, &notice),
+        )
+        .await?
+        .ok();
+        let stamp = format!("{} {}", run.id, crate::store::timestamp(Utc::now()));
+        let key = LAST_REMEDIATION_ANNOTATION;
+        self.call(
+            run,
+            ApiCall::annotate(target),
+            cluster.annotate(workload, key, &stamp),
+        )
+        .await?
+        .ok();
+        Ok(())
     }
 
     /// Reads the workload (and its revisions, for a rollback) and plans the change.

@@ -207,12 +207,28 @@ fn write_kubeconfig(path: &Path, server: &str, ca: &Path, user: &str, token: &st
     std::fs::write(path, text).unwrap();
 }
 
+/// A free loopback port *below* the kernel's ephemeral range: a port the kernel handed
+/// out (port 0) and that was released can be taken again by any outgoing connection
+/// before the child binds it, which once kept the apiserver from starting.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| {
+            r.split_whitespace()
+                .next()
+                .and_then(|p| p.parse::<u16>().ok())
+        })
+        .unwrap_or(32768);
+    let low = 20000.min(ephemeral_start.saturating_sub(4000));
+    let span = u32::from(ephemeral_start - low);
+    let seed = uuid::Uuid::new_v4().as_u128();
+    for i in 0..span {
+        let port = low + ((seed as u32).wrapping_add(i) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port below {ephemeral_start}")
 }
 
 fn openssl(dir: &Path, args: &[&str]) -> Result<(), String> {

@@ -52,9 +52,18 @@ impl Recorded {
         self.query.contains("dryRun=All")
     }
 
-    /// Whether this request could change state (and was not a dry run).
+    /// Whether this request could change a workload (and was not a dry run). salve's
+    /// record-keeping (its Events, its `salve.io/last-remediation` annotation under the
+    /// `salve-record` field manager) changes nothing that runs, and is not counted.
     pub fn is_write(&self) -> bool {
-        !matches!(self.method.as_str(), "GET" | "HEAD") && !self.dry_run()
+        !matches!(self.method.as_str(), "GET" | "HEAD")
+            && !self.dry_run()
+            && !self.is_record_keeping()
+    }
+
+    /// An Event, or salve's annotation patch.
+    pub fn is_record_keeping(&self) -> bool {
+        self.path.contains("/events") || self.query.contains("fieldManager=salve-record")
     }
 }
 
