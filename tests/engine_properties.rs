@@ -22,7 +22,7 @@ use chrono::Utc;
 use proptest::prelude::*;
 use salve::alert::Delivery;
 use salve::cluster::{
-    Change, Cluster, ClusterError, Notice, Revision, TargetRef, Workload, Written,
+    Autoscaler, Change, Cluster, ClusterError, Notice, Revision, TargetRef, Workload, Written,
 };
 use salve::engine::{Engine, Limits, Seams};
 use salve::ingest::IncidentSink;
@@ -134,6 +134,10 @@ impl Cluster for Scripted {
 
     async fn revisions(&self, _w: &Workload) -> Result<Vec<Revision>, ClusterError> {
         Ok(Vec::new())
+    }
+
+    async fn autoscaler(&self, _t: &TargetRef) -> Result<Option<Autoscaler>, ClusterError> {
+        Ok(None)
     }
 
     async fn record_event(&self, _w: &Workload, _n: &Notice) -> Result<(), ClusterError> {

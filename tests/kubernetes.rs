@@ -125,10 +125,7 @@ async fn a_latency_alert_scales_a_real_deployment_and_heals_once_rolled_out_and_
     let detail = s.detail(items[0]["id"].as_str().unwrap()).await;
     let calls: Vec<(String, bool, Value)> = events(&detail, "kube_call")
         .iter()
-        .filter(|c| {
-            c["detail"]["verb"] != "GET"
-                || c["detail"]["path"].as_str().unwrap().ends_with("checkout")
-        })
+        .filter(|c| c["detail"]["verb"] != "LIST")
         .take(3)
         .map(|c| {
             (
@@ -613,6 +610,73 @@ async fn a_rollback_whose_pods_never_become_ready_is_reverted_to_the_template_sa
         "api:1.1",
         "the template salve replaced is back"
     );
+}
+
+#[tokio::test]
+async fn under_an_hpa_a_scale_raises_its_min_replicas_and_a_revert_restores_it() {
+    let Some(plane) = ControlPlane::get() else {
+        return;
+    };
+    let ns = plane.namespace("hpa").await;
+    let client = plane.client().await;
+    create_deployment(&client, &ns.name, deployment("checkout", 2, "c:1")).await;
+    let hpas: Api<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler> =
+        Api::namespaced(client.clone(), &ns.name);
+    let hpa = json!({
+        "metadata": {"name": "checkout-hpa"},
+        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "checkout"},
+                 "minReplicas": 2, "maxReplicas": 5,
+                 "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]}
+    });
+    hpas.create(&Default::default(), &serde_json::from_value(hpa).unwrap())
+        .await
+        .unwrap();
+    let s = salve_on(plane).await;
+    s.post_alerts(&firing_for(
+        "StallingLatency",
+        &ns.name,
+        "checkout",
+        "aaaa000000000040",
+    ))
+    .await;
+    let items = s.reached(1, &["verifying"]).await;
+    let id = items[0]["id"].as_str().unwrap().to_owned();
+    let min = |h: k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler| {
+        h.spec.unwrap().min_replicas
+    };
+    assert_eq!(min(hpas.get("checkout-hpa").await.unwrap()), Some(3));
+    assert_eq!(
+        replicas_of(&get_deployment(&client, &ns.name, "checkout").await),
+        2,
+        "spec.replicas is the HPA's to set, not salve's"
+    );
+    let detail = s.detail(&id).await;
+    let input = &events(&detail, "policy_evaluated")[0]["detail"]["input"];
+    assert_eq!(
+        input["target"]["autoscaler"]["name"], "checkout-hpa",
+        "{input:#}"
+    );
+    assert_eq!(input["target"]["autoscaler"]["max_replicas"], 5);
+    assert_eq!(input["action"]["to"]["min_replicas"], 3);
+
+    // A new alert on the workload after the change: salve reverts its own change.
+    let mut worse: Value = serde_json::from_str(&firing_for(
+        "HighRequestLatency",
+        &ns.name,
+        "checkout",
+        "aaaa000000000041",
+    ))
+    .unwrap();
+    worse["alerts"][0]["startsAt"] = chrono::Utc::now().to_rfc3339().into();
+    s.post_alerts(&worse.to_string()).await;
+    let items = s.finished(2).await;
+    let first = items.iter().find(|r| r["id"] == id.as_str()).unwrap();
+    let reason = first["reasons"][0].as_str().unwrap();
+    assert!(
+        reason.contains("salve reverted its change (restored the autoscaler's minReplicas to 2)"),
+        "{reason}"
+    );
+    assert_eq!(min(hpas.get("checkout-hpa").await.unwrap()), Some(2));
 }
 
 /// Applies `deploy/rbac.yaml` with its RoleBinding moved to `namespace`.

@@ -106,6 +106,7 @@ async fn a_firing_alert_scales_the_deployment_by_the_rules_step() {
         described,
         vec![
             ("GET".into(), false, Value::from(200)),
+            ("LIST".into(), false, Value::from(200)),
             ("PATCH".into(), true, Value::from(200)),
             ("PATCH".into(), false, Value::from(200)),
             ("POST".into(), false, Value::from(404)),

@@ -7,6 +7,7 @@
 
 use async_trait::async_trait;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::events::v1::Event;
 use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
@@ -14,8 +15,8 @@ use serde_json::{Value, json};
 
 use super::workload::RESTARTED_AT_ANNOTATION;
 use super::{
-    Change, Cluster, ClusterError, Notice, RECORD_FIELD_MANAGER, Revision, TargetRef, Workload,
-    WorkloadKind, Written,
+    Autoscaler, Change, Cluster, ClusterError, Notice, RECORD_FIELD_MANAGER, Revision, TargetRef,
+    Workload, WorkloadKind, Written,
 };
 
 /// The field manager salve's writes are attributed to (visible in `managedFields`).
@@ -121,6 +122,29 @@ impl Cluster for KubeCluster {
         Ok(Workload::from_object(target.clone(), &value))
     }
 
+    async fn autoscaler(&self, target: &TargetRef) -> Result<Option<Autoscaler>, ClusterError> {
+        let api: Api<HorizontalPodAutoscaler> =
+            Api::namespaced(self.client.clone(), &target.namespace);
+        let list = match api.list(&ListParams::default()).await {
+            Ok(list) => list,
+            // The autoscaling API is not served: nothing can manage the workload.
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(None),
+            Err(e) => return Err(cluster_error(e)),
+        };
+        Ok(list.items.into_iter().find_map(|hpa| {
+            let spec = hpa.spec?;
+            let r = &spec.scale_target_ref;
+            let group = r.api_version.as_deref().unwrap_or_default();
+            (r.kind == target.kind.as_str() && r.name == target.name && group.starts_with("apps/"))
+                .then(|| Autoscaler {
+                    name: hpa.metadata.name.unwrap_or_default(),
+                    min_replicas: spec.min_replicas.unwrap_or(1),
+                    max_replicas: spec.max_replicas,
+                    resource_version: hpa.metadata.resource_version.unwrap_or_default(),
+                })
+        }))
+    }
+
     async fn revisions(&self, workload: &Workload) -> Result<Vec<Revision>, ClusterError> {
         let selector = workload
             .selector
@@ -175,6 +199,19 @@ impl Cluster for KubeCluster {
                     "spec": {"template": {"metadata": {"annotations": {RESTARTED_AT_ANNOTATION: restarted_at}}}}
                 });
                 api.patch(name, &pp, &Patch::Merge(&patch)).await.map(written)
+            }
+            Change::AutoscalerMin { autoscaler, min_replicas } => {
+                let api: Api<HorizontalPodAutoscaler> =
+                    Api::namespaced(self.client.clone(), &workload.target.namespace);
+                let hpa_rv = workload
+                    .autoscaler
+                    .as_ref()
+                    .map(|a| a.resource_version.clone())
+                    .unwrap_or_default();
+                let patch = json!({"metadata": {"resourceVersion": hpa_rv}, "spec": {"minReplicas": min_replicas}});
+                api.patch(autoscaler, &pp, &Patch::Merge(&patch))
+                    .await
+                    .map(|_| Written::default())
             }
             Change::Rollback { template, annotations, .. } => {
                 let ops: Value = json!([

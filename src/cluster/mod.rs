@@ -130,6 +130,21 @@ pub enum Change {
     },
     /// Stamp `kubectl.kubernetes.io/restartedAt` on the pod template, as `kubectl rollout restart`.
     Restart { restarted_at: String },
+    /// Raise (or, reverting, restore) the `minReplicas` of the HorizontalPodAutoscaler that
+    /// manages the workload: writing `spec.replicas` under an HPA would be undone by it,
+    /// and salve would fight it.
+    AutoscalerMin {
+        autoscaler: String,
+        min_replicas: i32,
+    },
+}
+
+impl Change {
+    /// Whether the change writes the workload itself (and so bumps its generation), rather
+    /// than its autoscaler.
+    pub fn writes_workload(&self) -> bool {
+        !matches!(self, Change::AutoscalerMin { .. })
+    }
 }
 
 /// One API call, described for the audit trail.
@@ -180,11 +195,23 @@ impl ApiCall {
         }
     }
 
+    /// The LIST of the namespace's HorizontalPodAutoscalers (is one managing the workload?).
+    pub fn list_autoscalers(target: &TargetRef) -> ApiCall {
+        ApiCall {
+            verb: "LIST",
+            path: autoscalers_path(&target.namespace),
+            dry_run: false,
+        }
+    }
+
     /// The PATCH a change sends.
     pub fn write(target: &TargetRef, change: &Change, dry_run: bool) -> ApiCall {
         let path = match change {
             Change::Scale { .. } => format!("{}/scale", target.path()),
             Change::Rollback { .. } | Change::Restart { .. } => target.path(),
+            Change::AutoscalerMin { autoscaler, .. } => {
+                format!("{}/{autoscaler}", autoscalers_path(&target.namespace))
+            }
         };
         let path = if dry_run {
             format!("{path}?dryRun=All")
@@ -197,6 +224,21 @@ impl ApiCall {
             dry_run,
         }
     }
+}
+
+fn autoscalers_path(namespace: &str) -> String {
+    format!("/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers")
+}
+
+/// The HorizontalPodAutoscaler that manages a workload, as policy sees it in
+/// `input.target.autoscaler`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Autoscaler {
+    pub name: String,
+    pub min_replicas: i32,
+    pub max_replicas: i32,
+    /// The version a write to it is conditional on.
+    pub resource_version: String,
 }
 
 /// Why a call failed, carrying the API's status so the engine can decide:
@@ -238,6 +280,10 @@ impl ClusterError {
 pub trait Cluster: Send + Sync {
     /// GET the workload and its status.
     async fn read(&self, target: &TargetRef) -> Result<Workload, ClusterError>;
+
+    /// LIST the namespace's HorizontalPodAutoscalers and return the one whose
+    /// `scaleTargetRef` is the workload, if any.
+    async fn autoscaler(&self, target: &TargetRef) -> Result<Option<Autoscaler>, ClusterError>;
 
     /// LIST the Deployment's ReplicaSets (its revisions), oldest first.
     async fn revisions(&self, workload: &Workload) -> Result<Vec<Revision>, ClusterError>;
@@ -296,8 +342,12 @@ pub struct Written {
 impl Written {
     /// The generation the controller must observe before status says anything about this
     /// write: every spec change bumps the generation, so it is at least one past the
-    /// generation read before writing.
-    pub fn generation_after(&self, before: &Workload) -> i64 {
+    /// generation read before writing. An autoscaler's change reaches the workload through
+    /// its controller; the workload's own generation is then the one to observe.
+    pub fn generation_after(&self, before: &Workload, change: &Change) -> i64 {
+        if !change.writes_workload() {
+            return before.generation;
+        }
         self.generation.unwrap_or(0).max(before.generation + 1)
     }
 }

@@ -53,6 +53,9 @@ pub struct Workload {
     /// rolling update is complete.
     pub current_revision: Option<String>,
     pub update_revision: Option<String>,
+    /// The HorizontalPodAutoscaler managing the workload, when salve looked (for scale
+    /// steps); `None` when there is none or it was not asked.
+    pub autoscaler: Option<super::Autoscaler>,
 }
 
 /// One entry of `status.conditions`.
@@ -155,6 +158,7 @@ impl Workload {
                 .map(|p| p as i32),
             current_revision: status["currentRevision"].as_str().map(str::to_owned),
             update_revision: status["updateRevision"].as_str().map(str::to_owned),
+            autoscaler: None,
         }
     }
 

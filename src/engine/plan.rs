@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::cluster::rollback::{self, RollbackPlan};
 use crate::cluster::{Change, ClusterError, Revision, TargetRef, Workload};
-use crate::rules::{ActionSpec, ReplicaChange};
+use crate::rules::{ActionSpec, Direction, ReplicaChange, ScaleSpec};
 
 /// A concrete change, described for policy and people.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,6 +42,9 @@ pub fn plan(
 ) -> Result<Planned, ClusterError> {
     let kind = action.kind();
     Ok(match (action, workload) {
+        (ActionSpec::Scale(spec), Some(w)) if w.autoscaler.is_some() => {
+            return Ok(plan_under_autoscaler(spec, target, w));
+        }
         (ActionSpec::Scale(spec), Some(w)) => {
             let to = match spec.desired(w.replicas) {
                 Ok(to) => to,
@@ -131,6 +134,45 @@ pub fn plan(
                 description: format!("restart the pods of {target}"),
             })
         }
+    })
+}
+
+/// A scale of a workload an HPA manages: raise the HPA's `minReplicas` to the count the
+/// rule asks for (bounded by the rule's `max` and the HPA's `maxReplicas`), so the HPA
+/// itself scales up and stays there. Writing `spec.replicas` would be undone by the HPA.
+/// A scale-down is the autoscaler's to make.
+fn plan_under_autoscaler(spec: &ScaleSpec, target: &TargetRef, w: &Workload) -> Planned {
+    let Some(a) = &w.autoscaler else {
+        unreachable!("called for a workload with an autoscaler")
+    };
+    if spec.direction() == Direction::Down {
+        return Planned::NoOp(format!(
+            "{target} is managed by HorizontalPodAutoscaler {}: scaling it down is the autoscaler's to do; salve only raises its minReplicas",
+            a.name
+        ));
+    }
+    let wanted = match spec.desired(w.replicas.max(a.min_replicas)) {
+        Ok(n) => n.min(a.max_replicas),
+        Err(why) => return Planned::NoOp(format!("{target} {why}")),
+    };
+    if wanted <= a.min_replicas {
+        return Planned::NoOp(format!(
+            "{target} is managed by HorizontalPodAutoscaler {} whose minReplicas is already {} (its maxReplicas is {})",
+            a.name, a.min_replicas, a.max_replicas
+        ));
+    }
+    Planned::Act(Plan {
+        change: Some(Change::AutoscalerMin {
+            autoscaler: a.name.clone(),
+            min_replicas: wanted,
+        }),
+        action: "scale",
+        from: json!({"replicas": w.replicas, "min_replicas": a.min_replicas}),
+        to: json!({"replicas": wanted, "min_replicas": wanted}),
+        description: format!(
+            "raise the minReplicas of HorizontalPodAutoscaler {}/{} (it manages {target}) from {} to {wanted}",
+            target.namespace, a.name, a.min_replicas
+        ),
     })
 }
 
@@ -227,6 +269,41 @@ mod tests {
             Utc::now(),
         );
         assert!(err.unwrap_err().to_string().contains("Pods are deleted"));
+    }
+
+    #[test]
+    fn a_scale_under_an_autoscaler_raises_its_min_within_both_maxima() {
+        let mut w = workload(3);
+        w.autoscaler = Some(crate::cluster::Autoscaler {
+            name: "checkout".into(),
+            min_replicas: 2,
+            max_replicas: 4,
+            resource_version: "9".into(),
+        });
+        let Planned::Act(p) = plan(&scale_by(2, 10), &target(), Some(&w), &[], Utc::now()).unwrap()
+        else {
+            panic!("expected a plan")
+        };
+        assert_eq!(
+            p.change,
+            Some(Change::AutoscalerMin {
+                autoscaler: "checkout".into(),
+                min_replicas: 4
+            }),
+            "3 + 2 capped by the HPA's maxReplicas"
+        );
+        assert_eq!(p.from, json!({"replicas": 3, "min_replicas": 2}));
+        // At the HPA's max already: nothing to raise.
+        w.autoscaler.as_mut().unwrap().min_replicas = 4;
+        assert!(matches!(
+            plan(&scale_by(1, 10), &target(), Some(&w), &[], Utc::now()).unwrap(),
+            Planned::NoOp(_)
+        ));
+        // A scale-down is the autoscaler's to make.
+        assert!(matches!(
+            plan(&scale_by(-1, 10), &target(), Some(&w), &[], Utc::now()).unwrap(),
+            Planned::NoOp(r) if r.contains("autoscaler's to do")
+        ));
     }
 
     #[test]

@@ -39,6 +39,14 @@ pub fn still_salves(change: &Change, now: &Workload) -> Result<(), String> {
             Ok(())
         }
         Change::Restart { .. } => Err("it was restarted again since".to_owned()),
+        Change::AutoscalerMin { min_replicas, .. } => match &now.autoscaler {
+            Some(a) if a.min_replicas == *min_replicas => Ok(()),
+            Some(a) => Err(format!(
+                "its autoscaler's minReplicas is {}, not the {min_replicas} salve set",
+                a.min_replicas
+            )),
+            None => Err("no autoscaler manages it any more".to_owned()),
+        },
     }
 }
 
@@ -60,6 +68,16 @@ fn undo(change: &Change, before: &Workload) -> Option<(Change, String)> {
             "restored the previous pod template".to_owned(),
         )),
         Change::Restart { .. } => None,
+        Change::AutoscalerMin { autoscaler, .. } => {
+            let min = before.autoscaler.as_ref()?.min_replicas;
+            Some((
+                Change::AutoscalerMin {
+                    autoscaler: autoscaler.clone(),
+                    min_replicas: min,
+                },
+                format!("restored the autoscaler's minReplicas to {min}"),
+            ))
+        }
     }
 }
 
@@ -96,17 +114,15 @@ impl Engine {
             if self.inner.stopping.is_cancelled() {
                 return Ok(Err(Ending::Leave("shutting down before the revert")));
             }
+            let with_autoscaler = !change.writes_workload();
             let now = match self
-                .call(run, ApiCall::read(&run.target), cluster.read(&run.target))
+                .read_workload(run, cluster.as_ref(), with_autoscaler)
                 .await?
             {
                 Ok(w) => w,
-                Err(e) => {
+                Err(why) => {
                     return self
-                        .not_reverted(
-                            run,
-                            format!("the revert failed: cannot read {}: {e}", run.target),
-                        )
+                        .not_reverted(run, format!("the revert failed: {why}"))
                         .await;
                 }
             };

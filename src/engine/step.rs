@@ -189,7 +189,7 @@ impl Engine {
                 run.changed += 1;
                 (
                     Event::WriteAccepted,
-                    Sent::Accepted(written.generation_after(workload)),
+                    Sent::Accepted(written.generation_after(workload, change)),
                 )
             }
             Err(e) => {
@@ -235,7 +235,7 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let (reason, action) = match (kind, change) {
             (ActionKind::Revert, _) => ("SalveReverted", "Revert"),
-            (_, Change::Scale { .. }) => ("SalveScaled", "Scale"),
+            (_, Change::Scale { .. } | Change::AutoscalerMin { .. }) => ("SalveScaled", "Scale"),
             (_, Change::Rollback { .. }) => ("SalveRolledBack", "Rollback"),
             (_, Change::Restart { .. }) => ("SalveRestarted", "Restart"),
         };
@@ -270,6 +270,42 @@ impl Engine {
         Ok(())
     }
 
+    /// Reads the workload, and for a scale the autoscaler that may manage it (if salve
+    /// cannot tell whether one does, it does not guess: the read fails).
+    pub(super) async fn read_workload(
+        &self,
+        run: &Run<'_>,
+        cluster: &dyn Cluster,
+        with_autoscaler: bool,
+    ) -> Result<Result<Workload, String>, EngineError> {
+        let mut w = match self
+            .call(run, ApiCall::read(&run.target), cluster.read(&run.target))
+            .await?
+        {
+            Ok(w) => w,
+            Err(e) => return Ok(Err(format!("cannot read {}: {e}", run.target))),
+        };
+        if with_autoscaler {
+            match self
+                .call(
+                    run,
+                    ApiCall::list_autoscalers(&run.target),
+                    cluster.autoscaler(&run.target),
+                )
+                .await?
+            {
+                Ok(a) => w.autoscaler = a,
+                Err(e) => {
+                    return Ok(Err(format!(
+                        "cannot tell whether an autoscaler manages {}: {e}",
+                        run.target
+                    )));
+                }
+            }
+        }
+        Ok(Ok(w))
+    }
+
     /// Reads the workload (and its revisions, for a rollback) and plans the change.
     async fn read_and_plan(
         &self,
@@ -280,17 +316,10 @@ impl Engine {
         let workload = match &self.inner.cluster {
             None => None,
             Some(cluster) => {
-                let w = match self
-                    .call(run, ApiCall::read(&run.target), cluster.read(&run.target))
-                    .await?
-                {
+                let scale = matches!(spec, ActionSpec::Scale(_));
+                let w = match self.read_workload(run, cluster.as_ref(), scale).await? {
                     Ok(w) => w,
-                    Err(e) => {
-                        return Ok(Err(Step::Failed(format!(
-                            "cannot read {}: {e}",
-                            run.target
-                        ))));
-                    }
+                    Err(why) => return Ok(Err(Step::Failed(why))),
                 };
                 if *spec == ActionSpec::Rollback {
                     match self

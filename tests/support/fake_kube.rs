@@ -737,6 +737,14 @@ impl FakeKube {
                 }),
             )
             .route("/apis/apps/v1", get(|| async { Json(resource_list()) }))
+            // No autoscalers here: salve's question "does an HPA manage it?" gets "no".
+            .route(
+                "/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers",
+                get(|| async {
+                    Json(json!({"kind": "HorizontalPodAutoscalerList", "apiVersion": "autoscaling/v2",
+                                "metadata": {"resourceVersion": "1"}, "items": []}))
+                }),
+            )
             .route("/apis/apps/v1/{resource}", get(list_all))
             .route("/apis/apps/v1/namespaces/{ns}/{resource}", get(list_namespaced))
             .route("/apis/apps/v1/namespaces/{ns}/{resource}/{name}", get(object).patch(object).put(object))
