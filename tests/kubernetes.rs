@@ -947,3 +947,51 @@ async fn sigterm_with_a_ladder_in_flight_exits_within_the_grace_period_and_the_w
     child.kill().unwrap();
     let _ = child.wait();
 }
+
+#[tokio::test]
+async fn salves_writes_are_conditional_on_what_it_read_so_a_real_server_answers_409() {
+    use salve::cluster::{Change, Cluster, KubeCluster, TargetRef, WorkloadKind};
+    let Some(plane) = ControlPlane::get() else {
+        return;
+    };
+    let ns = plane.namespace("conflict").await;
+    let client = plane.client().await;
+    create_deployment(&client, &ns.name, deployment("checkout", 2, "c:1")).await;
+    let cluster = KubeCluster::new(client.clone());
+    let target = TargetRef::new(WorkloadKind::Deployment, &ns.name, "checkout").unwrap();
+    let read = cluster.read(&target).await.unwrap();
+    // Someone else writes between salve's read and its write.
+    let api: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    api.patch(
+        "checkout",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"metadata": {"annotations": {"someone": "else"}}})),
+    )
+    .await
+    .unwrap();
+    for change in [
+        Change::Scale { replicas: 3 },
+        Change::Restart {
+            restarted_at: "2026-11-30T00:00:00Z".into(),
+        },
+    ] {
+        for dry_run in [true, false] {
+            let err = cluster.write(&read, &change, dry_run).await.unwrap_err();
+            assert!(err.is_conflict(), "{change:?} dry_run={dry_run}: {err}");
+        }
+    }
+    assert_eq!(
+        replicas_of(&get_deployment(&client, &ns.name, "checkout").await),
+        2
+    );
+    // On fresh state the same write goes through.
+    let fresh = cluster.read(&target).await.unwrap();
+    cluster
+        .write(&fresh, &Change::Scale { replicas: 3 }, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        replicas_of(&get_deployment(&client, &ns.name, "checkout").await),
+        3
+    );
+}
