@@ -106,3 +106,51 @@ async fn after_a_crash_during_verification_salve_escalates_instead_of_guessing()
     assert_eq!(sent[0]["remediation_id"], id.as_str());
     assert!(kube.writes().is_empty(), "no next step is taken blindly");
 }
+
+#[tokio::test]
+async fn a_remediation_this_replica_lost_track_of_is_settled_without_a_restart() {
+    let kube = FakeKube::start().await;
+    kube.add_deployment("shop", "checkout", 3, "checkout:1.4");
+    let capture = support::Capture::start().await;
+    let s = spawn_salve(Options {
+        kube: Some(kube.clone()),
+        escalation_webhook_url: Some(capture.url.clone()),
+        ..Options::default()
+    })
+    .await;
+    // What a database error mid-ladder leaves: a remediation of this live replica's,
+    // verifying, that no task of this replica drives any more.
+    let (_, id) = support::seed_remediation_owned(
+        &s.salve.store,
+        7,
+        ("shop", "checkout"),
+        "scale",
+        Utc::now(),
+        s.salve.engine.owner(),
+    )
+    .await;
+    for (from, event) in [
+        (RemediationState::Pending, Event::WriteIntent),
+        (RemediationState::Executing, Event::WriteAccepted),
+    ] {
+        let moved = s
+            .salve
+            .store
+            .transition(&id, from, event, "", &[], Utc::now())
+            .await
+            .unwrap();
+        assert!(moved.is_some());
+    }
+    let items = s.finished(1).await;
+    assert_eq!(items[0]["state"], "escalated", "{:#}", items[0]);
+    assert!(
+        items[0]["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("its task ended on an error"),
+        "{:#}",
+        items[0]
+    );
+    assert_eq!(capture.received(1).await.len(), 1);
+    assert!(kube.writes().is_empty(), "nothing repeated blindly");
+}

@@ -48,7 +48,7 @@ use crate::policy::PolicySet;
 use crate::remediation::{Event, Mode, RemediationState};
 use crate::rules::{Rule, RuleSet};
 use crate::store::incidents::Decision;
-use crate::store::{NewRemediation, Store, StoreError};
+use crate::store::{NewRemediation, RemediationRecord, Store, StoreError};
 use crate::verify::Prometheus;
 pub use input::{HISTORY_WINDOW, INPUT_VERSION};
 pub use ladder::LEARNING_WINDOW;
@@ -83,6 +83,9 @@ pub struct Limits {
     pub lock_lease: Duration,
     /// How long a replica counts as alive after its last heartbeat.
     pub heartbeat_ttl: Duration,
+    /// How often recovery runs again (dead owners' work, this replica's stalled work) and
+    /// undecided incidents are looked for.
+    pub sweep_every: Duration,
     /// How often the escalation outbox looks for retries, refreshes and resolutions (and
     /// the first retry's delay).
     pub outbox_every: Duration,
@@ -106,6 +109,7 @@ impl Default for Limits {
             lock_lease: Duration::from_secs(120),
             heartbeat_ttl: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(20),
+            sweep_every: Duration::from_secs(30),
             outbox_every: Duration::from_secs(5),
             escalation_refresh: Duration::from_secs(60),
             conflict_retries: 3,
@@ -183,8 +187,7 @@ impl crate::ingest::IncidentSink for WorkQueue {
     }
 }
 
-/// How often stored-but-undecided incidents are looked for, and how old they must be.
-const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// How old a stored-but-undecided incident must be before the sweep decides it.
 const SWEEP_MIN_AGE: chrono::Duration = chrono::Duration::seconds(60);
 
 impl Engine {
@@ -253,7 +256,7 @@ impl Engine {
         let handle = tokio::spawn(async move {
             let permits = Arc::new(Semaphore::new(engine.inner.limits.concurrency));
             let mut tasks = JoinSet::new();
-            let mut sweep = tokio::time::interval(SWEEP_EVERY);
+            let mut sweep = tokio::time::interval(engine.inner.limits.sweep_every);
             let mut heartbeat = tokio::time::interval(engine.inner.limits.heartbeat_ttl / 3);
             let mut outbox = tokio::time::interval(engine.inner.limits.outbox_every);
             let mut recovered = false;
@@ -371,7 +374,7 @@ impl Engine {
         let engine = self.clone();
         tasks.spawn(async move {
             if let Err(e) = engine.handle_incident(&id).await {
-                warn!(incident = %id, error = %e, "incident left undecided; it will be retried");
+                warn!(incident = %id, error = %e, "handling this incident failed; recovery settles what it left and the sweep decides it if it is still undecided");
             }
             drop(permit);
         });
@@ -435,10 +438,60 @@ impl Engine {
                 resumed.push(orphan.id);
             }
         }
+        resumed.extend(self.settle_stalled().await?);
         Ok(Recovered {
             undecided: store.undecided_firing_incidents().await?,
             resumed,
         })
+    }
+
+    /// Settles this replica's own remediations that nothing here is working on (a database
+    /// error ended the task driving them): `verifying` is escalated, `executing` is
+    /// interrupted (never re-sent), and `pending` ones are returned to be resumed.
+    async fn settle_stalled(&self) -> Result<Vec<String>, EngineError> {
+        let store = &self.inner.store;
+        let idle = |incident: &str| {
+            self.inner
+                .in_flight
+                .lock()
+                .map(|s| !s.contains(incident))
+                .unwrap_or(false)
+        };
+        let settle = [
+            (
+                RemediationState::Verifying,
+                Event::Escalate,
+                "escalated: salve lost track of this change's verification (an error cut it short); a human should check it",
+            ),
+            (
+                RemediationState::Executing,
+                Event::Interrupt,
+                "salve lost track of this change while sending it (an error cut it short); it was not re-sent. Check the workload.",
+            ),
+        ];
+        for (state, event, summary) in settle {
+            for (id, incident) in store.owned_remediations(state, &self.inner.owner).await? {
+                if !idle(&incident) {
+                    continue;
+                }
+                let reason = "its task ended on an error; settled by this replica's recovery";
+                let moved = store
+                    .transition(&id, state, event, summary, &[reason.to_owned()], Utc::now())
+                    .await?;
+                if moved == Some(RemediationState::Escalated) {
+                    self.escalate_stored(&id, reason, summary).await?;
+                }
+                warn!(remediation = %id, "{summary}");
+            }
+        }
+        let pending = store
+            .owned_remediations(RemediationState::Pending, &self.inner.owner)
+            .await?;
+        Ok(pending
+            .into_iter()
+            .filter(|(_, incident)| idle(incident))
+            .map(|(id, _)| id)
+            .collect())
     }
 
     /// Resumes a pending remediation this replica adopted (see [`Engine::recover`]).
@@ -486,6 +539,19 @@ impl Engine {
         let Some(r) = store.remediation(id).await? else {
             return Ok(());
         };
+        // One task per incident in this process: a resume never races a decision.
+        let incident_id = r.incident_id.clone();
+        if !self.claim_in_flight(&incident_id) {
+            return Ok(());
+        }
+        let result = self.resume_claimed(r).await;
+        self.release_in_flight(&incident_id);
+        result
+    }
+
+    async fn resume_claimed(&self, r: RemediationRecord) -> Result<(), EngineError> {
+        let store = &self.inner.store;
+        let id = r.id.as_str();
         let Some(incident) = store.incident(&r.incident_id).await? else {
             return Ok(());
         };
@@ -521,22 +587,29 @@ impl Engine {
         .await
     }
 
-    /// Decides for one incident and, if a rule matches, drives its remediation.
-    /// Safe to call twice for one incident: only the first opens a remediation.
-    pub async fn handle_incident(&self, incident_id: &str) -> Result<(), EngineError> {
-        if !self
-            .inner
+    /// Marks an incident as being worked on in this process; `false` if it already is.
+    fn claim_in_flight(&self, incident_id: &str) -> bool {
+        self.inner
             .in_flight
             .lock()
             .map(|mut s| s.insert(incident_id.to_owned()))
             .unwrap_or(false)
-        {
-            return Ok(());
-        }
-        let result = self.decide(incident_id).await;
+    }
+
+    fn release_in_flight(&self, incident_id: &str) {
         if let Ok(mut s) = self.inner.in_flight.lock() {
             s.remove(incident_id);
         }
+    }
+
+    /// Decides for one incident and, if a rule matches, drives its remediation.
+    /// Safe to call twice for one incident: only the first opens a remediation.
+    pub async fn handle_incident(&self, incident_id: &str) -> Result<(), EngineError> {
+        if !self.claim_in_flight(incident_id) {
+            return Ok(());
+        }
+        let result = self.decide(incident_id).await;
+        self.release_in_flight(incident_id);
         result
     }
 

@@ -81,6 +81,25 @@ impl Store {
             .collect()
     }
 
+    /// This replica's own remediations in `state`, with their incidents, oldest first: the
+    /// engine settles those it is not working on (a database error cut them short).
+    pub async fn owned_remediations(
+        &self,
+        state: RemediationState,
+        me: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, incident_id FROM remediations WHERE state = $1 AND owner = $2 ORDER BY created_at",
+        )
+        .bind(state.as_str())
+        .bind(me)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("incident_id")?)))
+            .collect()
+    }
+
     /// Takes over a dead owner's remediation; `false` when someone else already did (or
     /// it moved on), so exactly one replica settles each.
     pub async fn adopt_remediation(

@@ -153,6 +153,7 @@ impl Default for Options {
             limits: Limits {
                 call_timeout: Duration::from_secs(5),
                 outbox_every: Duration::from_millis(200),
+                sweep_every: Duration::from_millis(500),
                 escalation_refresh: Duration::from_millis(500),
                 ..Limits::default()
             },
@@ -384,9 +385,22 @@ pub fn firing_with(labels: Value, fingerprint: &str) -> String {
 pub async fn seed_remediation(
     store: &salve::store::Store,
     fingerprint: u32,
+    target: (&str, &str),
+    action: &'static str,
+    at: chrono::DateTime<chrono::Utc>,
+) -> (String, String) {
+    // A past run's owner: no heartbeat, so it counts as dead.
+    seed_remediation_owned(store, fingerprint, target, action, at, "seeded/past-run").await
+}
+
+/// [`seed_remediation`] with the remediation owned by `owner` (say, a running salve).
+pub async fn seed_remediation_owned(
+    store: &salve::store::Store,
+    fingerprint: u32,
     (namespace, name): (&str, &str),
     action: &'static str,
     at: chrono::DateTime<chrono::Utc>,
+    owner: &str,
 ) -> (String, String) {
     let body = firing_for(
         "HighRequestLatency",
@@ -415,8 +429,7 @@ pub async fn seed_remediation(
         .unwrap(),
         mode: salve::remediation::Mode::Live,
         summary: "pending".into(),
-        // A past run's owner: no heartbeat, so it counts as dead.
-        owner: "seeded/past-run".into(),
+        owner: owner.into(),
     };
     let id = store
         .create_remediation(&new, &serde_json::json!({}), at)
