@@ -50,3 +50,6 @@ ALTER TABLE escalations ADD COLUMN next_attempt_at TEXT;
 ALTER TABLE escalations ADD COLUMN refreshed_at TEXT;
 ALTER TABLE escalations ADD COLUMN resolved_at TEXT;
 CREATE INDEX escalations_open ON escalations (resolved_at, next_attempt_at);
+-- A human may mark an escalation handled: the outbox then resolves its alert.
+ALTER TABLE escalations ADD COLUMN handled_at TEXT;
+ALTER TABLE escalations ADD COLUMN handled_by TEXT;

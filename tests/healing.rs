@@ -656,3 +656,59 @@ async fn an_escalation_reaches_every_alertmanager_is_retried_kept_alive_and_reso
         "{rounds:#?}"
     );
 }
+
+#[tokio::test]
+async fn a_human_marking_an_escalation_handled_resolves_its_alert() {
+    let kube = FakeKube::start().await;
+    kube.add_deployment("shop", "checkout", 2, "checkout:1.4");
+    let am = Capture::start().await;
+    let s = spawn_salve(Options {
+        kube: Some(kube.clone()),
+        rules: Some(LADDER.to_owned()),
+        alertmanager_urls: vec![am.url.clone()],
+        ..Options::default()
+    })
+    .await;
+    s.post_alerts(&fixture("firing-from-prometheus-rule.json"))
+        .await;
+    let items = s.finished(1).await;
+    let id = items[0]["id"].as_str().unwrap().to_owned();
+    am.received(1).await;
+
+    let mark = |id: String| {
+        s.http
+            .post(format!("{}/api/v1/remediations/{id}/handled", s.url))
+            .json(&json!({"by": "alice (INC-4711)"}))
+            .send()
+    };
+    let answer = mark(id.clone()).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let ends = |body: &Value| {
+        chrono::DateTime::parse_from_rfc3339(body[0]["endsAt"].as_str().unwrap()).unwrap()
+    };
+    support::eventually(
+        "the escalation's alert to be resolved",
+        std::time::Duration::from_secs(10),
+        async || match am.bodies().last().map(&ends) {
+            Some(t) if t <= Utc::now() => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+    let detail = s.detail(&id).await;
+    let rounds = events(&detail, "escalation");
+    assert!(
+        rounds
+            .iter()
+            .any(|r| r["detail"]["by"] == "alice (INC-4711)"),
+        "{rounds:#?}"
+    );
+    assert!(
+        rounds
+            .iter()
+            .any(|r| r["detail"]["reason"] == "marked handled by alice (INC-4711)"),
+        "{rounds:#?}"
+    );
+    // Twice, or for a remediation without an open escalation: 404 with the reason.
+    assert_eq!(mark(id).await.unwrap().status(), 404);
+}

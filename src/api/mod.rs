@@ -196,6 +196,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .route("/-/reload", post(reload))
+        .route("/api/v1/remediations/{id}/handled", post(handled))
         .with_state(state)
 }
 
@@ -371,6 +372,43 @@ async fn require_read(
     // Configuring only an admin token must not open reads to everyone: it also gates them.
     authorize(&tokens, peer, &headers)?;
     Ok(next.run(request).await)
+}
+
+/// Who marked an escalation handled.
+#[derive(Debug, Deserialize, Default)]
+pub struct Handled {
+    /// A name for the audit trail (a person, a ticket).
+    pub by: Option<String>,
+}
+
+/// Marks a remediation's escalation handled (admin token): the escalation's alert is
+/// resolved in Alertmanager by the outbox, and the timeline says who did it.
+async fn handled(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Option<Json<Handled>>,
+) -> Result<Json<serde_json::Value>, HttpError> {
+    authorize(&[state.admin_token.as_deref()], peer, &headers)?;
+    let by = body
+        .and_then(|Json(h)| h.by)
+        .filter(|b| !b.trim().is_empty())
+        .unwrap_or_else(|| "an operator".to_owned());
+    let now = chrono::Utc::now();
+    if !state.store.mark_escalation_handled(&id, &by, now).await? {
+        return Err(HttpError::NotFound(format!(
+            "remediation {id} has no open escalation"
+        )));
+    }
+    let detail = serde_json::json!({"handled": true, "by": by});
+    state
+        .store
+        .append_event(&id, crate::store::EventKind::Escalation, &detail, now)
+        .await?;
+    Ok(Json(
+        serde_json::json!({"remediation_id": id, "handled": true, "by": by}),
+    ))
 }
 
 async fn reload(

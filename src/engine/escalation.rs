@@ -5,7 +5,8 @@
 //! round goes out at once; the outbox retries notifiers that failed (every outbox period,
 //! 5 s, doubling, at most 5 min apart), re-posts the `SalveRemediationFailed` alert to
 //! every Alertmanager every minute with its `endsAt` 5 minutes ahead while the original
-//! alert fires, and resolves it when the original resolves. Every round that delivers or fails is on the timeline.
+//! alert fires, and resolves it when the original resolves or a human marks it handled
+//! (`POST /api/v1/remediations/{id}/handled`). Every round that delivers or fails is on the timeline.
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -156,14 +157,18 @@ impl Engine {
                 .filter(|n| n.keeps_alert())
                 .map(|n| n.name())
                 .collect();
-            if entry.original_resolved {
+            if entry.original_resolved || entry.handled_by.is_some() {
                 let log = self.deliver_round(&e, &live, entry.attempts, now).await?;
                 let all_ok = log
                     .as_array()
                     .is_some_and(|l| l.iter().all(|d| d["ok"] == true));
                 if all_ok {
                     store.resolve_escalation(&entry.remediation_id, now).await?;
-                    let detail = json!({"resolved": true, "reason": "the original alert resolved", "delivered": log});
+                    let why = match &entry.handled_by {
+                        Some(by) => format!("marked handled by {by}"),
+                        None => "the original alert resolved".to_owned(),
+                    };
+                    let detail = json!({"resolved": true, "reason": why, "delivered": log});
                     store
                         .append_event(&entry.remediation_id, EventKind::Escalation, &detail, now)
                         .await?;

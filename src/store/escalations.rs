@@ -21,6 +21,8 @@ pub struct OutboxEntry {
     pub attempts: i64,
     /// Whether the original alert has resolved since (the escalation should resolve too).
     pub original_resolved: bool,
+    /// Who marked it handled, if a human did (the escalation should resolve too).
+    pub handled_by: Option<String>,
     pub refreshed_at: Option<String>,
 }
 
@@ -87,11 +89,11 @@ impl Store {
     ) -> Result<Vec<OutboxEntry>, StoreError> {
         let rows = sqlx::query(
             "SELECT e.remediation_id, e.payload, e.undelivered, e.attempts, e.next_attempt_at, e.refreshed_at,
-                    i.status AS incident_status
+                    e.handled_by, i.status AS incident_status
              FROM escalations e JOIN remediations r ON r.id = e.remediation_id
                   JOIN incidents i ON i.id = r.incident_id
              WHERE e.resolved_at IS NULL AND e.payload IS NOT NULL
-               AND (e.next_attempt_at <= $1 OR i.status = 'resolved'
+               AND (e.next_attempt_at <= $1 OR i.status = 'resolved' OR e.handled_at IS NOT NULL
                     OR (e.undelivered = '[]' AND (e.refreshed_at IS NULL OR e.refreshed_at <= $2)))
              ORDER BY e.created_at LIMIT 100",
         )
@@ -127,10 +129,32 @@ impl Store {
                 undelivered: serde_json::from_str(&undelivered).unwrap_or_default(),
                 attempts: r.try_get("attempts")?,
                 original_resolved: status == "resolved",
+                handled_by: r.try_get("handled_by")?,
                 refreshed_at: r.try_get("refreshed_at")?,
             });
         }
         Ok(due)
+    }
+
+    /// A human says the escalation is handled; the outbox resolves its alert. `false`
+    /// when the remediation has no open escalation.
+    pub async fn mark_escalation_handled(
+        &self,
+        remediation_id: &str,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let marked = sqlx::query(
+            "UPDATE escalations SET handled_at = $1, handled_by = $2
+             WHERE remediation_id = $3 AND resolved_at IS NULL AND handled_at IS NULL",
+        )
+        .bind(timestamp(now))
+        .bind(by)
+        .bind(remediation_id)
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        Ok(marked == 1)
     }
 
     /// The escalation's alert was resolved in Alertmanager; the outbox is done with it.
