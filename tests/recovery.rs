@@ -154,3 +154,50 @@ async fn a_remediation_this_replica_lost_track_of_is_settled_without_a_restart()
     assert_eq!(capture.received(1).await.len(), 1);
     assert!(kube.writes().is_empty(), "nothing repeated blindly");
 }
+
+#[tokio::test]
+async fn salve_serves_at_once_while_a_resumed_ladder_runs_in_the_background() {
+    let kube = FakeKube::start().await;
+    kube.add_deployment("shop", "checkout", 2, "checkout:1.4");
+    let dir = tempfile::tempdir().unwrap();
+    let database = fresh_database(dir.path()).await;
+    let store = Store::open(&database).await.unwrap();
+    // A previous run (now dead) opened this remediation and wrote nothing yet.
+    let (_, id) =
+        support::seed_remediation(&store, 9, ("shop", "checkout"), "scale", Utc::now()).await;
+    drop(store);
+    let rules = r#"
+rules:
+  - name: rule-scale
+    matchers: ['alertname="HighRequestLatency"']
+    target: { kind: Deployment, name: "{{ deployment }}" }
+    action: { scale: { by: 1, max: 10 } }
+    verify: { within: 30s, every: 200ms }
+    cooldown: 0s
+"#;
+    let s = spawn_salve(Options {
+        kube: Some(kube.clone()),
+        database: Some(database),
+        rules: Some(rules.to_owned()),
+        ..Options::default()
+    })
+    .await;
+    s.reached(1, &["verifying"]).await;
+    // The resumed ladder is verifying (for 30 s): the port answers meanwhile.
+    let (health, _) = s.get("/healthz").await;
+    assert_eq!(health, 200);
+    let (status, _) = s
+        .post_alerts(&fixture("firing-single-api-posted.json"))
+        .await;
+    assert_eq!(status, 200);
+    let r = s.detail(&id).await;
+    assert_eq!(
+        r["state"], "verifying",
+        "still running in the background: {r:#}"
+    );
+    assert_eq!(
+        kube.get("deployments", "shop", "checkout").unwrap()["spec"]["replicas"],
+        3,
+        "resumed from a fresh read"
+    );
+}
