@@ -63,6 +63,8 @@ enum Op {
     Human(i32),
     Fault(Fault),
     Wait(u64),
+    /// Wait (at most 5 s) until a remediation has a change under verification.
+    UntilVerifying,
     Crash,
     SecondReplica,
 }
@@ -75,6 +77,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0i32..15).prop_map(Op::Human),
         2 => prop_oneof![Just(Fault::Conflict), Just(Fault::ServerError), Just(Fault::Timeout)].prop_map(Op::Fault),
         3 => (0u64..400).prop_map(Op::Wait),
+        1 => Just(Op::UntilVerifying),
         1 => Just(Op::Crash),
         1 => Just(Op::SecondReplica),
     ]
@@ -285,6 +288,22 @@ async fn run(ops: Vec<Op>) -> Result<(i32, u32), TestCaseError> {
             Op::Human(n) => world.lock().unwrap().humans.push_back(n),
             Op::Fault(f) => world.lock().unwrap().faults.push_back(f),
             Op::Wait(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+            Op::UntilVerifying => {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                while tokio::time::Instant::now() < deadline {
+                    let all = store
+                        .list_remediations(500, None, &Default::default())
+                        .await
+                        .unwrap();
+                    if all
+                        .iter()
+                        .any(|r| r.state == salve::remediation::RemediationState::Verifying)
+                    {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
             Op::Crash => {
                 let dead = replicas.pop().unwrap();
                 dead.worker.abort();
@@ -387,7 +406,7 @@ fn the_hard_cases_keep_the_invariants() {
         // revert: it must leave the human's count alone.
         vec![
             Op::Alert(0),
-            Op::Wait(150),
+            Op::UntilVerifying,
             Op::Human(7),
             Op::NewAlert(3),
             Op::Wait(800),
@@ -406,6 +425,28 @@ fn the_hard_cases_keep_the_invariants() {
             Op::Fault(Fault::Timeout),
             Op::Alert(2),
             Op::Wait(300),
+        ],
+        // Found by this test: a crash after a step was recorded but before the state
+        // change left the remediation pending; resuming it replayed step 1 into a
+        // uniqueness error, and it stayed pending for good.
+        vec![
+            Op::Alert(1),
+            Op::Alert(2),
+            Op::Alert(2),
+            Op::Fault(Fault::Conflict),
+            Op::Crash,
+            Op::Human(14),
+        ],
+        // Found by this test: a pending remediation resumed twice (by the worker's
+        // recovery and another) was re-driven after it had ended, and its lock outlived it.
+        vec![
+            Op::UntilVerifying,
+            Op::NewAlert(3),
+            Op::Human(4),
+            Op::Alert(0),
+            Op::Human(1),
+            Op::Crash,
+            Op::Resolve(1),
         ],
         // Resolved between steps; a crash mid-verification.
         vec![
@@ -439,7 +480,7 @@ fn a_revert_that_meets_a_conflict_is_retried_from_a_fresh_read() {
     // Step 1 lands (2 -> 3); a new alert makes it worse; the revert's write meets a 409.
     let ops = vec![
         Op::Alert(0),
-        Op::Wait(150),
+        Op::UntilVerifying,
         Op::Fault(Fault::Conflict),
         Op::NewAlert(3),
         Op::Wait(800),

@@ -140,6 +140,15 @@ pub enum Change {
 }
 
 impl Change {
+    /// The action it carries out, as stored and as `input.action.type`.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Change::Scale { .. } | Change::AutoscalerMin { .. } => "scale",
+            Change::Rollback { .. } => "rollback",
+            Change::Restart { .. } => "restart",
+        }
+    }
+
     /// Whether the change writes the workload itself (and so bumps its generation), rather
     /// than its autoscaler.
     pub fn writes_workload(&self) -> bool {

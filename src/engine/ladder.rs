@@ -142,12 +142,16 @@ impl Engine {
                 Utc::now(),
             )
             .await?;
-        if let Some(to) = moved {
-            run.state = to;
-            info!(remediation = %run.id, state = %to, summary = %f.summary, "remediation finished");
-            if let Some(reason) = &f.escalate {
-                self.escalate(run, reason, &f.summary).await?;
+        match moved {
+            Some(to) => {
+                run.state = to;
+                info!(remediation = %run.id, state = %to, summary = %f.summary, "remediation finished");
+                if let Some(reason) = &f.escalate {
+                    self.escalate(run, reason, &f.summary).await?;
+                }
             }
+            // Someone else moved it on; if that ended it, no lock of it may outlive it.
+            None => self.inner.store.release_lock_if_finished(&run.id).await?,
         }
         Ok(())
     }

@@ -544,7 +544,11 @@ impl Engine {
         if !self.claim_in_flight(&incident_id) {
             return Ok(());
         }
-        let result = self.resume_claimed(r).await;
+        // Read again under the claim: another task may have finished it meanwhile.
+        let result = match store.remediation(id).await? {
+            Some(r) if r.state == RemediationState::Pending => self.resume_claimed(r).await,
+            _ => Ok(()),
+        };
         self.release_in_flight(&incident_id);
         result
     }

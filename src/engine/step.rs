@@ -127,7 +127,6 @@ impl Engine {
                 .await?
             {
                 Sent::Accepted(written_generation) => {
-                    self.inner.store.begin_step(&run.id, spec.kind()).await?;
                     return Ok(Step::Applied {
                         plan: Box::new(plan),
                         before: Box::new(workload.clone()),
@@ -174,6 +173,14 @@ impl Engine {
         let summary = format!("executing: {description}");
         if let Err(not_sent) = self.reserve(run, kind, &summary).await? {
             return Ok(Sent::NotSent(not_sent));
+        }
+        if kind == ActionKind::Step {
+            // The listing's `action` and step count follow the ladder before the write,
+            // so a crash mid-write is recorded against the right step.
+            self.inner
+                .store
+                .begin_step(&run.id, change.action())
+                .await?;
         }
         let result = self
             .call(

@@ -82,7 +82,9 @@ pub struct SignatureStats {
 const TRIED: &str = "outcome IN ('healed', 'not_healed', 'rollout_failed')";
 
 impl Store {
-    /// Records a finished step.
+    /// Records a finished step. A remediation resumed after its owner died (nothing was
+    /// written: it was `pending`) takes its ladder again from the start, so a step it
+    /// already recorded is recorded again with its new outcome, not refused.
     pub async fn record_attempt(
         &self,
         a: &NewAttempt<'_>,
@@ -91,7 +93,11 @@ impl Store {
         sqlx::query(
             "INSERT INTO attempts (id, remediation_id, step, alertname, target_kind, target_namespace, target_name,
                  action, step_key, started_at, acted_at, finished_at, outcome, seconds_to_heal, detail)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, CAST($14 AS DOUBLE PRECISION), $15)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, CAST($14 AS DOUBLE PRECISION), $15)
+             ON CONFLICT (remediation_id, step) DO UPDATE SET action = excluded.action,
+                 step_key = excluded.step_key, started_at = excluded.started_at, acted_at = excluded.acted_at,
+                 finished_at = excluded.finished_at, outcome = excluded.outcome,
+                 seconds_to_heal = excluded.seconds_to_heal, detail = excluded.detail",
         )
         .bind(new_id())
         .bind(a.remediation_id)

@@ -121,6 +121,19 @@ impl Store {
         }))
     }
 
+    /// Drops the remediation's workload lock if the remediation has ended (a safety net:
+    /// ending a remediation releases its lock in the same transaction already).
+    pub async fn release_lock_if_finished(&self, remediation_id: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "DELETE FROM target_locks WHERE remediation_id = $1 AND EXISTS (
+                 SELECT 1 FROM remediations WHERE id = $1 AND state NOT IN ('pending', 'executing', 'verifying'))",
+        )
+        .bind(remediation_id)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
     /// Extends a lease that is still this holder's and has not lapsed; `false` means the
     /// holder lost the workload and must not write to it again.
     pub async fn renew_lease(
