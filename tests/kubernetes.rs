@@ -92,12 +92,6 @@ fn sts_alert(alertname: &str, ns: &str, name: &str, fingerprint: &str) -> String
     )
 }
 
-fn restarted_at(
-    template_annotations: Option<&std::collections::BTreeMap<String, String>>,
-) -> Option<String> {
-    template_annotations.and_then(|a| a.get("kubectl.kubernetes.io/restartedAt").cloned())
-}
-
 #[tokio::test]
 async fn a_latency_alert_scales_a_real_deployment_and_heals_once_rolled_out_and_resolved() {
     let Some(plane) = ControlPlane::get() else {
@@ -313,32 +307,9 @@ async fn a_restart_stamps_restarted_at_and_refuses_paused_and_on_delete_workload
     };
 
     let web = get_deployment(&client, &ns.name, "web").await;
-    assert!(
-        restarted_at(
-            web.spec
-                .unwrap()
-                .template
-                .metadata
-                .unwrap()
-                .annotations
-                .as_ref()
-        )
-        .is_some()
-    );
+    assert!(restarted_at(&web.spec.unwrap().template).is_some());
     let rolling = get_statefulset(&client, &ns.name, "rolling").await;
-    assert!(
-        restarted_at(
-            rolling
-                .spec
-                .unwrap()
-                .template
-                .metadata
-                .unwrap()
-                .annotations
-                .as_ref()
-        )
-        .is_some()
-    );
+    assert!(restarted_at(&rolling.spec.unwrap().template).is_some());
 
     let frozen = by_target("frozen");
     assert_eq!(frozen["state"], "failed", "{frozen:#}");
@@ -347,19 +318,7 @@ async fn a_restart_stamps_restarted_at_and_refuses_paused_and_on_delete_workload
         "{frozen:#}"
     );
     let untouched = get_deployment(&client, &ns.name, "frozen").await;
-    assert!(
-        restarted_at(
-            untouched
-                .spec
-                .unwrap()
-                .template
-                .metadata
-                .unwrap()
-                .annotations
-                .as_ref()
-        )
-        .is_none()
-    );
+    assert!(restarted_at(&untouched.spec.unwrap().template).is_none());
 
     let ondel = by_target("ondel");
     assert_eq!(ondel["state"], "failed", "{ondel:#}");
@@ -373,18 +332,7 @@ async fn a_restart_stamps_restarted_at_and_refuses_paused_and_on_delete_workload
         "never judged as a rollout"
     );
     let sts = get_statefulset(&client, &ns.name, "ondel").await;
-    assert!(
-        restarted_at(
-            sts.spec
-                .unwrap()
-                .template
-                .metadata
-                .unwrap()
-                .annotations
-                .as_ref()
-        )
-        .is_none()
-    );
+    assert!(restarted_at(&sts.spec.unwrap().template).is_none());
 }
 
 #[tokio::test]
@@ -794,18 +742,7 @@ async fn the_shipped_rbac_allows_every_action_and_nothing_outside_its_bindings()
         Some(2)
     );
     let kv = get_statefulset(&client, &ns.name, "kv").await;
-    assert!(
-        restarted_at(
-            kv.spec
-                .unwrap()
-                .template
-                .metadata
-                .unwrap()
-                .annotations
-                .as_ref()
-        )
-        .is_some()
-    );
+    assert!(restarted_at(&kv.spec.unwrap().template).is_some());
     assert_eq!(
         replicas_of(&get_deployment(&client, &elsewhere.name, "web").await),
         1

@@ -137,3 +137,14 @@ pub fn image_of(d: &Deployment) -> String {
 pub fn replicas_of(d: &Deployment) -> i32 {
     d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
 }
+
+/// `kubectl.kubernetes.io/restartedAt` on a pod template, if a restart set it.
+pub fn restarted_at(template: &k8s_openapi::api::core::v1::PodTemplateSpec) -> Option<String> {
+    template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get("kubectl.kubernetes.io/restartedAt")
+        .cloned()
+}
