@@ -641,8 +641,21 @@ async fn an_escalation_reaches_every_alertmanager_is_retried_kept_alive_and_reso
         }
     })
     .await;
-    let detail = s.detail(&id).await;
-    let rounds = events(&detail, "escalation");
+    // The resolution is recorded just after it was posted.
+    let rounds = support::eventually(
+        "the resolution on the timeline",
+        std::time::Duration::from_secs(10),
+        async || {
+            let detail = s.detail(&id).await;
+            let rounds: Vec<Value> = events(&detail, "escalation").into_iter().cloned().collect();
+            if rounds.iter().any(|r| r["detail"]["resolved"] == true) {
+                Ok(rounds)
+            } else {
+                Err(format!("{rounds:#?}"))
+            }
+        },
+    )
+    .await;
     assert!(
         rounds[0]["detail"]["delivered"]
             .as_array()
@@ -650,10 +663,6 @@ async fn an_escalation_reaches_every_alertmanager_is_retried_kept_alive_and_reso
             .iter()
             .any(|d| d["ok"] == false),
         "the first round's failure is on the record: {rounds:#?}"
-    );
-    assert!(
-        rounds.iter().any(|r| r["detail"]["resolved"] == true),
-        "{rounds:#?}"
     );
 }
 
@@ -695,19 +704,29 @@ async fn a_human_marking_an_escalation_handled_resolves_its_alert() {
         },
     )
     .await;
-    let detail = s.detail(&id).await;
-    let rounds = events(&detail, "escalation");
+    // The resolution is recorded just after it was posted.
+    let rounds = support::eventually(
+        "the resolution on the timeline",
+        std::time::Duration::from_secs(10),
+        async || {
+            let detail = s.detail(&id).await;
+            let rounds: Vec<Value> = events(&detail, "escalation").into_iter().cloned().collect();
+            let resolved = rounds
+                .iter()
+                .any(|r| r["detail"]["reason"] == "marked handled by alice (INC-4711)");
+            if resolved {
+                Ok(rounds)
+            } else {
+                Err(format!("{rounds:#?}"))
+            }
+        },
+    )
+    .await;
     assert!(
         rounds
             .iter()
             .any(|r| r["detail"]["by"] == "alice (INC-4711)"),
-        "{rounds:#?}"
-    );
-    assert!(
-        rounds
-            .iter()
-            .any(|r| r["detail"]["reason"] == "marked handled by alice (INC-4711)"),
-        "{rounds:#?}"
+        "who marked it is on the record: {rounds:#?}"
     );
     // Twice, or for a remediation without an open escalation: 404 with the reason.
     assert_eq!(mark(id).await.unwrap().status(), 404);
