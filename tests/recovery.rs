@@ -112,8 +112,18 @@ async fn a_remediation_this_replica_lost_track_of_is_settled_without_a_restart()
     let kube = FakeKube::start().await;
     kube.add_deployment("shop", "checkout", 3, "checkout:1.4");
     let capture = support::Capture::start().await;
+    // No rule matches the seeded alert, so the running salve's own recovery (which decides
+    // undecided incidents) cannot open a remediation for it before the test does.
+    let rules = r#"
+rules:
+  - name: unrelated
+    matchers: ['alertname="SomethingElse"']
+    target: { kind: Deployment, name: "{{ deployment }}" }
+    action: { restart: {} }
+"#;
     let s = spawn_salve(Options {
         kube: Some(kube.clone()),
+        rules: Some(rules.to_owned()),
         escalation_webhook_url: Some(capture.url.clone()),
         ..Options::default()
     })
