@@ -160,6 +160,8 @@ struct Inner {
     owner: String,
     /// Cancelled on shutdown: ladders stop before their next write.
     stopping: CancellationToken,
+    /// When this replica started: recovery decides incidents acknowledged before it.
+    started_at: chrono::DateTime<Utc>,
 }
 
 /// What recovery found: incidents to decide, and pending remediations it adopted.
@@ -224,6 +226,7 @@ impl Engine {
                 in_flight: Mutex::new(HashSet::new()),
                 owner: format!("{}/{}", host_name(), uuid::Uuid::now_v7().simple()),
                 stopping: CancellationToken::new(),
+                started_at: Utc::now(),
             }),
         }
     }
@@ -381,25 +384,38 @@ impl Engine {
     }
 
     async fn sweep(&self, tasks: &mut JoinSet<()>, permits: &Arc<Semaphore>) {
-        match self.inner.store.undecided_firing_incidents().await {
+        match self.undecided_before(Utc::now() - SWEEP_MIN_AGE).await {
             Ok(ids) => {
-                let cutoff = Utc::now() - SWEEP_MIN_AGE;
                 for id in ids {
-                    let old_enough = uuid::Uuid::parse_str(&id)
-                        .ok()
-                        .and_then(|u| u.get_timestamp())
-                        .map(|ts| {
-                            let (secs, _) = ts.to_unix();
-                            (secs as i64) < cutoff.timestamp()
-                        })
-                        .unwrap_or(true);
-                    if old_enough {
-                        self.spawn_incident(tasks, permits, id).await;
-                    }
+                    self.spawn_incident(tasks, permits, id).await;
                 }
             }
             Err(e) => warn!(error = %e, "cannot look for undecided incidents"),
         }
+    }
+
+    /// Undecided firing incidents first seen before `cutoff`. Younger ones are on their
+    /// way through the work queue of the replica that acknowledged them; taking them here
+    /// would only race it.
+    async fn undecided_before(
+        &self,
+        cutoff: chrono::DateTime<Utc>,
+    ) -> Result<Vec<String>, EngineError> {
+        let ids = self.inner.store.undecided_firing_incidents().await?;
+        Ok(ids
+            .into_iter()
+            .filter(|id| {
+                uuid::Uuid::parse_str(id)
+                    .ok()
+                    .and_then(|u| u.get_timestamp())
+                    .and_then(|ts| {
+                        let (secs, nanos) = ts.to_unix();
+                        chrono::DateTime::from_timestamp(secs as i64, nanos)
+                    })
+                    .map(|seen| seen < cutoff)
+                    .unwrap_or(true)
+            })
+            .collect())
     }
 
     /// Settles what dead replicas (this one's earlier runs included) left: interrupts
@@ -439,8 +455,11 @@ impl Engine {
             }
         }
         resumed.extend(self.settle_stalled().await?);
+        // Incidents acknowledged before this replica started (by its earlier life, or a
+        // replica since gone), or long enough ago that their decision was lost.
+        let cutoff = self.inner.started_at.max(now - SWEEP_MIN_AGE);
         Ok(Recovered {
-            undecided: store.undecided_firing_incidents().await?,
+            undecided: self.undecided_before(cutoff).await?,
             resumed,
         })
     }

@@ -182,7 +182,7 @@ impl Engine {
                 )
                 .await?
             {
-                Sent::Accepted(_) => {
+                Sent::Accepted { .. } => {
                     self.event(
                         run,
                         EventKind::Revert,

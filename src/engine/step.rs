@@ -44,8 +44,8 @@ pub(super) enum Step {
 
 /// What sending one write found.
 pub(super) enum Sent {
-    /// Accepted; the generation the controller must observe.
-    Accepted(i64),
+    /// Accepted at `at`; `generation` is the one the controller must observe.
+    Accepted { generation: i64, at: DateTime<Utc> },
     /// 409: the workload changed since it was read; read again.
     Conflict,
     /// Refused for good (the API's message).
@@ -126,12 +126,12 @@ impl Engine {
                 )
                 .await?
             {
-                Sent::Accepted(written_generation) => {
+                Sent::Accepted { generation, at } => {
                     return Ok(Step::Applied {
                         plan: Box::new(plan),
                         before: Box::new(workload.clone()),
-                        acted_at: Utc::now(),
-                        written_generation,
+                        acted_at: at,
+                        written_generation: generation,
                     });
                 }
                 Sent::Conflict => continue,
@@ -194,9 +194,14 @@ impl Engine {
         let (event, sent) = match result {
             Ok(written) => {
                 run.changed += 1;
+                // The change's time: a new alert that started after it is evidence
+                // against it, so it is taken the moment the API server accepted it.
                 (
                     Event::WriteAccepted,
-                    Sent::Accepted(written.generation_after(workload, change)),
+                    Sent::Accepted {
+                        generation: written.generation_after(workload, change),
+                        at: now,
+                    },
                 )
             }
             Err(e) => {
@@ -212,7 +217,7 @@ impl Engine {
             }
         };
         let summary = match &sent {
-            Sent::Accepted(_) => format!("verifying: {description}"),
+            Sent::Accepted { .. } => format!("verifying: {description}"),
             _ => format!("{summary} (refused by the API server; nothing changed)"),
         };
         if let Some(to) = store
@@ -221,7 +226,7 @@ impl Engine {
         {
             run.state = to;
         }
-        if let Sent::Accepted(_) = sent {
+        if let Sent::Accepted { .. } = sent {
             self.announce(run, cluster, workload, change, kind, description)
                 .await?;
         }
