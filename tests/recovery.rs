@@ -109,60 +109,57 @@ async fn after_a_crash_during_verification_salve_escalates_instead_of_guessing()
 
 #[tokio::test]
 async fn a_remediation_this_replica_lost_track_of_is_settled_without_a_restart() {
-    let kube = FakeKube::start().await;
-    kube.add_deployment("shop", "checkout", 3, "checkout:1.4");
+    use salve::engine::{Engine, Limits, Seams};
+    use salve::notify::{Notifier, WebhookNotifier};
+    salve::telemetry::install_crypto_provider();
     let capture = support::Capture::start().await;
-    // No rule matches the seeded alert, so the running salve's own recovery (which decides
-    // undecided incidents) cannot open a remediation for it before the test does.
-    let rules = r#"
-rules:
-  - name: unrelated
-    matchers: ['alertname="SomethingElse"']
-    target: { kind: Deployment, name: "{{ deployment }}" }
-    action: { restart: {} }
-"#;
-    let s = spawn_salve(Options {
-        kube: Some(kube.clone()),
-        rules: Some(rules.to_owned()),
-        escalation_webhook_url: Some(capture.url.clone()),
-        ..Options::default()
-    })
-    .await;
-    // What a database error mid-ladder leaves: a remediation of this live replica's,
-    // verifying, that no task of this replica drives any more.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&fresh_database(dir.path()).await)
+        .await
+        .unwrap();
+    let policies = support::policies_with_rules(dir.path(), None);
+    let decisions = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(
+        salve::reload::load_decisions(&policies, salve::policy::Syntax::V1).unwrap(),
+    ));
+    let webhook = WebhookNotifier::new(capture.url.clone(), reqwest::Client::new());
+    let seams = Seams {
+        cluster: None,
+        prometheus: None,
+        notifiers: vec![std::sync::Arc::new(webhook) as std::sync::Arc<dyn Notifier>],
+        external_url: "http://salve.test".into(),
+    };
+    // A live replica (its worker is not started: this test drives recovery by hand).
+    let engine = Engine::new(store.clone(), seams, false, decisions, Limits::default());
+    // What a database error mid-ladder leaves: a remediation of this replica's, verifying,
+    // that no task of this replica drives any more.
     let (_, id) = support::seed_remediation_owned(
-        &s.salve.store,
+        &store,
         7,
         ("shop", "checkout"),
         "scale",
         Utc::now(),
-        s.salve.engine.owner(),
+        engine.owner(),
     )
     .await;
     for (from, event) in [
         (RemediationState::Pending, Event::WriteIntent),
         (RemediationState::Executing, Event::WriteAccepted),
     ] {
-        let moved = s
-            .salve
-            .store
+        let moved = store
             .transition(&id, from, event, "", &[], Utc::now())
             .await
             .unwrap();
         assert!(moved.is_some());
     }
-    let items = s.finished(1).await;
-    assert_eq!(items[0]["state"], "escalated", "{:#}", items[0]);
+    engine.recover().await.unwrap();
+    let r = store.remediation(&id).await.unwrap().unwrap();
+    assert_eq!(r.state, RemediationState::Escalated, "{r:#?}");
     assert!(
-        items[0]["reasons"][0]
-            .as_str()
-            .unwrap()
-            .contains("its task ended on an error"),
-        "{:#}",
-        items[0]
+        r.reasons[0].contains("its task ended on an error"),
+        "{r:#?}"
     );
     assert_eq!(capture.received(1).await.len(), 1);
-    assert!(kube.writes().is_empty(), "nothing repeated blindly");
+    assert!(store.locks().await.unwrap().is_empty());
 }
 
 #[tokio::test]
