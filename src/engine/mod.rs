@@ -320,11 +320,15 @@ impl Engine {
         let now = Utc::now();
         let ttl = chrono::Duration::from_std(self.inner.limits.heartbeat_ttl)
             .unwrap_or(chrono::Duration::seconds(30));
-        let name = host_name();
+        // The owner id is `host/incarnation`: the host part names the replica for people.
+        let owner = &self.inner.owner;
+        let name = owner
+            .rsplit_once('/')
+            .map_or(owner.as_str(), |(host, _)| host);
         if let Err(e) = self
             .inner
             .store
-            .heartbeat(&self.inner.owner, &name, now, now + ttl)
+            .heartbeat(owner, name, now, now + ttl)
             .await
         {
             warn!(error = %e, "cannot renew this replica's heartbeat");
