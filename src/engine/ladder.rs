@@ -51,6 +51,11 @@ impl Finish {
         }
     }
 
+    /// Ends skipped on purpose: `reason` is the summary and the record's reason.
+    pub fn skipped(reason: String) -> Finish {
+        Finish::new(Event::Skip, format!("skipped: {reason}"), vec![reason])
+    }
+
     /// Ends escalated: `reason` is what humans are told, and the summary.
     pub fn escalated(reason: String) -> Finish {
         Finish::new(
@@ -106,8 +111,7 @@ impl Engine {
             LockAttempt::Taken(lease) => run.lease = Some(lease),
             LockAttempt::Busy(holder) => {
                 let reason = format!("{} is being remediated by {holder}", run.target);
-                let skip = Finish::new(Event::Skip, format!("skipped: {reason}"), vec![reason]);
-                return self.finish(&mut run, skip).await;
+                return self.finish(&mut run, Finish::skipped(reason)).await;
             }
         }
         let ending = match self.preconditions(&run).await? {
@@ -160,13 +164,7 @@ impl Engine {
     async fn preconditions(&self, run: &Run<'_>) -> Result<Option<Finish>, EngineError> {
         let store = &self.inner.store;
         let now = Utc::now();
-        let skip = |reason: String| {
-            Some(Finish::new(
-                Event::Skip,
-                format!("skipped: {reason}"),
-                vec![reason],
-            ))
-        };
+        let skip = |reason: String| Some(Finish::skipped(reason));
         if let Some(i) = store.incident(&run.incident.id).await? {
             if i.status == AlertStatus::Resolved {
                 return Ok(skip("the alert resolved before salve acted".into()));
@@ -391,7 +389,7 @@ impl Engine {
     /// The alert resolved after a step's window closed and before the next step.
     fn resolved_between_steps(&self, acted: u32, last: &str, reason: String) -> Finish {
         if acted == 0 {
-            return Finish::new(Event::Skip, format!("skipped: {reason}"), vec![reason]);
+            return Finish::skipped(reason);
         }
         Finish::new(
             Event::Heal,
@@ -421,7 +419,7 @@ impl Engine {
             return Finish::new(Event::Deny, summary, denials).escalating(why);
         }
         if acted == 0 {
-            return Finish::new(Event::Skip, format!("skipped: {last}"), vec![last]);
+            return Finish::skipped(last);
         }
         let reason = format!(
             "not healed after {acted} step(s) of rule {}; last: {last}",

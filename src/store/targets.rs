@@ -189,7 +189,7 @@ impl Store {
         .bind(timestamp(now))
         .execute(&mut *tx)
         .await?;
-        let to = super::remediations::transition_in(
+        let Some(to) = super::remediations::transition_in(
             &mut tx,
             remediation_id,
             from,
@@ -198,14 +198,12 @@ impl Store {
             &[],
             now,
         )
-        .await?;
-        if to.is_none() {
+        .await?
+        else {
             return Ok(WriteSlot::Moved);
-        }
+        };
         tx.commit().await?;
-        Ok(WriteSlot::Reserved(
-            to.unwrap_or(RemediationState::Executing),
-        ))
+        Ok(WriteSlot::Reserved(to))
     }
 
     /// Every workload lock held now, as `(workload, remediation)`: for diagnostics and for
