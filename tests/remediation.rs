@@ -94,7 +94,7 @@ async fn a_firing_alert_scales_the_deployment_by_the_rules_step() {
                     )
                 })
                 .collect();
-            if described.len() >= 5 {
+            if described.len() >= 6 {
                 Ok(described)
             } else {
                 Err(format!("{described:?}"))
