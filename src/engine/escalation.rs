@@ -75,8 +75,9 @@ impl Engine {
         let id = &e.remediation_id;
         let names: Vec<String> = self.inner.notifiers.iter().map(|n| n.name()).collect();
         let payload = serde_json::to_value(e).unwrap_or(Value::Null);
+        let now = Utc::now();
         if !store
-            .claim_escalation(id, &e.reason, &payload, &names, Utc::now())
+            .claim_escalation(id, &e.reason, &payload, &names, (now, now + OUTBOX_HOLD))
             .await?
         {
             return Ok(());

@@ -28,18 +28,19 @@ pub struct OutboxEntry {
 
 impl Store {
     /// Claims the remediation's one escalation, to be delivered to `notifiers`;
-    /// `false` when it was already escalated.
+    /// `false` when it was already escalated. The outbox leaves it alone until
+    /// `hold_until`, so the claimer's first delivery round is not sent twice.
     pub async fn claim_escalation(
         &self,
         remediation_id: &str,
         reason: &str,
         payload: &Value,
         notifiers: &[String],
-        now: DateTime<Utc>,
+        (now, hold_until): (DateTime<Utc>, DateTime<Utc>),
     ) -> Result<bool, StoreError> {
         let inserted = sqlx::query(
             "INSERT INTO escalations (remediation_id, created_at, reason, delivered, payload, undelivered, next_attempt_at)
-             VALUES ($1, $2, $3, '[]', $4, $5, $2)
+             VALUES ($1, $2, $3, '[]', $4, $5, $6)
              ON CONFLICT (remediation_id) DO NOTHING",
         )
         .bind(remediation_id)
@@ -47,6 +48,7 @@ impl Store {
         .bind(reason)
         .bind(payload.to_string())
         .bind(serde_json::to_string(notifiers).unwrap_or_else(|_| "[]".into()))
+        .bind(timestamp(hold_until))
         .execute(self.pool())
         .await?
         .rows_affected();
