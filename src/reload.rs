@@ -53,6 +53,12 @@ pub fn load_decisions(dir: &Path, syntax: Syntax) -> Result<Decisions, LoadError
     if !failures.is_empty() {
         return Err(LoadError::Tests(failures.join("\n")));
     }
+    if rules.rules.is_empty() {
+        warn!(
+            "no remediation rules are loaded from {}: salve records and decides alerts but will not remediate any",
+            dir.display()
+        );
+    }
     Ok(Decisions {
         version: bundle.hash(&[FileKind::Rules, FileKind::Rego, FileKind::Data]),
         rules,
@@ -82,7 +88,7 @@ pub struct Reloader {
 impl Reloader {
     /// Starts from an already loaded set.
     pub fn new(dir: &Path, syntax: Syntax, initial: Decisions, metrics: Arc<Metrics>) -> Reloader {
-        metrics.reloaded(true);
+        metrics.reloaded(true, &initial);
         Reloader {
             dir: dir.to_owned(),
             syntax,
@@ -122,12 +128,12 @@ impl Reloader {
                 if changed {
                     self.current.store(Arc::new(next));
                 }
-                self.metrics.reloaded(true);
+                self.metrics.reloaded(true, &self.current.load());
                 info!(trigger, changed, policy_hash = %report.policy_hash, rules = report.rules, "reload succeeded");
                 Ok(report)
             }
             Err(e) => {
-                self.metrics.reloaded(false);
+                self.metrics.reloaded(false, &self.current.load());
                 warn!(trigger, error = %e, "reload failed; still serving the last good policy set");
                 Err(e)
             }

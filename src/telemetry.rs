@@ -5,7 +5,10 @@
 
 use tracing_subscriber::EnvFilter;
 
+use prometheus_client::metrics::family::Family;
+
 use crate::config::LogFormat;
+use crate::engine::Decisions;
 
 /// Installs the global subscriber; call once, first thing.
 pub fn init(format: LogFormat) {
@@ -31,6 +34,8 @@ pub struct Metrics {
     registry: prometheus_client::registry::Registry,
     reload_successful: prometheus_client::metrics::gauge::Gauge,
     reload_success_time: prometheus_client::metrics::gauge::Gauge,
+    rules_loaded: prometheus_client::metrics::gauge::Gauge,
+    policy_info: Family<Vec<(String, String)>, prometheus_client::metrics::gauge::Gauge>,
 }
 
 impl Default for Metrics {
@@ -55,19 +60,43 @@ impl Metrics {
             "Unix time of the last successful reload of rules and policy",
             reload_success_time.clone(),
         );
+        let rules_loaded = prometheus_client::metrics::gauge::Gauge::default();
+        registry.register(
+            "salve_rules_loaded",
+            "Remediation rules in force (0 means salve records alerts but remediates none)",
+            rules_loaded.clone(),
+        );
+        let policy_info = Family::default();
+        registry.register(
+            "salve_policy",
+            "The policy set in force: 1, labelled with its hash and the directory's version",
+            policy_info.clone(),
+        );
         Metrics {
             registry,
             reload_successful,
             reload_success_time,
+            rules_loaded,
+            policy_info,
         }
     }
 
-    /// Records a reload's outcome.
-    pub fn reloaded(&self, ok: bool) {
+    /// Records a reload's outcome and describes the set now in force (after a failed
+    /// reload, still the old one).
+    pub fn reloaded(&self, ok: bool, in_force: &Decisions) {
         self.reload_successful.set(i64::from(ok));
         if ok {
             self.reload_success_time.set(chrono::Utc::now().timestamp());
         }
+        self.rules_loaded
+            .set(i64::try_from(in_force.rules.rules.len()).unwrap_or(i64::MAX));
+        self.policy_info.clear();
+        self.policy_info
+            .get_or_create(&vec![
+                ("policy_hash".to_owned(), in_force.policy.hash.clone()),
+                ("version".to_owned(), in_force.version.clone()),
+            ])
+            .set(1);
     }
 
     /// The text exposition format.

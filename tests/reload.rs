@@ -25,16 +25,19 @@ async fn reload(s: &TestSalve) -> (u16, serde_json::Value) {
     (resp.status().as_u16(), resp.json().await.unwrap())
 }
 
-async fn metric(s: &TestSalve, name: &str) -> f64 {
-    let text = s
-        .http
+async fn metrics_text(s: &TestSalve) -> String {
+    s.http
         .get(format!("{}/metrics", s.url))
         .send()
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn metric(s: &TestSalve, name: &str) -> f64 {
+    let text = metrics_text(s).await;
     text.lines()
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next())
@@ -261,4 +264,40 @@ async fn sighup_reloads_a_running_salve() {
     )
     .await;
     child.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_emptied_rules_file_is_refused_and_metrics_say_what_is_in_force() {
+    let s = spawn_salve(Options::default()).await;
+    let policies = s.dir.path().join("policies");
+    let rules = metric(&s, "salve_rules_loaded").await;
+    assert!(rules >= 1.0, "the shipped rules are loaded: {rules}");
+    let hash = policy_hash(&s).await;
+    let text = metrics_text(&s).await;
+    assert!(
+        text.contains(&format!("salve_policy{{policy_hash=\"{hash}\"")),
+        "{text}"
+    );
+
+    // A ConfigMap emptied by a bad merge must not switch remediation off silently.
+    std::fs::write(policies.join("rules.yaml"), "# nothing here\n").unwrap();
+    let (status, answer) = reload(&s).await;
+    assert_eq!(status, 400, "{answer}");
+    let error = answer["error"].as_str().unwrap();
+    assert!(
+        error.contains("rules.yaml") && error.contains("defines no `rules:` list"),
+        "{error}"
+    );
+    assert_eq!(
+        metric(&s, "salve_rules_loaded").await,
+        rules,
+        "old set in force"
+    );
+
+    // Switching remediation off on purpose is written out, and then shows on /metrics.
+    std::fs::write(policies.join("rules.yaml"), "rules: []\n").unwrap();
+    let (status, answer) = reload(&s).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["rules"], 0);
+    assert_eq!(metric(&s, "salve_rules_loaded").await, 0.0);
 }

@@ -44,8 +44,9 @@ impl fmt::Display for RuleError {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RuleFile {
-    #[serde(default)]
-    rules: Vec<Rule>,
+    /// Required: a file without it is a mistake (an emptied ConfigMap, a bad merge),
+    /// not a wish to switch remediation off; that wish is written `rules: []`.
+    rules: Option<Vec<Rule>>,
 }
 
 /// All rules of a policy directory, in the order they are tried.
@@ -91,11 +92,22 @@ impl RuleSet {
 
 /// Parses one rule file's text; `file` is only used in the error.
 pub fn parse_file(file: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
-    if text.trim().is_empty() {
-        return Ok(Vec::new());
+    let no_rules = |line| RuleError {
+        file: file.to_owned(),
+        line,
+        column: None,
+        reason:
+            "the file defines no `rules:` list; an empty rules file would switch remediation off \
+                 silently, so it is refused (write `rules: []` to run without rules on purpose)"
+                .to_owned(),
+    };
+    let blank = text
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'));
+    if blank {
+        return Err(no_rules(None));
     }
     serde_norway::from_str::<RuleFile>(text)
-        .map(|f| f.rules)
         .map_err(|e| {
             let loc = e.location();
             RuleError {
@@ -104,7 +116,9 @@ pub fn parse_file(file: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
                 column: loc.as_ref().map(|l| l.column()),
                 reason: strip_location(&e.to_string()),
             }
-        })
+        })?
+        .rules
+        .ok_or_else(|| no_rules(Some(1)))
 }
 
 /// serde_norway appends " at line L column C"; the location is reported separately.
@@ -265,5 +279,18 @@ rules:
         assert_eq!(err.file, "b.yaml");
         assert_eq!(err.line, Some(3));
         assert!(err.reason.contains("already used in a.yaml"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_or_rule_less_file_is_refused_and_an_explicit_empty_list_is_not() {
+        for text in ["", "   \n", "# all rules removed\n\n", "{}\n"] {
+            let err = parse_file("rules.yaml", text).unwrap_err();
+            assert_eq!(err.file, "rules.yaml");
+            assert!(
+                err.reason.contains("defines no `rules:` list"),
+                "{text:?}: {err}"
+            );
+        }
+        assert!(parse_file("rules.yaml", "rules: []\n").unwrap().is_empty());
     }
 }
