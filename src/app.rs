@@ -123,7 +123,7 @@ impl Salve {
             "loaded rules and policy from {}",
             settings.policies.display()
         );
-        let store = Store::open(&settings.database_url).await?;
+        let store = Store::open_waiting(&settings.database_url, settings.db_wait).await?;
         let client = match settings.offline {
             true => None,
             false => connect_cluster(settings.kubeconfig.as_deref()).await?,

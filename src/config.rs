@@ -293,6 +293,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SALVE_RETENTION", value_parser = humantime::parse_duration)]
     pub retention: Option<Duration>,
 
+    /// Longest wait for the database (a connection, SQLite's write lock) before the
+    /// webhook answers 503 so Alertmanager retries; keep it well under Alertmanager's 10 s.
+    #[arg(long, env = "SALVE_DB_WAIT", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub db_wait: Duration,
+
     /// Log format.
     #[arg(long, env = "SALVE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -330,6 +335,8 @@ pub enum OutputFormat {
 pub struct ServeSettings {
     pub listen: SocketAddr,
     pub database_url: String,
+    /// How long the database may keep a request waiting (`--db-wait`).
+    pub db_wait: Duration,
     pub policies: PathBuf,
     pub kubeconfig: Option<PathBuf>,
     /// Do not look for a cluster at all.
@@ -418,6 +425,7 @@ impl ServeArgs {
         Ok(ServeSettings {
             listen: self.listen,
             database_url: self.database.url.clone(),
+            db_wait: self.db_wait,
             policies: self.policies.clone(),
             kubeconfig: self.kubeconfig.clone(),
             offline: self.offline,

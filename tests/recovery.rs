@@ -208,3 +208,32 @@ rules:
         "resumed from a fresh read"
     );
 }
+
+#[tokio::test]
+async fn an_incident_that_resolves_before_its_decision_is_not_left_undecided() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&fresh_database(dir.path()).await)
+        .await
+        .unwrap();
+    // Acknowledged firing, then resolved, with no engine deciding in between (salve was
+    // down, or its queue was long).
+    let firing = fixture("firing-single-api-posted.json");
+    let stored = store
+        .record_delivery(&Delivery::parse(firing.as_bytes()).unwrap(), Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(stored.to_decide.len(), 1);
+    let resolved = support::resolved(&firing);
+    store
+        .record_delivery(&Delivery::parse(resolved.as_bytes()).unwrap(), Utc::now())
+        .await
+        .unwrap();
+    let incident = store.incident(&stored.to_decide[0]).await.unwrap().unwrap();
+    assert_eq!(incident.decision, "resolved_before_decision");
+    assert_eq!(
+        incident.decision_reason,
+        "the alert resolved before salve decided for it"
+    );
+    assert!(store.undecided_firing_incidents().await.unwrap().is_empty());
+    assert_eq!(store.settle_resolved_undecided().await.unwrap(), 0);
+}

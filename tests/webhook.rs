@@ -46,6 +46,28 @@ async fn a_malformed_payload_gets_400_with_the_reason_and_stores_nothing() {
             edit(&|v| v["alerts"] = serde_json::json!([])),
             "holds no alerts",
         ),
+        // PostgreSQL text cannot hold NUL: the same 400 on both backends, never a 500
+        // that Alertmanager would retry forever.
+        (
+            edit(&|v| v["alerts"][0]["labels"]["alertname"] = "High\u{0}Latency".into()),
+            "alerts[0] (alertname=\"High\\0Latency\"",
+        ),
+        (
+            edit(&|v| v["groupKey"] = "{}:{alertname=\"a\u{0}\"}".into()),
+            "groupKey contains a NUL character",
+        ),
+        (
+            edit(&|v| v["receiver"] = "sal\u{0}ve".into()),
+            "receiver contains a NUL character",
+        ),
+        (
+            edit(&|v| v["truncatedAlerts"] = serde_json::json!(u64::MAX)),
+            "truncatedAlerts 18446744073709551615 is out of range",
+        ),
+        (
+            edit(&|v| v["alerts"][0]["startsAt"] = "2026- 1-24T15:37:00.558Z".into()),
+            "is not an RFC 3339 time",
+        ),
     ];
     for (body, reason) in cases {
         assert_ne!(body, good);
@@ -145,6 +167,7 @@ async fn storage_trouble_answers_503_so_alertmanager_retries() {
         .execute(&mut blocker)
         .await
         .unwrap();
+    let started = std::time::Instant::now();
     let resp = s
         .http
         .post(format!("{}/api/v1/alerts", s.url))
@@ -152,7 +175,14 @@ async fn storage_trouble_answers_503_so_alertmanager_retries() {
         .send()
         .await
         .unwrap();
+    let waited = started.elapsed();
     assert_eq!(resp.status(), 503);
+    // Alertmanager gives up after 10 s and then cannot tell "busy" from "down": salve
+    // answers after at most its database wait (3 s by default), with margin for the test.
+    assert!(
+        waited < std::time::Duration::from_millis(4500),
+        "answered 503 only after {waited:?}"
+    );
     assert!(resp.headers().contains_key("retry-after"));
     sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
     drop(blocker);
@@ -176,6 +206,13 @@ async fn a_resolved_notification_closes_the_incident_without_acting() {
     );
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(s.remediations().await.is_empty());
+    // Nothing is left "undecided": salve never saw these fire, and says so.
+    let (_, incidents) = s.get("/api/v1/alerts").await;
+    let incidents = incidents["items"].as_array().unwrap();
+    assert!(!incidents.is_empty());
+    for i in incidents {
+        assert_eq!(i["decision"], "resolved_before_decision", "{i:#}");
+    }
 }
 
 #[tokio::test]

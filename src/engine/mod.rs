@@ -459,6 +459,13 @@ impl Engine {
             }
         }
         resumed.extend(self.settle_stalled().await?);
+        let settled = store.settle_resolved_undecided().await?;
+        if settled > 0 {
+            info!(
+                count = settled,
+                "incidents that resolved before a decision are recorded as resolved_before_decision"
+            );
+        }
         // Incidents acknowledged before this replica started (by its earlier life, or a
         // replica since gone), or long enough ago that their decision was lost.
         let cutoff = self.inner.started_at.max(now - SWEEP_MIN_AGE);

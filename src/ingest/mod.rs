@@ -80,7 +80,10 @@ async fn receive(State(state): State<IngestState>, body: Bytes) -> Result<Json<A
             "Alertmanager left alerts out of this group (max_alerts); set max_alerts: 0 for salve's receiver"
         );
     }
-    let stored = state.store.record_delivery(&delivery, Utc::now()).await?;
+    let stored = state
+        .store
+        .within_wait(state.store.record_delivery(&delivery, Utc::now()))
+        .await?;
     let ack = Ack {
         delivery_id: stored.delivery_id,
         alerts: delivery.alerts.len(),

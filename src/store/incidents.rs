@@ -33,6 +33,9 @@ pub struct IncidentRecord {
     pub decision_reason: String,
 }
 
+/// Why an incident was settled as [`Decision::ResolvedBeforeDecision`].
+const RESOLVED_BEFORE_DECISION: &str = "the alert resolved before salve decided for it";
+
 /// What salve concluded about an incident.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
@@ -42,6 +45,9 @@ pub enum Decision {
     NoTarget,
     /// A rule matched and a remediation was created.
     Remediation,
+    /// The alert resolved before salve decided for it (it arrived while salve was down or
+    /// busy): nothing is left to remediate, and the record says so instead of `undecided`.
+    ResolvedBeforeDecision,
 }
 
 impl Decision {
@@ -50,6 +56,7 @@ impl Decision {
             Decision::NoRule => "no_rule",
             Decision::NoTarget => "no_target",
             Decision::Remediation => "remediation",
+            Decision::ResolvedBeforeDecision => "resolved_before_decision",
         }
     }
 }
@@ -67,7 +74,8 @@ pub struct IncidentView {
     pub resolved_at: Option<String>,
     /// How many webhook deliveries carried it (re-sends included).
     pub deliveries: i64,
-    /// `undecided`, `no_rule`, `no_target` or `remediation`, and why.
+    /// `undecided`, `no_rule`, `no_target`, `remediation` or `resolved_before_decision`,
+    /// and why.
     pub decision: String,
     pub decision_reason: String,
     pub remediation_id: Option<String>,
@@ -159,10 +167,18 @@ impl Store {
             let starts_at = timestamp(alert.starts_at);
             let resolved_at = (alert.status == AlertStatus::Resolved)
                 .then(|| timestamp(alert.ends_at.unwrap_or(now)));
+            // First seen already resolved (salve was down while it fired): nothing to decide.
+            let (first_decision, first_reason) = match alert.status {
+                AlertStatus::Firing => ("undecided", ""),
+                AlertStatus::Resolved => (
+                    Decision::ResolvedBeforeDecision.as_str(),
+                    RESOLVED_BEFORE_DECISION,
+                ),
+            };
             let inserted = sqlx::query(
                 "INSERT INTO incidents (id, fingerprint, starts_at, alertname, status, alert, first_seen_at,
                      last_seen_at, resolved_at, delivery_count, first_delivery_id, decision, decision_reason)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, 1, $9, 'undecided', '')
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, 1, $9, $10, $11)
                  ON CONFLICT (fingerprint, starts_at) DO NOTHING",
             )
             .bind(&id)
@@ -174,6 +190,8 @@ impl Store {
             .bind(&now_s)
             .bind(resolved_at.clone())
             .bind(&delivery_id)
+            .bind(first_decision)
+            .bind(first_reason)
             .execute(&mut *tx)
             .await?
             .rows_affected()
@@ -187,9 +205,15 @@ impl Store {
             out.repeated += 1;
             // A firing re-send never re-opens a resolved incident: Alertmanager gives a
             // re-fire a new startsAt, so a late firing copy is stale news.
+            // An incident that resolves while still undecided is settled here and now: the
+            // engine decides only firing incidents, so it would otherwise stay undecided.
             let resolved = sqlx::query(
                 "UPDATE incidents SET last_seen_at = $1, delivery_count = delivery_count + 1,
                      status = CASE WHEN $2 = 'resolved' THEN 'resolved' ELSE status END,
+                     decision = CASE WHEN $2 = 'resolved' AND decision = 'undecided'
+                                     THEN 'resolved_before_decision' ELSE decision END,
+                     decision_reason = CASE WHEN $2 = 'resolved' AND decision = 'undecided'
+                                     THEN $6 ELSE decision_reason END,
                      resolved_at = CASE WHEN $2 = 'resolved' AND resolved_at IS NULL THEN $3 ELSE resolved_at END
                  WHERE fingerprint = $4 AND starts_at = $5 AND status = 'firing'",
             )
@@ -198,6 +222,7 @@ impl Store {
             .bind(resolved_at)
             .bind(alert.fingerprint.as_str())
             .bind(&starts_at)
+            .bind(RESOLVED_BEFORE_DECISION)
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -255,6 +280,19 @@ impl Store {
         .fetch_all(self.pool())
         .await?;
         rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
+    }
+
+    /// Settles incidents that are resolved but were never decided (stored before this
+    /// rule existed, or resolved on their first sight); returns how many.
+    pub async fn settle_resolved_undecided(&self) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE incidents SET decision = 'resolved_before_decision', decision_reason = $1
+             WHERE decision = 'undecided' AND status = 'resolved'",
+        )
+        .bind(RESOLVED_BEFORE_DECISION)
+        .execute(self.pool())
+        .await?
+        .rows_affected())
     }
 
     /// Records what salve concluded about an incident.

@@ -82,29 +82,46 @@ impl StoreError {
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// How long a query waits for the database (a pooled connection, then SQLite's write
+/// lock) before it counts as unavailable. Well under Alertmanager's 10 s webhook timeout,
+/// so a busy database is answered 503 (and retried) rather than timed out.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(3);
+
 /// A handle on the knowledge base; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
+    wait: Duration,
 }
 
 impl Store {
     /// Connects (creating an SQLite file and its directory if needed) and applies migrations.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
-        let store = Store::connect(url).await?;
+        Store::open_waiting(url, DEFAULT_WAIT).await
+    }
+
+    /// [`Store::open`], waiting at most `wait` for a busy database (`--db-wait`).
+    pub async fn open_waiting(url: &str, wait: Duration) -> Result<Store, StoreError> {
+        let store = Store::connect_waiting(url, wait).await?;
         store.migrate().await?;
         Ok(store)
     }
 
     /// Connects without migrating (for `salve migrate` and for read-only tools).
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        Store::connect_waiting(url, DEFAULT_WAIT).await
+    }
+
+    /// [`Store::connect`], waiting at most `wait` for a busy database.
+    pub async fn connect_waiting(url: &str, wait: Duration) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let url = normalize_sqlite_url(url)?;
         let options = AnyConnectOptions::from_str(&url)?;
         let sqlite = url.starts_with("sqlite:");
+        let busy_ms = wait.as_millis().max(1);
         let pool = AnyPoolOptions::new()
             .max_connections(if sqlite { 4 } else { 10 })
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(wait)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if sqlite {
@@ -113,7 +130,8 @@ impl Store {
                         // waits for a writer instead of failing at once.
                         conn.execute("PRAGMA journal_mode = WAL").await?;
                         conn.execute("PRAGMA synchronous = FULL").await?;
-                        conn.execute("PRAGMA busy_timeout = 5000").await?;
+                        let busy = format!("PRAGMA busy_timeout = {busy_ms}");
+                        conn.execute(sqlx::AssertSqlSafe(busy)).await?;
                         conn.execute("PRAGMA foreign_keys = ON").await?;
                     }
                     Ok(())
@@ -121,7 +139,20 @@ impl Store {
             })
             .connect_with(options)
             .await?;
-        Ok(Store { pool })
+        Ok(Store { pool, wait })
+    }
+
+    /// Runs one unit of work against the database, giving up after the database wait: a
+    /// pool wait plus SQLite's busy wait could otherwise add up to twice the bound. Dropped
+    /// work's transaction is rolled back, unless its commit was already under way: then the
+    /// caller's retry (Alertmanager's, after the 503) folds into what was stored.
+    pub async fn within_wait<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.wait, work)
+            .await
+            .unwrap_or(Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut)))
     }
 
     /// Applies the migrations in `migrations/` that have not run yet.

@@ -188,6 +188,7 @@ pub async fn spawn_salve(opts: Options) -> TestSalve {
     let settings = ServeSettings {
         listen: "127.0.0.1:0".parse().unwrap(),
         database_url: database.clone(),
+        db_wait: salve::store::DEFAULT_WAIT,
         policies: policies_with_rules(dir.path(), opts.rules.as_deref()),
         offline: opts.kube.is_none() && opts.kubeconfig.is_none(),
         kubeconfig: opts
