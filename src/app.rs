@@ -221,15 +221,12 @@ impl Salve {
         } else {
             info!(%addr, "listening; webhook authentication NOT configured");
         }
-        let stop = shutdown.clone();
-        let server = tokio::spawn(async move {
-            axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-        });
+        let server = tokio::spawn(crate::server::serve(
+            listener,
+            router,
+            settings.connections.clone(),
+            shutdown.clone(),
+        ));
         Ok(Salve {
             addr,
             reloader,

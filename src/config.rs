@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::engine::Limits;
 use crate::ingest::WebhookAuth;
 use crate::policy::Syntax;
+use crate::server::ConnectionLimits;
 
 /// salve: self-healing remediation for Kubernetes, driven by Alertmanager.
 #[derive(Debug, Parser)]
@@ -298,6 +299,19 @@ pub struct ServeArgs {
     #[arg(long, env = "SALVE_DB_WAIT", default_value = "3s", value_parser = humantime::parse_duration)]
     pub db_wait: Duration,
 
+    /// A client must send a request's headers within this, and an idle keep-alive
+    /// connection is closed after it.
+    #[arg(long, env = "SALVE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// A whole request, body and answer included, must finish within this (408 otherwise).
+    #[arg(long, env = "SALVE_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Connections served at once; more wait in the kernel's accept queue.
+    #[arg(long, env = "SALVE_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
     /// Log format.
     #[arg(long, env = "SALVE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -337,6 +351,8 @@ pub struct ServeSettings {
     pub database_url: String,
     /// How long the database may keep a request waiting (`--db-wait`).
     pub db_wait: Duration,
+    /// Timeouts and the connection cap of the HTTP listener.
+    pub connections: ConnectionLimits,
     pub policies: PathBuf,
     pub kubeconfig: Option<PathBuf>,
     /// Do not look for a cluster at all.
@@ -419,6 +435,9 @@ impl ServeArgs {
             }
             _ => None,
         };
+        if self.max_connections == 0 {
+            return Err(ConfigError("--max-connections must be at least 1".into()));
+        }
         if self.max_body_bytes < 1024 {
             return Err(ConfigError("--max-body-bytes must be at least 1024".into()));
         }
@@ -426,6 +445,12 @@ impl ServeArgs {
             listen: self.listen,
             database_url: self.database.url.clone(),
             db_wait: self.db_wait,
+            connections: ConnectionLimits {
+                header_read_timeout: self.header_read_timeout,
+                request_timeout: self.request_timeout,
+                max_connections: self.max_connections,
+                ..ConnectionLimits::default()
+            },
             policies: self.policies.clone(),
             kubeconfig: self.kubeconfig.clone(),
             offline: self.offline,

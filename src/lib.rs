@@ -32,6 +32,7 @@ pub mod reload;
 pub mod remediation;
 pub mod report;
 pub mod rules;
+pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod verify;

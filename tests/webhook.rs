@@ -4,6 +4,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use base64::Engine as _;
 use salve::ingest::WebhookAuth;
 use sqlx::Connection;
@@ -414,4 +416,80 @@ async fn tokens_from_the_environment_are_enforced_and_never_logged() {
         !logged.contains("hook-s3cret") && !logged.contains("read-s3cret"),
         "a token was logged:\n{logged}"
     );
+}
+
+/// Reads from a raw connection until the server closes it (or `limit` passes); what it sent.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream, limit: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    closed
+        .ok()
+        .map(|()| String::from_utf8_lossy(&got).into_owned())
+}
+
+#[tokio::test]
+async fn idle_half_sent_and_surplus_connections_do_not_hold_the_port() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    let s = spawn_salve(Options {
+        connections: salve::server::ConnectionLimits {
+            header_read_timeout: Duration::from_millis(400),
+            request_timeout: Duration::from_millis(800),
+            max_connections: 3,
+            ..Default::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let addr = s.salve.addr;
+
+    // Connected and silent; half a request head; a whole head and half a body.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    let mut half_head = TcpStream::connect(addr).await.unwrap();
+    half_head
+        .write_all(b"POST /api/v1/alerts HTTP/1.1\r\nHost: salve\r\n")
+        .await
+        .unwrap();
+    let mut half_body = TcpStream::connect(addr).await.unwrap();
+    half_body
+        .write_all(
+            b"POST /api/v1/alerts HTTP/1.1\r\nHost: salve\r\nContent-Length: 1000\r\n\r\n{\"vers",
+        )
+        .await
+        .unwrap();
+
+    // All three slots are held: a fourth client waits in the accept queue, unanswered.
+    let mut surplus = TcpStream::connect(addr).await.unwrap();
+    surplus
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: salve\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        read_until_closed(&mut surplus, Duration::from_millis(150)).await,
+        None,
+        "a fourth connection was served beyond the cap of three"
+    );
+
+    // The server closes each of them on its own, and the waiting client is then served.
+    let limit = Duration::from_secs(5);
+    assert_eq!(
+        read_until_closed(&mut idle, limit).await.as_deref(),
+        Some("")
+    );
+    assert!(read_until_closed(&mut half_head, limit).await.is_some());
+    let answer = read_until_closed(&mut half_body, limit).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    let answer = read_until_closed(&mut surplus, limit).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert_eq!(s.salve.store.delivery_count().await.unwrap(), 0);
 }

@@ -140,6 +140,8 @@ pub struct Options {
     /// Alertmanagers to escalate to (each gets every escalation).
     pub alertmanager_urls: Vec<reqwest::Url>,
     pub escalation_webhook_url: Option<reqwest::Url>,
+    /// The HTTP listener's timeouts and connection cap.
+    pub connections: salve::server::ConnectionLimits,
 }
 
 impl Default for Options {
@@ -164,6 +166,7 @@ impl Default for Options {
             prometheus_url: None,
             alertmanager_urls: Vec::new(),
             escalation_webhook_url: None,
+            connections: Default::default(),
         }
     }
 }
@@ -189,6 +192,7 @@ pub async fn spawn_salve(opts: Options) -> TestSalve {
         listen: "127.0.0.1:0".parse().unwrap(),
         database_url: database.clone(),
         db_wait: salve::store::DEFAULT_WAIT,
+        connections: opts.connections.clone(),
         policies: policies_with_rules(dir.path(), opts.rules.as_deref()),
         offline: opts.kube.is_none() && opts.kubeconfig.is_none(),
         kubeconfig: opts
