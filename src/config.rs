@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::engine::Limits;
 use crate::ingest::WebhookAuth;
 use crate::policy::Syntax;
+use crate::policy::pool::PoolLimits;
 use crate::server::ConnectionLimits;
 
 /// salve: self-healing remediation for Kubernetes, driven by Alertmanager.
@@ -312,6 +313,21 @@ pub struct ServeArgs {
     #[arg(long, env = "SALVE_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
 
+    /// Threads that evaluate Rego (off the async runtime, so a slow policy never stalls
+    /// webhooks or health checks).
+    #[arg(long, env = "SALVE_POLICY_WORKERS", default_value_t = 2)]
+    pub policy_workers: usize,
+
+    /// Evaluations that may wait for a policy thread; beyond this a change is denied as
+    /// "policy engine busy" instead of waiting.
+    #[arg(long, env = "SALVE_POLICY_QUEUE", default_value_t = 64)]
+    pub policy_queue: usize,
+
+    /// Heap ceiling (e.g. `512MiB`, `1GiB`) past which a policy evaluation is stopped and
+    /// denied. Process-wide: keep it below the container's memory limit.
+    #[arg(long, env = "SALVE_POLICY_MEMORY_LIMIT", default_value = "512MiB", value_parser = parse_bytes)]
+    pub policy_memory_limit: u64,
+
     /// Log format.
     #[arg(long, env = "SALVE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -383,6 +399,36 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// Reads a size such as `512MiB`, `1GiB`, `64MB` or `1048576` (bytes).
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size such as 512MiB"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (use B, KiB, MiB, GiB, kB, MB, GB)"
+            ));
+        }
+    };
+    number
+        .checked_mul(scale)
+        .filter(|b| *b > 0)
+        .ok_or_else(|| format!("{text:?} is out of range"))
+}
+
 /// A setting that cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -435,6 +481,11 @@ impl ServeArgs {
             }
             _ => None,
         };
+        if self.policy_workers == 0 || self.policy_queue == 0 {
+            return Err(ConfigError(
+                "--policy-workers and --policy-queue must be at least 1".into(),
+            ));
+        }
         if self.max_connections == 0 {
             return Err(ConfigError("--max-connections must be at least 1".into()));
         }
@@ -476,8 +527,30 @@ impl ServeArgs {
             limits: Limits {
                 max_actions_per_hour: self.max_actions_per_hour,
                 call_timeout: self.call_timeout,
+                policy: PoolLimits {
+                    workers: self.policy_workers,
+                    queue: self.policy_queue,
+                    memory_limit_bytes: self.policy_memory_limit,
+                },
                 ..Limits::default()
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_with_binary_and_decimal_units() {
+        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_bytes("64MB"), Ok(64_000_000));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert!(parse_bytes("0").is_err());
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("5TiB").is_err());
+        assert!(parse_bytes("99999999999999GiB").is_err());
     }
 }

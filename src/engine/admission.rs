@@ -98,7 +98,11 @@ impl Engine {
             doc["history"]["stats"] = input::stats(&stats, spec, LEARNING_WINDOW);
             doc["step"] = json!({"index": index + 1, "of": total, "key": spec.key()});
         }
-        let verdict = run.decisions.policy.evaluate(&doc);
+        let verdict = self
+            .inner
+            .policy
+            .evaluate(&run.decisions.policy, doc.clone())
+            .await;
         self.event(
             run,
             EventKind::PolicyEvaluated,

@@ -45,6 +45,7 @@ use crate::alert::AlertStatus;
 use crate::cluster::{Cluster, TargetRef, WorkloadKind};
 use crate::notify::Notifier;
 use crate::policy::PolicySet;
+use crate::policy::pool::{EvaluationPool, PoolLimits};
 use crate::remediation::{Event, Mode, RemediationState};
 use crate::rules::{Rule, RuleSet};
 use crate::store::incidents::Decision;
@@ -100,6 +101,8 @@ pub struct Limits {
     pub call_timeout: Duration,
     /// Remediations handled at once (on different workloads).
     pub concurrency: usize,
+    /// Policy evaluation threads, their queue and memory ceiling.
+    pub policy: PoolLimits,
 }
 
 impl Default for Limits {
@@ -115,6 +118,7 @@ impl Default for Limits {
             conflict_retries: 3,
             call_timeout: Duration::from_secs(30),
             concurrency: 8,
+            policy: PoolLimits::default(),
         }
     }
 }
@@ -155,6 +159,8 @@ struct Inner {
     mode: Mode,
     decisions: Arc<ArcSwap<Decisions>>,
     limits: Limits,
+    /// Where Rego runs: off the async runtime, bounded in time, memory and queue.
+    policy: EvaluationPool,
     in_flight: Mutex<HashSet<String>>,
     /// This replica: `host/incarnation`, the owner of what it creates and adopts.
     owner: String,
@@ -222,6 +228,7 @@ impl Engine {
                 external_url,
                 mode,
                 decisions,
+                policy: EvaluationPool::start(limits.policy.clone()),
                 limits,
                 in_flight: Mutex::new(HashSet::new()),
                 owner: format!("{}/{}", host_name(), uuid::Uuid::now_v7().simple()),

@@ -9,6 +9,7 @@
 //! A [`PolicySet`] is compiled once and shared; each evaluation works on its own clone
 //! of the compiled engine, so evaluations never see each other's input.
 
+pub mod pool;
 pub mod replay;
 pub mod testing;
 
@@ -25,7 +26,7 @@ use crate::bundle::{Bundle, BundleFile, FileKind};
 pub const VERDICT_RULE: &str = "data.salve.deny";
 
 /// How long one evaluation may run before it counts as a failure (and so a denial).
-const EVALUATION_TIME_LIMIT: Duration = Duration::from_secs(2);
+pub const EVALUATION_TIME_LIMIT: Duration = Duration::from_secs(2);
 
 /// A policy directory that cannot be loaded; the message carries file and line.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -69,6 +70,21 @@ pub struct Verdict {
     /// Set when the verdict is a denial because the policy could not be evaluated.
     pub error: Option<String>,
     pub policy_hash: String,
+}
+
+impl Verdict {
+    /// The denial for a policy that could not give an answer (an error, a limit, a busy
+    /// engine): failing closed, with the cause as the reason an auditor reads.
+    pub fn failed(policy_hash: &str, error: String) -> Verdict {
+        Verdict {
+            allowed: false,
+            reasons: vec![format!(
+                "policy evaluation failed, so the change is denied: {error}"
+            )],
+            error: Some(error),
+            policy_hash: policy_hash.to_owned(),
+        }
+    }
 }
 
 impl PolicySet {
@@ -140,14 +156,7 @@ impl PolicySet {
                     policy_hash: self.hash.clone(),
                 }
             }
-            Err(error) => Verdict {
-                allowed: false,
-                reasons: vec![format!(
-                    "policy evaluation failed, so the change is denied: {error}"
-                )],
-                error: Some(error),
-                policy_hash: self.hash.clone(),
-            },
+            Err(error) => Verdict::failed(&self.hash, error),
         }
     }
 
