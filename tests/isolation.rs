@@ -23,13 +23,8 @@ deny contains "never reached" if {
 async fn a_runaway_policy_is_denied_within_its_limits_and_the_server_keeps_answering() {
     let s = spawn_salve(Options::default()).await;
     std::fs::write(s.dir.path().join("policies/runaway.rego"), RUNAWAY).unwrap();
-    let resp = s
-        .http
-        .post(format!("{}/-/reload", s.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let (status, answer) = s.reload().await;
+    assert_eq!(status, 200, "{answer}");
 
     let labels = json!({
         "alertname": "HighRequestLatency", "namespace": "shop", "deployment": "checkout",
@@ -46,13 +41,7 @@ async fn a_runaway_policy_is_denied_within_its_limits_and_the_server_keeps_answe
     let (mut slowest_health, mut slowest_webhook) = (Duration::ZERO, Duration::ZERO);
     for i in 0..30u32 {
         let t = Instant::now();
-        let health = s
-            .http
-            .get(format!("{}/healthz", s.url))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(health.status(), 200);
+        assert_eq!(s.get("/healthz").await.0, 200);
         slowest_health = slowest_health.max(t.elapsed());
         let t = Instant::now();
         let body = firing_for(

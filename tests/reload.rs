@@ -16,13 +16,7 @@ const FREEZE_SHOP: &str = "package salve\n\nimport rego.v1\n\ndeny contains \"sh
 const BROKEN: &str = "package salve\n\ndeny contains msg if {\n\tinput.x ==\n}\n";
 
 async fn reload(s: &TestSalve) -> (u16, serde_json::Value) {
-    let resp = s
-        .http
-        .post(format!("{}/-/reload", s.url))
-        .send()
-        .await
-        .unwrap();
-    (resp.status().as_u16(), resp.json().await.unwrap())
+    s.reload().await
 }
 
 async fn metrics_text(s: &TestSalve) -> String {

@@ -240,6 +240,20 @@ impl TestSalve {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// Asks salve to reload its policy directory (`POST /-/reload`): status and answer.
+    pub async fn reload(&self) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(format!("{}/-/reload", self.url))
+            .send()
+            .await
+            .unwrap();
+        (
+            resp.status().as_u16(),
+            resp.json().await.unwrap_or(Value::Null),
+        )
+    }
+
     /// GETs an API path as JSON.
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let resp = self
