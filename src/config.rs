@@ -313,6 +313,26 @@ pub struct ServeArgs {
     #[arg(long, env = "SALVE_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
 
+    /// A replica counts as gone this long after its last heartbeat; then another replica
+    /// (or its own next start) settles what it left. Shorter recovers sooner; too short
+    /// takes work from a replica that is merely slow.
+    #[arg(long, env = "SALVE_HEARTBEAT_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub heartbeat_ttl: Duration,
+
+    /// How often salve looks for work to settle or retry (dead replicas' remediations,
+    /// its own stalled ones, undecided incidents).
+    #[arg(long, env = "SALVE_SWEEP_EVERY", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub sweep_every: Duration,
+
+    /// How long a workload's lock outlives its holder's last renewal.
+    #[arg(long, env = "SALVE_LOCK_LEASE", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub lock_lease: Duration,
+
+    /// How long a stop (SIGTERM) waits for running remediations before it leaves them to
+    /// the next owner; keep it below the pod's termination grace period.
+    #[arg(long, env = "SALVE_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
     /// Threads that evaluate Rego (off the async runtime, so a slow policy never stalls
     /// webhooks or health checks).
     #[arg(long, env = "SALVE_POLICY_WORKERS", default_value_t = 2)]
@@ -481,6 +501,12 @@ impl ServeArgs {
             }
             _ => None,
         };
+        let floor = Duration::from_millis(300);
+        if self.heartbeat_ttl < floor || self.sweep_every < floor || self.lock_lease < floor {
+            return Err(ConfigError(
+                "--heartbeat-ttl, --sweep-every and --lock-lease must be at least 300ms".into(),
+            ));
+        }
         if self.policy_workers == 0 || self.policy_queue == 0 {
             return Err(ConfigError(
                 "--policy-workers and --policy-queue must be at least 1".into(),
@@ -527,6 +553,10 @@ impl ServeArgs {
             limits: Limits {
                 max_actions_per_hour: self.max_actions_per_hour,
                 call_timeout: self.call_timeout,
+                heartbeat_ttl: self.heartbeat_ttl,
+                sweep_every: self.sweep_every,
+                lock_lease: self.lock_lease,
+                shutdown_grace: self.shutdown_grace,
                 policy: PoolLimits {
                     workers: self.policy_workers,
                     queue: self.policy_queue,

@@ -17,6 +17,9 @@ async fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => {
             salve::telemetry::init(args.log_format);
+            // Crash points armed through FAILPOINTS (test builds only; see src/crash.rs).
+            #[cfg(feature = "failpoints")]
+            let _crash_points = fail::FailScenario::setup();
             let settings = match args.settings() {
                 Ok(s) => s,
                 Err(e) => return fail(EXIT_CONFIG, &e),

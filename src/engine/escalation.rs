@@ -15,7 +15,9 @@ use tracing::warn;
 use super::ladder::Run;
 use super::{Engine, EngineError, stored_target};
 use crate::notify::Escalation;
+use crate::remediation::{Event, RemediationState};
 use crate::store::EventKind;
+use crate::store::escalations::EscalationClaim;
 
 /// How long one replica holds an outbox entry it is working on.
 const OUTBOX_HOLD: chrono::Duration = chrono::Duration::seconds(30);
@@ -40,14 +42,9 @@ impl Engine {
         (base * (1 << attempts.clamp(0, 6))).min(chrono::Duration::minutes(5))
     }
 
-    /// Tells humans about this run, once per remediation.
-    pub(super) async fn escalate(
-        &self,
-        run: &Run<'_>,
-        reason: &str,
-        summary: &str,
-    ) -> Result<(), EngineError> {
-        let escalation = Escalation {
+    /// What an escalation of this run says.
+    pub(super) fn escalation_of(&self, run: &Run<'_>, reason: &str, summary: &str) -> Escalation {
+        Escalation {
             remediation_id: run.id.clone(),
             incident_id: run.incident.id.clone(),
             rule: run.rule.name.clone(),
@@ -56,8 +53,39 @@ impl Engine {
             summary: summary.to_owned(),
             alert: run.incident.alert.clone(),
             audit_url: self.audit_url(&run.id),
-        };
-        self.deliver_escalation(&escalation).await
+        }
+    }
+
+    /// Moves a remediation on with `event`; with an escalation, claims it in the same
+    /// transaction (so no crash can leave it `escalated` with nobody told) and then makes
+    /// the first delivery round. The outbox ([`Engine::run_outbox`]) retries what failed,
+    /// and sends a claimed escalation whose claimer died before its first round.
+    pub(super) async fn move_escalating(
+        &self,
+        id: &str,
+        from: RemediationState,
+        event: Event,
+        (summary, reasons): (&str, &[String]),
+        escalation: Option<&Escalation>,
+    ) -> Result<Option<RemediationState>, EngineError> {
+        let names: Vec<String> = self.inner.notifiers.iter().map(|n| n.name()).collect();
+        let now = Utc::now();
+        let claim = escalation.map(|e| EscalationClaim {
+            reason: &e.reason,
+            payload: serde_json::to_value(e).unwrap_or(Value::Null),
+            notifiers: &names,
+            hold_until: now + OUTBOX_HOLD,
+        });
+        let (moved, claimed) = self
+            .inner
+            .store
+            .transition_escalating(id, from, event, (summary, reasons), now, claim.as_ref())
+            .await?;
+        crate::crash_point!("escalation.claimed");
+        if let (true, Some(e)) = (claimed, escalation) {
+            self.first_round(e, &names).await?;
+        }
+        Ok(moved)
     }
 
     /// A link to a remediation's audit record.
@@ -68,27 +96,18 @@ impl Engine {
         )
     }
 
-    /// Claims this remediation's one escalation and makes its first delivery round; the
-    /// outbox ([`Engine::run_outbox`]) retries what failed and keeps the alert current.
-    pub(super) async fn deliver_escalation(&self, e: &Escalation) -> Result<(), EngineError> {
-        let store = &self.inner.store;
+    /// The first delivery round of a just-claimed escalation.
+    async fn first_round(&self, e: &Escalation, names: &[String]) -> Result<(), EngineError> {
         let id = &e.remediation_id;
-        let names: Vec<String> = self.inner.notifiers.iter().map(|n| n.name()).collect();
-        let payload = serde_json::to_value(e).unwrap_or(Value::Null);
-        let now = Utc::now();
-        if !store
-            .claim_escalation(id, &e.reason, &payload, &names, (now, now + OUTBOX_HOLD))
-            .await?
-        {
-            return Ok(());
-        }
         if names.is_empty() {
             warn!(remediation = %id, "escalation recorded, but no notifier is configured (--alertmanager-url)");
         }
         let ends_at = self.escalation_ends(Utc::now());
-        let round = self.deliver_round(e, &names, 0, ends_at).await?;
+        let round = self.deliver_round(e, names, 0, ends_at).await?;
         let detail = json!({"reason": e.reason, "delivered": round, "attempt": 1});
-        Ok(store
+        Ok(self
+            .inner
+            .store
             .append_event(id, EventKind::Escalation, &detail, Utc::now())
             .await?)
     }
@@ -174,7 +193,8 @@ impl Engine {
                         .append_event(&entry.remediation_id, EventKind::Escalation, &detail, now)
                         .await?;
                 }
-            } else if !entry.undelivered.is_empty() {
+            } else if !entry.undelivered.is_empty() || entry.attempts == 0 {
+                // Retries, and a first round whose claimer died before making it.
                 let log = self
                     .deliver_round(
                         &e,
@@ -196,24 +216,25 @@ impl Engine {
         Ok(())
     }
 
-    /// Escalates a remediation from its stored record (recovery has no [`Run`]).
-    pub(super) async fn escalate_stored(
+    /// What an escalation of a stored remediation says (recovery has no [`Run`]);
+    /// `None` if its record is gone.
+    pub(super) async fn stored_escalation(
         &self,
         id: &str,
         reason: &str,
         summary: &str,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Option<Escalation>, EngineError> {
         let store = &self.inner.store;
         let Some(r) = store.remediation(id).await? else {
-            return Ok(());
+            return Ok(None);
         };
         let (Some(incident), Some(target)) = (
             store.incident(&r.incident_id).await?,
             stored_target(&r.target.kind, &r.target.namespace, &r.target.name),
         ) else {
-            return Ok(());
+            return Ok(None);
         };
-        let escalation = Escalation {
+        Ok(Some(Escalation {
             audit_url: self.audit_url(id),
             remediation_id: id.to_owned(),
             incident_id: r.incident_id.clone(),
@@ -222,7 +243,6 @@ impl Engine {
             reason: reason.to_owned(),
             summary: summary.to_owned(),
             alert: incident.alert,
-        };
-        self.deliver_escalation(&escalation).await
+        }))
     }
 }

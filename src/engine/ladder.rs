@@ -108,7 +108,10 @@ impl Engine {
             )
             .await?
         {
-            LockAttempt::Taken(lease) => run.lease = Some(lease),
+            LockAttempt::Taken(lease) => {
+                run.lease = Some(lease);
+                crate::crash_point!("drive.lock_taken");
+            }
             LockAttempt::Busy(holder) => {
                 let reason = format!("{} is being remediated by {holder}", run.target);
                 return self.finish(&mut run, Finish::skipped(reason)).await;
@@ -134,25 +137,24 @@ impl Engine {
     }
 
     pub(super) async fn finish(&self, run: &mut Run<'_>, f: Finish) -> Result<(), EngineError> {
+        crate::crash_point!("finish.before_terminal");
+        let escalation = f
+            .escalate
+            .as_deref()
+            .map(|reason| self.escalation_of(run, reason, &f.summary));
         let moved = self
-            .inner
-            .store
-            .transition(
+            .move_escalating(
                 &run.id,
                 run.state,
                 f.event,
-                &f.summary,
-                &f.reasons,
-                Utc::now(),
+                (&f.summary, &f.reasons),
+                escalation.as_ref(),
             )
             .await?;
         match moved {
             Some(to) => {
                 run.state = to;
                 info!(remediation = %run.id, state = %to, summary = %f.summary, "remediation finished");
-                if let Some(reason) = &f.escalate {
-                    self.escalate(run, reason, &f.summary).await?;
-                }
             }
             // Someone else moved it on; if that ended it, no lock of it may outlive it.
             None => self.inner.store.release_lock_if_finished(&run.id).await?,
@@ -337,6 +339,7 @@ impl Engine {
                         detail,
                     )
                     .await?;
+                    crate::crash_point!("ladder.attempt_recorded");
                     match outcome {
                         Outcome::Healed { seconds } => {
                             let summary = format!(

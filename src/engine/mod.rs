@@ -512,12 +512,7 @@ impl Engine {
                     continue;
                 }
                 let reason = "its task ended on an error; settled by this replica's recovery";
-                let moved = store
-                    .transition(&id, state, event, summary, &[reason.to_owned()], Utc::now())
-                    .await?;
-                if moved == Some(RemediationState::Escalated) {
-                    self.escalate_stored(&id, reason, summary).await?;
-                }
+                self.settle(&id, state, event, summary, reason).await?;
                 warn!(remediation = %id, "{summary}");
             }
         }
@@ -557,18 +552,40 @@ impl Engine {
             {
                 continue;
             }
-            let Some(to) = store
-                .transition(&orphan.id, from, event, summary, &[reason.to_owned()], now)
+            if let Some(to) = self
+                .settle(&orphan.id, from, event, summary, reason)
                 .await?
-            else {
-                continue;
-            };
-            warn!(remediation = %orphan.id, previous_owner = %orphan.owner, state = %to, "{reason}");
-            if to == RemediationState::Escalated {
-                self.escalate_stored(&orphan.id, reason, summary).await?;
+            {
+                warn!(remediation = %orphan.id, previous_owner = %orphan.owner, state = %to, "{reason}");
             }
         }
         Ok(())
+    }
+
+    /// Ends a remediation recovery found, escalating (atomically, see
+    /// [`Engine::move_escalating`]) when the move ends it `escalated`.
+    async fn settle(
+        &self,
+        id: &str,
+        from: RemediationState,
+        event: Event,
+        summary: &str,
+        reason: &str,
+    ) -> Result<Option<RemediationState>, EngineError> {
+        let escalation = match from.on(event) {
+            Some(RemediationState::Escalated) => {
+                self.stored_escalation(id, reason, summary).await?
+            }
+            _ => None,
+        };
+        self.move_escalating(
+            id,
+            from,
+            event,
+            (summary, &[reason.to_owned()]),
+            escalation.as_ref(),
+        )
+        .await
     }
 
     async fn resume(&self, id: &str) -> Result<(), EngineError> {
@@ -707,6 +724,7 @@ impl Engine {
         let Some(id) = store.create_remediation(&new, &matched, Utc::now()).await? else {
             return Ok(());
         };
+        crate::crash_point!("decide.remediation_created");
         info!(remediation = %id, rule = %rule.name, %target, "remediation opened");
         self.drive(Run {
             id,

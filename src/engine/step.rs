@@ -73,9 +73,9 @@ impl Engine {
                 Err(step) => return Ok(step),
             };
             let gate = Gate::Step { spec, index, total };
-            if let Admission::Denied(reasons) =
-                self.admit(run, gate, workload.as_ref(), &plan).await?
-            {
+            let admission = self.admit(run, gate, workload.as_ref(), &plan).await?;
+            crate::crash_point!("step.policy_recorded");
+            if let Admission::Denied(reasons) = admission {
                 return Ok(Step::Denied(plan.description, reasons));
             }
             let (Some(cluster), Some(workload), Some(change)) =
@@ -174,6 +174,7 @@ impl Engine {
         if let Err(not_sent) = self.reserve(run, kind, &summary).await? {
             return Ok(Sent::NotSent(not_sent));
         }
+        crate::crash_point!("send.write_reserved");
         if kind == ActionKind::Step {
             // The listing's `action` and step count follow the ladder before the write,
             // so a crash mid-write is recorded against the right step.
@@ -182,6 +183,7 @@ impl Engine {
                 .begin_step(&run.id, change.action())
                 .await?;
         }
+        crate::crash_point!("send.before_write");
         let result = self
             .call(
                 run,
@@ -189,6 +191,7 @@ impl Engine {
                 cluster.write(workload, change, false),
             )
             .await?;
+        crate::crash_point!("send.after_write");
         let store = &self.inner.store;
         let now = Utc::now();
         let (event, sent) = match result {
@@ -226,6 +229,7 @@ impl Engine {
         {
             run.state = to;
         }
+        crate::crash_point!("send.verifying");
         if let Sent::Accepted { .. } = sent {
             self.announce(run, cluster, workload, change, kind, description)
                 .await?;
@@ -403,6 +407,7 @@ impl Engine {
         };
         self.event(run, EventKind::Verification, verification.evidence(&check))
             .await?;
+        crate::crash_point!("verify.recorded");
         Ok(Some(verification.outcome))
     }
 }

@@ -7,8 +7,10 @@ use serde_json::Value;
 
 use sqlx::Row;
 
+use super::remediations::transition_in;
 use super::{Store, StoreError, timestamp};
 use crate::cluster::TargetRef;
+use crate::remediation::{Event, RemediationState};
 
 /// One escalation as the outbox sees it.
 #[derive(Debug, Clone)]
@@ -26,33 +28,56 @@ pub struct OutboxEntry {
     pub refreshed_at: Option<String>,
 }
 
+/// What an escalation says and to whom, claimed together with the move that ends a
+/// remediation (see [`Store::transition_escalating`]).
+#[derive(Debug, Clone)]
+pub struct EscalationClaim<'a> {
+    pub reason: &'a str,
+    /// The escalation as sent, so the outbox can send it again after a crash.
+    pub payload: Value,
+    /// Notifiers that still have to accept it: all of them, at first.
+    pub notifiers: &'a [String],
+    /// Until when the claimer's own first round has it; after that the outbox may.
+    pub hold_until: DateTime<Utc>,
+}
+
 impl Store {
-    /// Claims the remediation's one escalation, to be delivered to `notifiers`;
-    /// `false` when it was already escalated. The outbox leaves it alone until
-    /// `hold_until`, so the claimer's first delivery round is not sent twice.
-    pub async fn claim_escalation(
+    /// Moves a remediation on and, in the same transaction, claims its one escalation
+    /// (the outbox row, with what it says) when `claim` is given: a remediation is never
+    /// `escalated` without the escalation that tells humans, whatever crashes after.
+    /// Returns the new state (`None`: it was no longer in `from`) and whether this call
+    /// made the claim (`false`: another replica, or an earlier round, already did).
+    pub async fn transition_escalating(
         &self,
-        remediation_id: &str,
-        reason: &str,
-        payload: &Value,
-        notifiers: &[String],
-        (now, hold_until): (DateTime<Utc>, DateTime<Utc>),
-    ) -> Result<bool, StoreError> {
-        let inserted = sqlx::query(
-            "INSERT INTO escalations (remediation_id, created_at, reason, delivered, payload, undelivered, next_attempt_at)
-             VALUES ($1, $2, $3, '[]', $4, $5, $6)
-             ON CONFLICT (remediation_id) DO NOTHING",
-        )
-        .bind(remediation_id)
-        .bind(timestamp(now))
-        .bind(reason)
-        .bind(payload.to_string())
-        .bind(serde_json::to_string(notifiers).unwrap_or_else(|_| "[]".into()))
-        .bind(timestamp(hold_until))
-        .execute(self.pool())
-        .await?
-        .rows_affected();
-        Ok(inserted == 1)
+        id: &str,
+        from: RemediationState,
+        event: Event,
+        (summary, reasons): (&str, &[String]),
+        now: DateTime<Utc>,
+        claim: Option<&EscalationClaim<'_>>,
+    ) -> Result<(Option<RemediationState>, bool), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let moved = transition_in(&mut tx, id, from, event, summary, reasons, now).await?;
+        let mut claimed = false;
+        if let (Some(_), Some(c)) = (moved, claim) {
+            claimed = sqlx::query(
+                "INSERT INTO escalations (remediation_id, created_at, reason, delivered, payload, undelivered, next_attempt_at)
+                 VALUES ($1, $2, $3, '[]', $4, $5, $6)
+                 ON CONFLICT (remediation_id) DO NOTHING",
+            )
+            .bind(id)
+            .bind(timestamp(now))
+            .bind(c.reason)
+            .bind(c.payload.to_string())
+            .bind(serde_json::to_string(c.notifiers).unwrap_or_else(|_| "[]".into()))
+            .bind(timestamp(c.hold_until))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+        }
+        tx.commit().await?;
+        Ok((moved, claimed))
     }
 
     /// Records a delivery round: the delivery log, who still has to accept it, and when
@@ -136,6 +161,16 @@ impl Store {
             });
         }
         Ok(due)
+    }
+
+    /// Whether a remediation's escalation was claimed (it is in the outbox, delivered or
+    /// still to be delivered).
+    pub async fn escalation_claimed(&self, remediation_id: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM escalations WHERE remediation_id = $1")
+            .bind(remediation_id)
+            .fetch_one(self.pool())
+            .await?;
+        Ok(row.try_get::<i64, _>("n")? == 1)
     }
 
     /// A human says the escalation is handled; the outbox resolves its alert. `false`

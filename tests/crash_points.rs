@@ -1,0 +1,324 @@
+//! Crash at every point between "decided" and "terminal", restart, and check that
+//! nothing is stuck and nothing is repeated.
+//!
+//! For each crash point of `salve::crash::POINTS`, a real `salve serve` process (built
+//! with the `failpoints` feature, against the fake API server) is armed to abort there,
+//! as `kill -9` would, and handed one firing alert. Once it has died at that point, a
+//! second process starts on the same database and settles what the first left. Then:
+//! the remediation is terminal (resumed by its new owner, or recorded), no workload lock
+//! outlives it, the workload was written at most once (a write that may have landed is
+//! never re-sent), an `escalated` remediation has its escalation, and no incident is
+//! left undecided. Runs on SQLite, and on PostgreSQL with `SALVE_TEST_DATABASE=postgres`.
+
+mod support;
+
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use salve::store::Store;
+use serde_json::Value;
+use support::{FakeKube, eventually, fixture, fresh_database, policies_with_rules};
+
+/// One scale step; without Prometheus or a resolved webhook its verification ends
+/// unknown, so the remediation ends escalated: every crash point lies on this path.
+const RULES: &str = r#"
+rules:
+  - name: checkout-scale
+    matchers: ['alertname="HighRequestLatency"']
+    target: { kind: Deployment, name: "{{ deployment }}" }
+    action:
+      scale: { by: 1, max: 10 }
+    verify: { within: 1s, every: 100ms }
+    cooldown: 0s
+"#;
+
+/// Where to crash: a point, on its first or second pass. `reverting` runs the rule with
+/// revert on failure against a workload whose rollouts never finish: the change is
+/// reverted (a second write), so the crash points of `send` are passed twice.
+struct Case {
+    point: &'static str,
+    pass: u32,
+    reverting: bool,
+}
+
+/// A `salve serve` child process; killed when dropped (and when the test thread ends).
+struct Serve {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn serve(
+    dir: &Path,
+    database: &str,
+    kubeconfig: &Path,
+    crash_at: Option<&Case>,
+    log: &str,
+) -> Serve {
+    let port = free_port();
+    let log = std::fs::File::create(dir.join(log)).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_salve"));
+    cmd.arg("serve")
+        .args(["--database", database])
+        .arg("--policies")
+        .arg(dir.join("policies"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--heartbeat-ttl",
+            "1s",
+            "--sweep-every",
+            "500ms",
+            "--no-watch",
+        ])
+        .env("RUST_LOG", "info")
+        .env_remove("FAILPOINTS")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    if let Some(case) = crash_at {
+        // `N*off->return`: pass the point N times, then crash on the next pass.
+        let skip = match case.pass {
+            1 => String::new(),
+            n => format!("{}*off->", n - 1),
+        };
+        cmd.env("FAILPOINTS", format!("{}={skip}return", case.point));
+    }
+    // SAFETY: prctl only sets a flag of the child process before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Serve {
+        child: cmd.spawn().unwrap(),
+        url: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+async fn post(http: &reqwest::Client, s: &Serve, body: &str) -> Result<u16, String> {
+    http.post(format!("{}/api/v1/alerts", s.url))
+        .body(body.to_owned())
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .map_err(|e| e.to_string())
+}
+
+async fn get(http: &reqwest::Client, s: &Serve, path: &str) -> Result<Value, String> {
+    let resp = http
+        .get(format!("{}{path}", s.url))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    resp.json().await.map_err(|e| e.to_string())
+}
+
+const TERMINAL: &[&str] = &[
+    "healed",
+    "escalated",
+    "failed",
+    "denied",
+    "skipped",
+    "dry_run",
+    "interrupted",
+];
+
+/// One crash, one restart; the invariants after.
+async fn crash_and_recover(case: &Case) {
+    let point = case.point;
+    let kube = FakeKube::start().await;
+    kube.add_deployment("shop", "checkout", 2, "checkout:1.4");
+    let mut rules = RULES.to_owned();
+    if case.reverting {
+        kube.stall_rollouts("deployments", "shop", "checkout");
+        rules = rules.replace("cooldown: 0s", "revert_on_failure: true\n    cooldown: 0s");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let database = fresh_database(dir.path()).await;
+    policies_with_rules(dir.path(), Some(&rules));
+    let kubeconfig = kube.write_kubeconfig(dir.path());
+    salve::telemetry::install_crypto_provider();
+    let http = reqwest::Client::new();
+    let log = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
+
+    // The first life: acknowledges the alert, then dies at the crash point.
+    let mut first = serve(dir.path(), &database, &kubeconfig, Some(case), "first.log");
+    let firing = fixture("firing-from-prometheus-rule.json");
+    eventually(
+        "the first salve to acknowledge the alert",
+        Duration::from_secs(30),
+        async || match post(&http, &first, &firing).await? {
+            200 => Ok(()),
+            other => Err(format!("status {other}")),
+        },
+    )
+    .await;
+    let status = eventually(
+        &format!("salve to crash at {point}"),
+        Duration::from_secs(20),
+        async || {
+            first
+                .child
+                .try_wait()
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("still running; its log:\n{}", log("first.log")))
+        },
+    )
+    .await;
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGABRT),
+        "{point}: the first salve ended with {status:?}, not at the crash point; its log:\n{}",
+        log("first.log")
+    );
+    assert!(log("first.log").contains(&format!("crash point {point} reached")));
+    let writes_before_restart = kube.writes().len();
+
+    // The second life settles or resumes what the first left.
+    let second = serve(dir.path(), &database, &kubeconfig, None, "second.log");
+    let remediation = eventually(
+        &format!("{point}: the remediation to end"),
+        Duration::from_secs(30),
+        async || {
+            let list = get(&http, &second, "/api/v1/remediations").await?;
+            let items = list["items"].as_array().cloned().unwrap_or_default();
+            match items.as_slice() {
+                [r] if TERMINAL.contains(&r["state"].as_str().unwrap_or_default()) => Ok(r.clone()),
+                _ => Err(format!("{items:?}\nsecond log:\n{}", log("second.log"))),
+            }
+        },
+    )
+    .await;
+    let id = remediation["id"].as_str().unwrap().to_owned();
+    let state = remediation["state"].as_str().unwrap().to_owned();
+
+    let store = Store::connect(&database).await.unwrap();
+    // No workload lock outlives a finished remediation.
+    let locks = store.locks().await.unwrap();
+    assert!(
+        locks.is_empty(),
+        "{point}: locks left after {state}: {locks:?}"
+    );
+    // No incident is left undecided.
+    assert!(
+        store.undecided_firing_incidents().await.unwrap().is_empty(),
+        "{point}: an incident is still undecided"
+    );
+    // A write that may have landed is never sent again: once the first life had
+    // reserved a write (its remediation `executing`), the restart writes nothing more.
+    let writes = kube.writes();
+    let order = |p: &str| salve::crash::POINTS.iter().position(|q| *q == p);
+    let reserved = case.pass > 1 || order(point) >= order("send.write_reserved");
+    if reserved {
+        assert_eq!(
+            writes.len(),
+            writes_before_restart,
+            "{point} (pass {}): the restart wrote again: {writes:?}",
+            case.pass
+        );
+    } else {
+        assert!(
+            writes.len() <= 1,
+            "{point}: written {} times: {writes:?}",
+            writes.len()
+        );
+    }
+    // The workload shows exactly the writes made: +1 for the change, -1 for its revert.
+    let replicas =
+        kube.get("deployments", "shop", "checkout").unwrap()["spec"]["replicas"].as_i64();
+    let expected = match writes.len() {
+        0 | 2 => 2,
+        _ => 3,
+    };
+    assert_eq!(
+        replicas,
+        Some(expected),
+        "{point}: replicas after {} write(s)",
+        writes.len()
+    );
+    // An executing remediation whose owner died is interrupted, never re-sent.
+    if matches!(
+        point,
+        "send.write_reserved" | "send.before_write" | "send.after_write"
+    ) {
+        assert_eq!(state, "interrupted", "{point} (pass {})", case.pass);
+    }
+    // An escalated remediation has its escalation: claimed in the same transaction, and
+    // delivered by the outbox even when its claimer died before the first round.
+    if state == "escalated" {
+        assert!(
+            store.escalation_claimed(&id).await.unwrap(),
+            "{point}: escalated without an escalation"
+        );
+        eventually(
+            &format!("{point}: the escalation round on the timeline"),
+            Duration::from_secs(60),
+            async || {
+                let detail = get(&http, &second, &format!("/api/v1/remediations/{id}")).await?;
+                let rounds = detail["timeline"].as_array().map_or(0, |t| {
+                    t.iter().filter(|e| e["kind"] == "escalation").count()
+                });
+                match rounds {
+                    1 => Ok(()),
+                    n => Err(format!("{n} escalation rounds: {detail:#}")),
+                }
+            },
+        )
+        .await;
+    }
+    eprintln!(
+        "crash at {point} (pass {}): ended {state} after the restart, {} write(s)",
+        case.pass,
+        writes.len()
+    );
+}
+
+#[tokio::test]
+async fn every_crash_point_resumes_or_records_and_never_repeats_a_write() {
+    for point in salve::crash::POINTS {
+        crash_and_recover(&Case {
+            point,
+            pass: 1,
+            reverting: false,
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_crash_around_a_revert_never_reverts_twice() {
+    for point in [
+        "send.write_reserved",
+        "send.before_write",
+        "send.after_write",
+        "send.verifying",
+    ] {
+        crash_and_recover(&Case {
+            point,
+            pass: 2,
+            reverting: true,
+        })
+        .await;
+    }
+}
