@@ -67,6 +67,10 @@ pub async fn connect_cluster(
         },
     };
     let mut config = config;
+    // kube-rs would otherwise retry 429/503/504 itself, up to 15 times, for writes too and
+    // out of the audit trail's sight; salve retries in the engine instead, on the record,
+    // and never re-sends a write that may have landed.
+    config.default_retry = false;
     config.headers.push((
         http::header::USER_AGENT,
         http::HeaderValue::from_static(USER_AGENT),
@@ -93,7 +97,9 @@ fn spawn_retention(store: Store, keep: std::time::Duration, shutdown: Cancellati
                     info!(pruned = seal.deliveries, digest = %seal.digest, "pruned old webhook payloads (sealed)")
                 }
                 Ok(_) => {}
-                Err(e) => warn!(error = %e, "pruning old payloads failed; will try again"),
+                Err(e) => {
+                    warn!(error = %e, "pruning old payloads failed; will try again in an hour")
+                }
             }
         }
     });

@@ -731,3 +731,55 @@ async fn a_human_marking_an_escalation_handled_resolves_its_alert() {
     // Twice, or for a remediation without an open escalation: 404 with the reason.
     assert_eq!(mark(id).await.unwrap().status(), 404);
 }
+
+#[tokio::test]
+async fn transient_api_failures_are_retried_and_a_write_that_may_have_landed_is_not() {
+    let kube = FakeKube::start().await;
+    kube.add_deployment("shop", "checkout", 2, "checkout:1.4");
+    // The read meets a 503, the dry-run a 500, the real write a 429: each is retried,
+    // and the change is made once.
+    kube.fail_next("GET", "/deployments/checkout", false, 503);
+    kube.fail_next("PATCH", "/deployments/checkout/scale", true, 500);
+    kube.fail_next("PATCH", "/deployments/checkout/scale", false, 429);
+    let s = salve_with(&kube, LADDER, None).await;
+    s.post_alerts(&fixture("firing-from-prometheus-rule.json"))
+        .await;
+    let r = s.reached(1, &["verifying", "escalated", "healed"]).await[0].clone();
+    assert_eq!(replicas(&kube), 3, "{r:#}");
+    let detail = s.detail(r["id"].as_str().unwrap()).await;
+    let calls = events(&detail, "kube_call");
+    let retried: Vec<&Value> = calls
+        .iter()
+        .copied()
+        .filter(|c| c["detail"]["retry_in_ms"].is_u64())
+        .collect();
+    assert_eq!(retried.len(), 3, "three failures, each retried: {calls:#?}");
+    for (failed, code) in retried.iter().zip([503, 500, 429]) {
+        assert_eq!(failed["detail"]["status"], code);
+    }
+    let statuses: Vec<u16> = kube.writes().iter().map(|w| w.status).collect();
+    assert_eq!(
+        statuses,
+        [429, 200],
+        "refused once (changing nothing), then made once"
+    );
+
+    // A 500 on the real write may hide a change that landed: it is not sent again.
+    let kube = FakeKube::start().await;
+    kube.add_deployment("shop", "checkout", 2, "checkout:1.4");
+    kube.fail_next("PATCH", "/deployments/checkout/scale", false, 500);
+    let s = salve_with(&kube, LADDER, None).await;
+    s.post_alerts(&fixture("firing-from-prometheus-rule.json"))
+        .await;
+    let r = s.finished(1).await[0].clone();
+    let detail = s.detail(r["id"].as_str().unwrap()).await;
+    let real_writes: Vec<&Value> = events(&detail, "kube_call")
+        .into_iter()
+        .filter(|c| c["detail"]["verb"] == "PATCH" && c["detail"]["dry_run"] == false)
+        .filter(|c| c["detail"]["path"].as_str().unwrap().ends_with("/scale"))
+        .collect();
+    assert_eq!(real_writes.len(), 1, "{real_writes:#?}");
+    assert_eq!(real_writes[0]["detail"]["status"], 500);
+    assert!(real_writes[0]["detail"]["retry_in_ms"].is_null());
+    assert_ne!(r["state"], "healed", "{r:#}");
+}

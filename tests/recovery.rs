@@ -151,7 +151,19 @@ async fn a_remediation_this_replica_lost_track_of_is_settled_without_a_restart()
             .unwrap();
         assert!(moved.is_some());
     }
-    engine.recover().await.unwrap();
+    // And one left pending (the database failed before its first write): the next sweep
+    // resumes it; nothing waits for a restart.
+    let (_, pending) = support::seed_remediation_owned(
+        &store,
+        8,
+        ("shop", "cart"),
+        "scale",
+        Utc::now(),
+        engine.owner(),
+    )
+    .await;
+    let recovered = engine.recover().await.unwrap();
+    assert_eq!(recovered.resumed, vec![pending]);
     let r = store.remediation(&id).await.unwrap().unwrap();
     assert_eq!(r.state, RemediationState::Escalated, "{r:#?}");
     assert!(

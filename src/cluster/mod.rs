@@ -165,6 +165,15 @@ pub struct ApiCall {
 }
 
 impl ApiCall {
+    /// Whether this call may be sent again after `error`: reads and dry-runs change
+    /// nothing, so any transient failure is retried; a real write only after a 429,
+    /// which the API server answers before it does anything. After a timeout or a 5xx a
+    /// write may have landed, and is never re-sent blindly.
+    pub fn may_retry(&self, error: &ClusterError) -> bool {
+        let changes_nothing = matches!(self.verb, "GET" | "LIST") || self.dry_run;
+        error.is_transient() && (changes_nothing || error.code() == Some(429))
+    }
+
     /// The GET of the workload itself.
     pub fn read(target: &TargetRef) -> ApiCall {
         ApiCall {
@@ -281,6 +290,16 @@ impl ClusterError {
     /// A stale write (409): worth another go on freshly read state.
     pub fn is_conflict(&self) -> bool {
         self.code() == Some(409)
+    }
+
+    /// Trouble that may pass: no answer (or none in time), throttling (429), or the
+    /// API server (or a proxy before it) failing (500, 502, 503, 504).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClusterError::Transport(_) => true,
+            ClusterError::Api { code, .. } => matches!(code, 429 | 500 | 502 | 503 | 504),
+            ClusterError::Unsupported(_) => false,
+        }
     }
 }
 

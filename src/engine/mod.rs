@@ -360,7 +360,7 @@ impl Engine {
                     let engine = self.clone();
                     tasks.spawn(async move {
                         if let Err(e) = engine.resume(&id).await {
-                            warn!(remediation = %id, error = %e, "resuming a pending remediation failed; it stays pending, owned by this replica, until the next start");
+                            warn!(remediation = %id, error = %e, "resuming a pending remediation failed; it stays pending with this replica, whose next sweep resumes it");
                         }
                         drop(permit);
                     });

@@ -2,7 +2,7 @@
 //! and the attempt rows learning reads.
 
 use std::future::Future;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -60,34 +60,88 @@ impl Engine {
             .await?)
     }
 
-    /// Runs one API call with a time limit and records it on the timeline.
-    pub(super) async fn call<T>(
+    /// Runs one API call with a time limit and records it on the timeline; retries it,
+    /// each try on the timeline too, while it fails transiently and may be sent again
+    /// ([`ApiCall::may_retry`]): at most [`CALL_RETRIES`] more times, after a doubling,
+    /// jittered pause.
+    pub(super) async fn call<T, F>(
         &self,
         run: &Run<'_>,
         call: ApiCall,
-        fut: impl Future<Output = Result<T, ClusterError>>,
-    ) -> Result<Result<T, ClusterError>, EngineError> {
-        let started = Instant::now();
-        let result = match tokio::time::timeout(self.inner.limits.call_timeout, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(ClusterError::Transport(format!(
-                "no answer within {}s",
-                self.inner.limits.call_timeout.as_secs()
-            ))),
-        };
-        let (status, message): (Value, String) = match &result {
-            Ok(_) => (json!(200), String::new()),
-            Err(e) => (json!(e.code()), e.to_string()),
-        };
-        let detail = json!({
-            "verb": call.verb,
-            "path": call.path,
-            "dry_run": call.dry_run,
-            "status": status,
-            "error": message,
-            "duration_ms": started.elapsed().as_millis() as u64,
-        });
-        self.event(run, EventKind::KubeCall, detail).await?;
-        Ok(result)
+        mut send: impl FnMut() -> F,
+    ) -> Result<Result<T, ClusterError>, EngineError>
+    where
+        F: Future<Output = Result<T, ClusterError>>,
+    {
+        let mut tries = 0u32;
+        loop {
+            let started = Instant::now();
+            let result = match tokio::time::timeout(self.inner.limits.call_timeout, send()).await {
+                Ok(r) => r,
+                Err(_) => Err(ClusterError::Transport(format!(
+                    "no answer within {}s",
+                    self.inner.limits.call_timeout.as_secs()
+                ))),
+            };
+            let retry = match &result {
+                Err(e) if tries < CALL_RETRIES && call.may_retry(e) => Some(retry_pause(tries)),
+                _ => None,
+            };
+            let (status, message): (Value, String) = match &result {
+                Ok(_) => (json!(200), String::new()),
+                Err(e) => (json!(e.code()), e.to_string()),
+            };
+            let mut detail = json!({
+                "verb": call.verb,
+                "path": call.path,
+                "dry_run": call.dry_run,
+                "status": status,
+                "error": message,
+                "duration_ms": started.elapsed().as_millis() as u64,
+            });
+            if tries > 0 {
+                detail["try"] = json!(tries + 1);
+            }
+            if let Some(pause) = retry {
+                detail["retry_in_ms"] = json!(pause.as_millis() as u64);
+            }
+            self.event(run, EventKind::KubeCall, detail).await?;
+            let Some(pause) = retry else {
+                return Ok(result);
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                // A stop does not wait out a backoff: the failure stands as the answer.
+                _ = self.inner.stopping.cancelled() => return Ok(result),
+            }
+            tries += 1;
+        }
+    }
+}
+
+/// Further tries of an API call that failed transiently.
+pub(super) const CALL_RETRIES: u32 = 3;
+
+/// The pause before retry `tries + 1`: 200 ms doubling, at most 2 s, each cut to a random
+/// 50–100 % so replicas retrying together spread out.
+fn retry_pause(tries: u32) -> Duration {
+    let full = Duration::from_millis(200 * (1u64 << tries.min(4))).min(Duration::from_secs(2));
+    // The low bits of a v7 UUID are random; no extra dependency for a jitter.
+    let random = (uuid::Uuid::now_v7().as_u128() & 0xffff) as u32;
+    full.mul_f64(0.5 + f64::from(random) / f64::from(u16::MAX) / 2.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_pauses_double_with_jitter_and_stay_bounded() {
+        for tries in 0..8 {
+            let full =
+                Duration::from_millis(200 * (1u64 << tries.min(4))).min(Duration::from_secs(2));
+            let pause = retry_pause(tries);
+            assert!(pause >= full / 2 && pause <= full, "{tries}: {pause:?}");
+        }
     }
 }

@@ -156,11 +156,9 @@ impl Engine {
                     .await;
             }
             match self
-                .call(
-                    run,
-                    ApiCall::write(&run.target, &undo, true),
-                    cluster.write(&now, &undo, true),
-                )
+                .call(run, ApiCall::write(&run.target, &undo, true), || {
+                    cluster.write(&now, &undo, true)
+                })
                 .await?
             {
                 Err(e) if e.is_conflict() => continue,

@@ -91,11 +91,9 @@ impl Engine {
                 )));
             };
             match self
-                .call(
-                    run,
-                    ApiCall::write(&run.target, change, true),
-                    cluster.write(workload, change, true),
-                )
+                .call(run, ApiCall::write(&run.target, change, true), || {
+                    cluster.write(workload, change, true)
+                })
                 .await?
             {
                 Err(e) if e.is_conflict() => continue,
@@ -185,11 +183,9 @@ impl Engine {
         }
         crate::crash_point!("send.before_write");
         let result = self
-            .call(
-                run,
-                ApiCall::write(&run.target, change, false),
-                cluster.write(workload, change, false),
-            )
+            .call(run, ApiCall::write(&run.target, change, false), || {
+                cluster.write(workload, change, false)
+            })
             .await?;
         crate::crash_point!("send.after_write");
         let store = &self.inner.store;
@@ -267,20 +263,16 @@ impl Engine {
             reporting_instance: self.inner.owner.clone(),
         };
         let target = &run.target;
-        self.call(
-            run,
-            ApiCall::record_event(target),
-            cluster.record_event(workload, &notice),
-        )
+        self.call(run, ApiCall::record_event(target), || {
+            cluster.record_event(workload, &notice)
+        })
         .await?
         .ok();
         let stamp = format!("{} {}", run.id, crate::store::timestamp(Utc::now()));
         let key = LAST_REMEDIATION_ANNOTATION;
-        self.call(
-            run,
-            ApiCall::annotate(target),
-            cluster.annotate(workload, key, &stamp),
-        )
+        self.call(run, ApiCall::annotate(target), || {
+            cluster.annotate(workload, key, &stamp)
+        })
         .await?
         .ok();
         Ok(())
@@ -295,7 +287,9 @@ impl Engine {
         with_autoscaler: bool,
     ) -> Result<Result<Workload, String>, EngineError> {
         let mut w = match self
-            .call(run, ApiCall::read(&run.target), cluster.read(&run.target))
+            .call(run, ApiCall::read(&run.target), || {
+                cluster.read(&run.target)
+            })
             .await?
         {
             Ok(w) => w,
@@ -303,11 +297,9 @@ impl Engine {
         };
         if with_autoscaler {
             match self
-                .call(
-                    run,
-                    ApiCall::list_autoscalers(&run.target),
-                    cluster.autoscaler(&run.target),
-                )
+                .call(run, ApiCall::list_autoscalers(&run.target), || {
+                    cluster.autoscaler(&run.target)
+                })
                 .await?
             {
                 Ok(a) => w.autoscaler = a,
@@ -339,11 +331,9 @@ impl Engine {
                 };
                 if *spec == ActionSpec::Rollback {
                     match self
-                        .call(
-                            run,
-                            ApiCall::list_revisions(&run.target),
-                            cluster.revisions(&w),
-                        )
+                        .call(run, ApiCall::list_revisions(&run.target), || {
+                            cluster.revisions(&w)
+                        })
                         .await?
                     {
                         Ok(r) => revisions = r,

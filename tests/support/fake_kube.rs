@@ -83,6 +83,8 @@ struct KubeState {
     /// Objects another writer scales (to this count) just before salve's next real write
     /// to their scale subresource, so that write meets a 409.
     scaled_before_next_write: BTreeMap<Key, i64>,
+    /// Faults for the next requests: (method, path suffix, dry run, status), first match first.
+    faults: Vec<(String, String, bool, u16)>,
 }
 
 /// A running fake API server.
@@ -694,7 +696,21 @@ async fn log_requests(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    let response = next.run(request).await;
+    let dry_run = uri.query().unwrap_or_default().contains("dryRun=All");
+    let fault = {
+        let mut s = st.lock().unwrap();
+        let at = s.faults.iter().position(|(m, p, d, _)| {
+            *m == method && uri.path().ends_with(p.as_str()) && *d == dry_run
+        });
+        at.map(|i| s.faults.remove(i).3)
+    };
+    let response = match fault {
+        Some(code) => {
+            let code = StatusCode::from_u16(code).unwrap();
+            status(code, "InjectedFault", format!("injected fault: {code}")).into_response()
+        }
+        None => next.run(request).await,
+    };
     st.lock().unwrap().requests.push(Recorded {
         method,
         path: uri.path().to_owned(),
@@ -879,6 +895,17 @@ impl FakeKube {
             .into_iter()
             .filter(Recorded::is_write)
             .collect()
+    }
+
+    /// Answers the next `method` request to a path ending in `path` (a dry run or a real
+    /// one) with `status`, as an overloaded or failing API server would.
+    pub fn fail_next(&self, method: &str, path: &str, dry_run: bool, status: u16) {
+        self.state.lock().unwrap().faults.push((
+            method.to_owned(),
+            path.to_owned(),
+            dry_run,
+            status,
+        ));
     }
 
     /// A kubeconfig file pointing at this server.
