@@ -30,10 +30,20 @@ async fn main() -> ExitCode {
             };
             reload_on_sighup(salve.reloader.clone());
             let stop = salve.shutdown_token();
+            // The server drains for at most 5 s and the engine for at most the grace
+            // period; past both (and a margin) salve exits regardless, so a stop never
+            // runs into Kubernetes' SIGKILL with work half-recorded.
+            let deadline = settings.limits.shutdown_grace + std::time::Duration::from_secs(8);
             tokio::spawn(async move {
                 shutdown_signal().await;
                 tracing::info!("shutting down: finishing in-flight remediations");
                 stop.cancel();
+                tokio::time::sleep(deadline).await;
+                tracing::error!(
+                    "still not stopped {}s after the signal; exiting now (unfinished remediations are resumed or recorded by the next owner)",
+                    deadline.as_secs()
+                );
+                std::process::exit(1);
             });
             salve.wait().await;
             ExitCode::SUCCESS

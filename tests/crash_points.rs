@@ -322,3 +322,94 @@ async fn a_crash_around_a_revert_never_reverts_twice() {
         .await;
     }
 }
+
+#[tokio::test]
+async fn sigterm_under_a_backlog_stops_within_the_grace_period_and_loses_nothing() {
+    let kube = FakeKube::start().await;
+    for i in 0..30 {
+        kube.add_deployment("shop", &format!("web-{i}"), 2, "web:1.0");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let database = fresh_database(dir.path()).await;
+    // Long verification windows: every permit is busy, the rest wait in the queue.
+    policies_with_rules(
+        dir.path(),
+        Some(&RULES.replace("within: 1s", "within: 60s")),
+    );
+    let kubeconfig = kube.write_kubeconfig(dir.path());
+    salve::telemetry::install_crypto_provider();
+    let http = reqwest::Client::new();
+    let log = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
+
+    let mut first = serve(dir.path(), &database, &kubeconfig, None, "first.log");
+    for i in 0..30u32 {
+        let body = support::firing_for(
+            "HighRequestLatency",
+            "shop",
+            &format!("web-{i}"),
+            &format!("{i:016x}"),
+        );
+        eventually(
+            "an acknowledgement",
+            Duration::from_secs(30),
+            async || match post(&http, &first, &body).await? {
+                200 => Ok(()),
+                other => Err(format!("status {other}")),
+            },
+        )
+        .await;
+    }
+    eventually(
+        "verifications to be under way",
+        Duration::from_secs(20),
+        async || {
+            let list = get(&http, &first, "/api/v1/remediations?state=verifying").await?;
+            match list["items"].as_array().map_or(0, Vec::len) {
+                0 => Err(format!("{list}")),
+                _ => Ok(()),
+            }
+        },
+    )
+    .await;
+
+    let asked = std::time::Instant::now();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(first.child.id() as i32, libc::SIGTERM) };
+    let status = eventually("salve to stop", Duration::from_secs(30), async || {
+        first
+            .child
+            .try_wait()
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "still running".to_owned())
+    })
+    .await;
+    let took = asked.elapsed();
+    eprintln!("SIGTERM with a backlog: stopped in {took:?} ({status:?})");
+    assert!(status.success(), "{status:?}; log:\n{}", log("first.log"));
+    // --shutdown-grace 2s, plus the server's drain: well inside Kubernetes' 30 s.
+    assert!(took < Duration::from_secs(6), "stopping took {took:?}");
+
+    // The next life settles what was in flight and decides what was never reached (with
+    // short windows now, so it is not the permits that the test waits for).
+    policies_with_rules(dir.path(), Some(RULES));
+    let second = serve(dir.path(), &database, &kubeconfig, None, "second.log");
+    let store = Store::connect(&database).await.unwrap();
+    eventually(
+        "every incident decided",
+        Duration::from_secs(30),
+        async || {
+            let undecided = store
+                .undecided_firing_incidents()
+                .await
+                .map_err(|e| e.to_string())?;
+            match undecided.len() {
+                0 => Ok(()),
+                n => Err(format!("{n} undecided")),
+            }
+        },
+    )
+    .await;
+    drop(second);
+    let deliveries = store.delivery_count().await.unwrap();
+    assert_eq!(deliveries, 30, "every acknowledged alert is stored");
+}

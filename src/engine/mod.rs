@@ -264,6 +264,14 @@ impl Engine {
         let queue = WorkQueue { tx };
         let sink = queue.clone();
         let handle = tokio::spawn(async move {
+            // Everything below stops waiting the moment a stop is asked for: a backlog, a
+            // slow notifier or a full set of permits never holds SIGTERM up.
+            let stopping = engine.inner.stopping.clone();
+            let asked = shutdown.clone();
+            tokio::spawn(async move {
+                asked.cancelled().await;
+                stopping.cancel();
+            });
             let permits = Arc::new(Semaphore::new(engine.inner.limits.concurrency));
             let mut tasks = JoinSet::new();
             let mut sweep = tokio::time::interval(engine.inner.limits.sweep_every);
@@ -275,27 +283,36 @@ impl Engine {
                     _ = shutdown.cancelled() => break,
                     Some(id) = rx.recv() => id,
                     _ = heartbeat.tick() => {
-                        engine.beat().await;
+                        engine.unless_stopping(engine.beat()).await;
                         if !recovered {
-                            recovered = engine.recover_into(&sink, &mut tasks, &permits).await;
+                            let done = engine
+                                .unless_stopping(engine.recover_into(&sink, &mut tasks, &permits))
+                                .await;
+                            recovered = done.unwrap_or(false);
                         }
                         continue;
                     }
                     _ = outbox.tick() => {
-                        if let Err(e) = engine.run_outbox().await {
+                        if let Some(Err(e)) = engine.unless_stopping(engine.run_outbox()).await {
                             warn!(error = %e, "the escalation outbox could not run; trying again shortly");
                         }
                         continue;
                     }
                     _ = sweep.tick() => {
-                        if recovered {
-                            engine.recover_into(&sink, &mut tasks, &permits).await;
-                        }
-                        engine.sweep(&mut tasks, &permits).await;
+                        engine
+                            .unless_stopping(async {
+                                if recovered {
+                                    engine.recover_into(&sink, &mut tasks, &permits).await;
+                                }
+                                engine.sweep(&mut tasks, &permits).await;
+                            })
+                            .await;
                         continue;
                     }
                 };
-                engine.spawn_incident(&mut tasks, &permits, id).await;
+                engine
+                    .unless_stopping(engine.spawn_incident(&mut tasks, &permits, id))
+                    .await;
                 while tasks.try_join_next().is_some() {}
             }
             engine.inner.stopping.cancel();
@@ -320,6 +337,16 @@ impl Engine {
             }
         });
         (queue, handle)
+    }
+
+    /// Runs `work` unless (or until) a stop is asked for; `None` if the stop came first.
+    /// What it drops midway is left as a crash would leave it, which recovery handles.
+    async fn unless_stopping<T>(&self, work: impl std::future::Future<Output = T>) -> Option<T> {
+        tokio::select! {
+            biased;
+            _ = self.inner.stopping.cancelled() => None,
+            out = work => Some(out),
+        }
     }
 
     /// Renews this replica's heartbeat.
