@@ -43,7 +43,25 @@ fn env_number(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn start_salve(dir: &Path, database: &str, port: u16, alertmanager: &str, life: usize) -> Child {
+/// A `salve serve` process, killed (SIGKILL) and reaped when dropped.
+struct Salve(Child);
+
+impl Salve {
+    /// SIGKILL: no clean-up, no retirement, as a node failure or the OOM killer.
+    fn kill(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Salve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_salve(dir: &Path, database: &str, port: u16, alertmanager: &str, life: usize) -> Salve {
     let log = std::fs::File::create(dir.join(format!("salve-{life}.log"))).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_salve"));
     cmd.arg("serve")
@@ -75,7 +93,7 @@ fn start_salve(dir: &Path, database: &str, port: u16, alertmanager: &str, life: 
             Ok(())
         });
     }
-    cmd.spawn().expect("cannot start salve")
+    Salve(cmd.spawn().expect("cannot start salve"))
 }
 
 async fn count(pool: &sqlx::AnyPool, sql: &'static str) -> i64 {
@@ -155,8 +173,7 @@ async fn main() {
         assert!(resp.status().is_success(), "Alertmanager refused a batch");
         tokio::time::sleep(Duration::from_millis(150)).await;
         if killed < kills && n % kill_every == kill_every - 1 {
-            salve.kill().unwrap(); // SIGKILL: no clean-up, no retirement
-            salve.wait().unwrap();
+            salve.kill();
             killed += 1;
             tokio::time::sleep(Duration::from_millis(300)).await;
             life += 1;
@@ -165,8 +182,7 @@ async fn main() {
     }
     while killed < kills {
         tokio::time::sleep(Duration::from_millis(700)).await;
-        salve.kill().unwrap();
-        salve.wait().unwrap();
+        salve.kill();
         killed += 1;
         life += 1;
         salve = start_salve(dir.path(), &database, salve_port, &alertmanager_url, life);
@@ -275,7 +291,7 @@ async fn main() {
     println!("  stuck remediations:           {open}");
     println!("  undecided incidents:          {undecided}");
     println!("  locks of ended remediations:  {stale_locks}");
-    let _ = salve.kill();
+    salve.kill();
     let bad = lost as i64
         + duplicate_incidents
         + duplicate_remediations
