@@ -210,6 +210,12 @@ async fn main() {
         if (stored as usize >= alerts && open == 0 && undecided == 0) || Instant::now() > deadline {
             break;
         }
+        if started.elapsed().as_millis() % 5000 < 500 {
+            eprintln!(
+                "  {:>5.1?}: {stored} incidents stored, {undecided} undecided, {open} remediations open",
+                started.elapsed()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let settled_after = started.elapsed();
@@ -302,5 +308,8 @@ async fn main() {
     if bad > 0 {
         eprintln!("soak FAILED; logs in {}", dir.keep().display());
         std::process::exit(1);
+    }
+    if std::env::var_os("SALVE_SOAK_KEEP").is_some() {
+        eprintln!("logs kept in {}", dir.keep().display());
     }
 }

@@ -177,19 +177,39 @@ pub struct Recovered {
     pub resumed: Vec<String>,
 }
 
-/// Where the webhook hands new incidents to the engine.
+/// Where the webhook (and recovery) hand incidents to the engine.
+///
+/// Each incident is queued at most once at a time: recovery offers every undecided
+/// incident again at each sweep, and a storm must not fill the queue with copies. The
+/// queue holds ids only (the incidents are in the store), so it is not bounded: a
+/// bounded one that drops ids would leave their incidents undecided until the slow sweep.
 #[derive(Clone)]
 pub struct WorkQueue {
-    tx: mpsc::Sender<String>,
+    tx: mpsc::UnboundedSender<String>,
+    queued: Arc<Mutex<HashSet<String>>>,
+}
+
+impl WorkQueue {
+    /// Marks an id as taken off the queue (it may be queued again from now on).
+    fn taken(&self, id: &str) {
+        if let Ok(mut q) = self.queued.lock() {
+            q.remove(id);
+        }
+    }
 }
 
 impl crate::ingest::IncidentSink for WorkQueue {
     fn submit(&self, incident_ids: Vec<String>) {
         for id in incident_ids {
-            // A full queue loses nothing: the incident is stored as undecided and the
-            // periodic sweep picks it up.
-            if self.tx.try_send(id.clone()).is_err() {
-                warn!(incident = %id, "work queue full; the sweep will pick this incident up");
+            let new = self
+                .queued
+                .lock()
+                .map(|mut q| q.insert(id.clone()))
+                .unwrap_or(true);
+            // A closed queue (salve is stopping) loses nothing: the incident is stored as
+            // undecided and the next start decides it.
+            if new && self.tx.send(id.clone()).is_err() {
+                warn!(incident = %id, "salve is stopping; the next start decides this incident");
             }
         }
     }
@@ -259,9 +279,12 @@ impl Engine {
     /// worker waits at most `Limits::shutdown_grace` for them, and the replica retires (so another replica,
     /// or the next start, may resume what it left at once).
     pub fn start(&self, shutdown: CancellationToken) -> (WorkQueue, tokio::task::JoinHandle<()>) {
-        let (tx, mut rx) = mpsc::channel::<String>(1024);
+        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
         let engine = self.clone();
-        let queue = WorkQueue { tx };
+        let queue = WorkQueue {
+            tx,
+            queued: Arc::default(),
+        };
         let sink = queue.clone();
         let handle = tokio::spawn(async move {
             // Everything below stops waiting the moment a stop is asked for: a backlog, a
@@ -281,7 +304,10 @@ impl Engine {
             loop {
                 let id = tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    Some(id) = rx.recv() => id,
+                    Some(id) = rx.recv() => {
+                        sink.taken(&id);
+                        id
+                    }
                     _ = heartbeat.tick() => {
                         engine.unless_stopping(engine.beat()).await;
                         if !recovered {
@@ -775,4 +801,31 @@ fn render_target(rule: &Rule, labels: &crate::alert::Labels) -> Result<TargetRef
 
 fn stored_target(kind: &str, namespace: &str, name: &str) -> Option<TargetRef> {
     TargetRef::new(WorkloadKind::parse(kind)?, namespace, name).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::IncidentSink;
+
+    #[tokio::test]
+    async fn an_incident_is_queued_once_until_it_is_taken() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let queue = WorkQueue {
+            tx,
+            queued: Arc::default(),
+        };
+        // Recovery offers what the webhook already queued, again and again.
+        queue.submit(vec!["a".into(), "b".into()]);
+        queue.submit(vec!["a".into(), "b".into(), "c".into()]);
+        let mut got = Vec::new();
+        while let Ok(id) = rx.try_recv() {
+            queue.taken(&id);
+            got.push(id);
+        }
+        assert_eq!(got, ["a", "b", "c"]);
+        // Taken off the queue, it may be offered again (it may still be undecided).
+        queue.submit(vec!["a".into()]);
+        assert_eq!(rx.try_recv().ok().as_deref(), Some("a"));
+    }
 }
