@@ -1,12 +1,14 @@
 //! The Alertmanager webhook: authenticate, parse, store, then acknowledge.
 //!
 //! `POST /api/v1/alerts` answers 2xx only after the delivery and its alerts are
-//! committed, so an acknowledged alert survives a crash; new incidents are then handed
+//! committed (in a batch with whatever other deliveries arrived meanwhile, see
+//! [`batch`]), so an acknowledged alert survives a crash; new incidents are then handed
 //! to whatever decides (the engine) through [`IncidentSink`], so this stage knows
 //! nothing of rules, policy or the cluster. Re-sends are stored as deliveries too (the
 //! audit trail shows each one) but fold into their existing incident.
 
 pub mod auth;
+pub mod batch;
 
 use std::sync::Arc;
 
@@ -24,6 +26,7 @@ use crate::alert::Delivery;
 use crate::http::HttpError;
 use crate::store::Store;
 pub use auth::WebhookAuth;
+pub use batch::DeliveryWriter;
 
 /// Receives the ids of incidents seen firing for the first time.
 pub trait IncidentSink: Send + Sync {
@@ -35,7 +38,9 @@ pub trait IncidentSink: Send + Sync {
 #[derive(Clone)]
 pub struct IngestState {
     pub store: Store,
-    pub sink: Arc<dyn IncidentSink>,
+    /// Group commit: the webhook's one write goes through it, and it hands new
+    /// incidents to the engine.
+    pub writer: DeliveryWriter,
     pub auth: Arc<WebhookAuth>,
 }
 
@@ -80,17 +85,17 @@ async fn receive(State(state): State<IngestState>, body: Bytes) -> Result<Json<A
             "Alertmanager left alerts out of this group (max_alerts); set max_alerts: 0 for salve's receiver"
         );
     }
+    let alerts = delivery.alerts.len();
     let stored = state
         .store
-        .within_wait(state.store.record_delivery(&delivery, Utc::now()))
+        .within_wait(state.writer.record(delivery, Utc::now()))
         .await?;
     let ack = Ack {
         delivery_id: stored.delivery_id,
-        alerts: delivery.alerts.len(),
+        alerts,
         new_incidents: stored.to_decide.len(),
         repeated: stored.repeated,
         resolved: stored.resolved,
     };
-    state.sink.submit(stored.to_decide);
     Ok(Json(ack))
 }

@@ -132,116 +132,44 @@ impl Store {
             .collect()
     }
 
-    /// Stores a webhook delivery and its alerts, atomically.
+    /// Stores a webhook delivery and its alerts, atomically, in a transaction of its own
+    /// (the webhook batches deliveries through [`super::ingest::DeliveryWriter`] instead).
     pub async fn record_delivery(
         &self,
         d: &Delivery,
         now: DateTime<Utc>,
     ) -> Result<NewIncidents, StoreError> {
         let mut tx = self.pool().begin().await?;
-        let delivery_id = new_id();
-        let now_s = timestamp(now);
-        sqlx::query(
-            "INSERT INTO deliveries (id, received_at, receiver, status, group_key, alert_count, truncated_alerts, payload)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(&delivery_id)
-        .bind(&now_s)
-        .bind(&d.receiver)
-        .bind(d.status.as_str())
-        .bind(&d.group_key)
-        .bind(d.alerts.len() as i64)
-        .bind(d.truncated_alerts as i64)
-        .bind(&d.raw)
-        .execute(&mut *tx)
-        .await?;
-
-        let mut out = NewIncidents {
-            delivery_id: delivery_id.clone(),
-            ..NewIncidents::default()
-        };
-        for alert in &d.alerts {
-            let id = new_id();
-            let alert_json =
-                serde_json::to_string(alert).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let starts_at = timestamp(alert.starts_at);
-            let resolved_at = (alert.status == AlertStatus::Resolved)
-                .then(|| timestamp(alert.ends_at.unwrap_or(now)));
-            // First seen already resolved (salve was down while it fired): nothing to decide.
-            let (first_decision, first_reason) = match alert.status {
-                AlertStatus::Firing => ("undecided", ""),
-                AlertStatus::Resolved => (
-                    Decision::ResolvedBeforeDecision.as_str(),
-                    RESOLVED_BEFORE_DECISION,
-                ),
-            };
-            let inserted = sqlx::query(
-                "INSERT INTO incidents (id, fingerprint, starts_at, alertname, status, alert, first_seen_at,
-                     last_seen_at, resolved_at, delivery_count, first_delivery_id, decision, decision_reason)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, 1, $9, $10, $11)
-                 ON CONFLICT (fingerprint, starts_at) DO NOTHING",
-            )
-            .bind(&id)
-            .bind(alert.fingerprint.as_str())
-            .bind(&starts_at)
-            .bind(alert.alertname())
-            .bind(alert.status.as_str())
-            .bind(&alert_json)
-            .bind(&now_s)
-            .bind(resolved_at.clone())
-            .bind(&delivery_id)
-            .bind(first_decision)
-            .bind(first_reason)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1;
-            if inserted {
-                if alert.status == AlertStatus::Firing {
-                    out.to_decide.push(id);
-                }
-                continue;
-            }
-            out.repeated += 1;
-            // A firing re-send never re-opens a resolved incident: Alertmanager gives a
-            // re-fire a new startsAt, so a late firing copy is stale news.
-            // An incident that resolves while still undecided is settled here and now: the
-            // engine decides only firing incidents, so it would otherwise stay undecided.
-            let resolved = sqlx::query(
-                "UPDATE incidents SET last_seen_at = $1, delivery_count = delivery_count + 1,
-                     status = CASE WHEN $2 = 'resolved' THEN 'resolved' ELSE status END,
-                     decision = CASE WHEN $2 = 'resolved' AND decision = 'undecided'
-                                     THEN 'resolved_before_decision' ELSE decision END,
-                     decision_reason = CASE WHEN $2 = 'resolved' AND decision = 'undecided'
-                                     THEN $6 ELSE decision_reason END,
-                     resolved_at = CASE WHEN $2 = 'resolved' AND resolved_at IS NULL THEN $3 ELSE resolved_at END
-                 WHERE fingerprint = $4 AND starts_at = $5 AND status = 'firing'",
-            )
-            .bind(&now_s)
-            .bind(alert.status.as_str())
-            .bind(resolved_at)
-            .bind(alert.fingerprint.as_str())
-            .bind(&starts_at)
-            .bind(RESOLVED_BEFORE_DECISION)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if resolved == 0 {
-                sqlx::query(
-                    "UPDATE incidents SET last_seen_at = $1, delivery_count = delivery_count + 1
-                     WHERE fingerprint = $2 AND starts_at = $3",
-                )
-                .bind(&now_s)
-                .bind(alert.fingerprint.as_str())
-                .bind(&starts_at)
-                .execute(&mut *tx)
-                .await?;
-            } else if alert.status == AlertStatus::Resolved {
-                out.resolved += 1;
-            }
-        }
+        let out = record_delivery_in(&mut tx, d, now).await?;
         tx.commit().await?;
         Ok(out)
+    }
+
+    /// Stores several deliveries in one transaction, each in a savepoint of its own: one
+    /// that fails is rolled back alone and answered with its error. `Err` when the
+    /// transaction as a whole failed (nothing of it is stored).
+    pub async fn record_delivery_batch(
+        &self,
+        deliveries: &[(&Delivery, DateTime<Utc>)],
+    ) -> Result<Vec<Result<NewIncidents, StoreError>>, StoreError> {
+        use sqlx::Acquire;
+        let mut tx = self.pool().begin().await?;
+        let mut results = Vec::with_capacity(deliveries.len());
+        for (d, now) in deliveries {
+            let mut savepoint = tx.begin().await?;
+            let stored = match record_delivery_in(&mut savepoint, d, *now).await {
+                Ok(stored) => savepoint
+                    .commit()
+                    .await
+                    .map(|()| stored)
+                    .map_err(StoreError::from),
+                // Dropping the savepoint rolls this delivery back, and only it.
+                Err(e) => Err(e),
+            };
+            results.push(stored);
+        }
+        tx.commit().await?;
+        Ok(results)
     }
 
     /// One incident, with its alert as last stored.
@@ -318,4 +246,114 @@ impl Store {
             .await?;
         Ok(row.try_get("n")?)
     }
+}
+
+/// [`Store::record_delivery`]'s statements, inside the caller's transaction (or savepoint).
+pub(super) async fn record_delivery_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    d: &Delivery,
+    now: DateTime<Utc>,
+) -> Result<NewIncidents, StoreError> {
+    let delivery_id = new_id();
+    let now_s = timestamp(now);
+    sqlx::query(
+        "INSERT INTO deliveries (id, received_at, receiver, status, group_key, alert_count, truncated_alerts, payload)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&delivery_id)
+    .bind(&now_s)
+    .bind(&d.receiver)
+    .bind(d.status.as_str())
+    .bind(&d.group_key)
+    .bind(d.alerts.len() as i64)
+    .bind(d.truncated_alerts as i64)
+    .bind(&d.raw)
+    .execute(&mut **tx)
+    .await?;
+
+    let mut out = NewIncidents {
+        delivery_id: delivery_id.clone(),
+        ..NewIncidents::default()
+    };
+    for alert in &d.alerts {
+        let id = new_id();
+        let alert_json =
+            serde_json::to_string(alert).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let starts_at = timestamp(alert.starts_at);
+        let resolved_at = (alert.status == AlertStatus::Resolved)
+            .then(|| timestamp(alert.ends_at.unwrap_or(now)));
+        // First seen already resolved (salve was down while it fired): nothing to decide.
+        let (first_decision, first_reason) = match alert.status {
+            AlertStatus::Firing => ("undecided", ""),
+            AlertStatus::Resolved => (
+                Decision::ResolvedBeforeDecision.as_str(),
+                RESOLVED_BEFORE_DECISION,
+            ),
+        };
+        let inserted = sqlx::query(
+            "INSERT INTO incidents (id, fingerprint, starts_at, alertname, status, alert, first_seen_at,
+                 last_seen_at, resolved_at, delivery_count, first_delivery_id, decision, decision_reason)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, 1, $9, $10, $11)
+             ON CONFLICT (fingerprint, starts_at) DO NOTHING",
+        )
+        .bind(&id)
+        .bind(alert.fingerprint.as_str())
+        .bind(&starts_at)
+        .bind(alert.alertname())
+        .bind(alert.status.as_str())
+        .bind(&alert_json)
+        .bind(&now_s)
+        .bind(resolved_at.clone())
+        .bind(&delivery_id)
+        .bind(first_decision)
+        .bind(first_reason)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if inserted {
+            if alert.status == AlertStatus::Firing {
+                out.to_decide.push(id);
+            }
+            continue;
+        }
+        out.repeated += 1;
+        // A firing re-send never re-opens a resolved incident: Alertmanager gives a
+        // re-fire a new startsAt, so a late firing copy is stale news.
+        // An incident that resolves while still undecided is settled here and now: the
+        // engine decides only firing incidents, so it would otherwise stay undecided.
+        let resolved = sqlx::query(
+            "UPDATE incidents SET last_seen_at = $1, delivery_count = delivery_count + 1,
+                 status = CASE WHEN $2 = 'resolved' THEN 'resolved' ELSE status END,
+                 decision = CASE WHEN $2 = 'resolved' AND decision = 'undecided'
+                                 THEN 'resolved_before_decision' ELSE decision END,
+                 decision_reason = CASE WHEN $2 = 'resolved' AND decision = 'undecided'
+                                 THEN $6 ELSE decision_reason END,
+                 resolved_at = CASE WHEN $2 = 'resolved' AND resolved_at IS NULL THEN $3 ELSE resolved_at END
+             WHERE fingerprint = $4 AND starts_at = $5 AND status = 'firing'",
+        )
+        .bind(&now_s)
+        .bind(alert.status.as_str())
+        .bind(resolved_at)
+        .bind(alert.fingerprint.as_str())
+        .bind(&starts_at)
+        .bind(RESOLVED_BEFORE_DECISION)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        if resolved == 0 {
+            sqlx::query(
+                "UPDATE incidents SET last_seen_at = $1, delivery_count = delivery_count + 1
+                 WHERE fingerprint = $2 AND starts_at = $3",
+            )
+            .bind(&now_s)
+            .bind(alert.fingerprint.as_str())
+            .bind(&starts_at)
+            .execute(&mut **tx)
+            .await?;
+        } else if alert.status == AlertStatus::Resolved {
+            out.resolved += 1;
+        }
+    }
+    Ok(out)
 }

@@ -49,27 +49,31 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> StoreError {
-        let transient = match &e {
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_) => true,
-            sqlx::Error::Database(db) => {
-                // SQLite: database is locked/busy. PostgreSQL: serialization failure,
-                // deadlock, too many connections, cannot connect now, admin shutdown.
-                let code = db.code().unwrap_or_default();
-                matches!(
-                    code.as_ref(),
-                    "5" | "6" | "517" | "40001" | "40P01" | "53300" | "57P01" | "57P03"
-                )
-            }
-            _ => false,
-        };
-        if transient {
+        if is_transient(&e) {
             StoreError::Unavailable(e)
         } else {
             StoreError::Query(e)
         }
+    }
+}
+
+/// Whether a database error may pass: the database cannot be reached or is busy.
+fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => {
+            // SQLite: database is locked/busy. PostgreSQL: serialization failure,
+            // deadlock, too many connections, cannot connect now, admin shutdown.
+            let code = db.code().unwrap_or_default();
+            matches!(
+                code.as_ref(),
+                "5" | "6" | "517" | "40001" | "40P01" | "53300" | "57P01" | "57P03"
+            )
+        }
+        _ => false,
     }
 }
 

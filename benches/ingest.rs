@@ -1,0 +1,367 @@
+//! Alert storms: how fast salve acknowledges and decides, next to a bare server.
+//!
+//! Starts salve in-process (offline, the shipped rules) and a bare axum server that
+//! parses the same JSON (`Delivery::parse`) and answers 200, and drives both with the
+//! same built-in load generator:
+//! - fixed concurrency (16 connections) for throughput: distinct single-alert webhooks,
+//!   and 10-alert batches;
+//! - fixed arrival rate for latency, timed from each request's *scheduled* start, so a
+//!   stalled server cannot hide its queue (no coordinated omission);
+//! - webhook → decision recorded, at 100 alerts/s, and a storm of 1,000 alerts in 1 s.
+//!
+//! On SQLite, and on PostgreSQL when `SALVE_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`) answers. Also prints the raw SQLite
+//! reference: one connection, one transaction per insert, `synchronous=FULL`.
+//! Run: `cargo bench --bench ingest` (`SALVE_BENCH_SECONDS` sets each phase's length).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sqlx::{Connection, Executor};
+use support::{Options, TestSalve, firing_with, spawn_salve};
+
+const CONNECTIONS: usize = 16;
+
+/// What one run of the load generator saw.
+#[derive(Default)]
+struct Run {
+    ok: usize,
+    errors: usize,
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+}
+
+impl Run {
+    fn per_second(&self, per_request: usize) -> f64 {
+        (self.ok * per_request) as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn quantile(&self, q: f64) -> Duration {
+        quantile(&self.latencies, q)
+    }
+}
+
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// A webhook with `alerts` distinct alerts, each on its own Deployment.
+fn body(n: usize, alerts: usize) -> String {
+    let mut v: Value = serde_json::from_str(&firing_with(json!({}), "0")).unwrap();
+    let one = v["alerts"][0].clone();
+    v["alerts"] = (0..alerts)
+        .map(|k| {
+            let id = n * alerts + k;
+            let mut a = one.clone();
+            a["labels"] = json!({
+                "alertname": "HighRequestLatency", "severity": "critical",
+                "namespace": "storm", "deployment": format!("web-{id}"),
+            });
+            a["fingerprint"] = json!(format!("{:016x}", 0xb000_0000_0000u64 + id as u64));
+            a
+        })
+        .collect();
+    v.to_string()
+}
+
+/// Fixed concurrency for `seconds`: each of the connections sends its next request as
+/// soon as the last one is answered. Bodies are numbered from `first`.
+async fn closed_loop(url: &str, first: usize, alerts: usize, seconds: f64) -> (Run, usize) {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(CONNECTIONS)
+        .build()
+        .unwrap();
+    let next = Arc::new(AtomicUsize::new(first));
+    let until = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let (http, next, url) = (http.clone(), next.clone(), url.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let mut run = Run::default();
+            while Instant::now() < until {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                let t = Instant::now();
+                match http.post(&url).body(body(n, alerts)).send().await {
+                    Ok(r) if r.status().is_success() => run.ok += 1,
+                    _ => run.errors += 1,
+                }
+                run.latencies.push(t.elapsed());
+            }
+            run
+        }));
+    }
+    let mut all = Run::default();
+    for t in tasks {
+        let r = t.await.unwrap();
+        all.ok += r.ok;
+        all.errors += r.errors;
+        all.latencies.extend(r.latencies);
+    }
+    all.elapsed = started.elapsed();
+    all.latencies.sort();
+    (all, next.load(Ordering::Relaxed))
+}
+
+/// Fixed arrival rate: request `i` is due at `start + i / rate` and its latency counts
+/// from then, whether or not the server was ready to take it.
+async fn open_loop(url: &str, first: usize, rate: f64, seconds: f64) -> Run {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let total = (rate * seconds) as usize;
+    let start = tokio::time::Instant::now() + Duration::from_millis(50);
+    let mut tasks = Vec::with_capacity(total);
+    for i in 0..total {
+        let due = start + Duration::from_secs_f64(i as f64 / rate);
+        let (http, url, body) = (http.clone(), url.to_owned(), body(first + i, 1));
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until(due).await;
+            let ok =
+                matches!(http.post(&url).body(body).send().await, Ok(r) if r.status().is_success());
+            (ok, due.elapsed())
+        }));
+    }
+    let mut run = Run::default();
+    for t in tasks {
+        let (ok, latency) = t.await.unwrap();
+        if ok {
+            run.ok += 1;
+        } else {
+            run.errors += 1;
+        }
+        run.latencies.push(latency);
+    }
+    run.elapsed = Duration::from_secs_f64(seconds);
+    run.latencies.sort();
+    run
+}
+
+/// The bare reference: the same parsing, no storage.
+async fn bare_server() -> String {
+    let app = axum::Router::new().route(
+        "/api/v1/alerts",
+        axum::routing::post(|body: axum::body::Bytes| async move {
+            match salve::alert::Delivery::parse(&body) {
+                Ok(d) => (
+                    axum::http::StatusCode::OK,
+                    axum::Json(json!({"alerts": d.alerts.len()})),
+                ),
+                Err(e) => (
+                    axum::http::StatusCode::BAD_REQUEST,
+                    axum::Json(json!({"error": e.to_string()})),
+                ),
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/api/v1/alerts", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+/// Polls the store until `count` incidents of this run are decided; the time each was
+/// first seen decided, counted from when its webhook was sent.
+async fn decisions(s: &TestSalve, sent: &[(String, Instant)], within: Duration) -> Vec<Duration> {
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&s.database)
+        .await
+        .unwrap();
+    let mut pending: std::collections::HashMap<&str, Instant> =
+        sent.iter().map(|(fp, t)| (fp.as_str(), *t)).collect();
+    let mut seen = Vec::new();
+    let until = Instant::now() + within;
+    while !pending.is_empty() && Instant::now() < until {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT fingerprint FROM incidents WHERE decision <> 'undecided' AND alertname = 'HighRequestLatency'",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let now = Instant::now();
+        for (fp,) in rows {
+            if let Some(t) = pending.remove(fp.as_str()) {
+                seen.push(now - t);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    seen.sort();
+    seen
+}
+
+/// Sends `count` single-alert webhooks spread evenly over `seconds`; when each was sent.
+async fn paced(url: &str, first: usize, count: usize, seconds: f64) -> Vec<(String, Instant)> {
+    let http = reqwest::Client::new();
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..count {
+        let due = start + Duration::from_secs_f64(i as f64 * seconds / count as f64);
+        let (http, url, body) = (http.clone(), url.to_owned(), body(first + i, 1));
+        let fp = format!("{:016x}", 0xb000_0000_0000u64 + (first + i) as u64);
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until(due).await;
+            let sent = Instant::now();
+            let _ = http.post(&url).body(body).send().await;
+            (fp, sent)
+        }));
+    }
+    let mut sent = Vec::new();
+    for t in tasks {
+        sent.push(t.await.unwrap());
+    }
+    sent
+}
+
+async fn raw_sqlite_commits(seconds: f64) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("raw.db").display());
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    conn.execute("PRAGMA journal_mode = WAL").await.unwrap();
+    conn.execute("PRAGMA synchronous = FULL").await.unwrap();
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut n = 0u64;
+    while started.elapsed().as_secs_f64() < seconds {
+        let mut tx = conn.begin().await.unwrap();
+        sqlx::query("INSERT INTO t (v) VALUES ($1)")
+            .bind("x".repeat(200))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        n += 1;
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn postgres_reachable() -> bool {
+    let url = std::env::var("SALVE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    sqlx::PgConnection::connect(&url).await.is_ok()
+}
+
+async fn bench_backend(name: &str, bare: &str, bare_single: &Run, bare_batch: &Run, seconds: f64) {
+    let s = spawn_salve(Options::default()).await;
+    let url = format!("{}/api/v1/alerts", s.url);
+    let mut next = 0usize;
+
+    let (single, n) = closed_loop(&url, next, 1, seconds).await;
+    next = n;
+    let (batch, n) = closed_loop(&url, next, 10, seconds).await;
+    next = n;
+    // Let the engine catch up before the latency phases.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let at_1000 = open_loop(&url, next, 1000.0, seconds).await;
+    next += (1000.0 * seconds) as usize;
+    let at_2000 = open_loop(&url, next, 2000.0, seconds.min(3.0)).await;
+    next += (2000.0 * seconds.min(3.0)) as usize;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let sent = paced(&url, next, (100.0 * seconds) as usize, seconds).await;
+    next += sent.len();
+    let decided_100 = decisions(&s, &sent, Duration::from_secs(60)).await;
+    let storm = paced(&url, next, 1000, 1.0).await;
+    let storm_started = storm.iter().map(|(_, t)| *t).min().unwrap();
+    let decided_storm = decisions(&s, &storm, Duration::from_secs(120)).await;
+    let storm_done = decided_storm.len();
+    let storm_all = storm
+        .iter()
+        .map(|(_, t)| *t)
+        .max()
+        .map(|_| storm_started.elapsed())
+        .unwrap_or_default();
+
+    println!("\n## salve on {name}");
+    println!(
+        "distinct single-alert webhooks, {CONNECTIONS} connections: {:.0} req/s ({} errors), bare {:.0} req/s, ratio {:.2}",
+        single.per_second(1),
+        single.errors,
+        bare_single.per_second(1),
+        single.per_second(1) / bare_single.per_second(1)
+    );
+    println!(
+        "10-alert batches, {CONNECTIONS} connections: {:.0} alerts/s ({} errors), bare {:.0} alerts/s, ratio {:.2}",
+        batch.per_second(10),
+        batch.errors,
+        bare_batch.per_second(10),
+        batch.per_second(10) / bare_batch.per_second(10)
+    );
+    for (rate, run) in [(1000, &at_1000), (2000, &at_2000)] {
+        println!(
+            "ack latency at a fixed {rate} req/s: p50 {}, p99 {}, max {} ({} of {} answered 2xx, {} errors or timeouts)",
+            ms(run.quantile(0.5)),
+            ms(run.quantile(0.99)),
+            ms(run.quantile(1.0)),
+            run.ok,
+            run.ok + run.errors,
+            run.errors
+        );
+    }
+    println!(
+        "webhook -> decision recorded at 100 alerts/s: p50 {}, p99 {} ({} of {} decided)",
+        ms(quantile(&decided_100, 0.5)),
+        ms(quantile(&decided_100, 0.99)),
+        decided_100.len(),
+        sent.len()
+    );
+    println!(
+        "storm of 1,000 distinct alerts in 1 s: {storm_done} decided, the last {:.2} s after the first was sent (p50 {}, p99 {})",
+        storm_all.as_secs_f64(),
+        ms(quantile(&decided_storm, 0.5)),
+        ms(quantile(&decided_storm, 0.99))
+    );
+    let _ = bare;
+    s.salve.stop().await;
+}
+
+#[tokio::main]
+async fn main() {
+    let seconds: f64 = std::env::var("SALVE_BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4.0);
+    let bare = bare_server().await;
+    let (bare_single, n) = closed_loop(&bare, 0, 1, seconds).await;
+    let (bare_batch, _) = closed_loop(&bare, n, 10, seconds).await;
+    let bare_1000 = open_loop(&bare, 0, 1000.0, seconds).await;
+    println!("## reference");
+    println!(
+        "bare axum, same parsing: {:.0} req/s single-alert, {:.0} alerts/s in 10-alert batches, p99 {} at 1,000 req/s",
+        bare_single.per_second(1),
+        bare_batch.per_second(10),
+        ms(bare_1000.quantile(0.99))
+    );
+    println!(
+        "raw SQLite, one connection, one transaction per insert, synchronous=FULL: {:.0} commits/s",
+        raw_sqlite_commits(seconds.min(3.0)).await
+    );
+
+    // SAFETY: set before any other thread reads the environment for it.
+    unsafe { std::env::remove_var("SALVE_TEST_DATABASE") };
+    bench_backend("SQLite", &bare, &bare_single, &bare_batch, seconds).await;
+    if postgres_reachable().await {
+        // SAFETY: as above; spawn_salve reads it to pick the backend.
+        unsafe { std::env::set_var("SALVE_TEST_DATABASE", "postgres") };
+        bench_backend("PostgreSQL", &bare, &bare_single, &bare_batch, seconds).await;
+    } else {
+        println!("\n(PostgreSQL not reachable: set SALVE_TEST_POSTGRES_URL to bench it)");
+    }
+}
