@@ -174,19 +174,21 @@ async fn bare_server() -> String {
     url
 }
 
-/// Polls the store until `count` incidents of this run are decided; the time each was
-/// first seen decided, counted from when its webhook was sent.
-async fn decisions(s: &TestSalve, sent: &[(String, Instant)], within: Duration) -> Vec<Duration> {
+/// Watches the store (every 2 ms) from before the first webhook until every one of
+/// `count` alerts (numbered from 0) is decided; when each was first seen decided.
+async fn watch_decisions(
+    database: String,
+    count: usize,
+    within: Duration,
+) -> std::collections::HashMap<String, Instant> {
     let pool = sqlx::any::AnyPoolOptions::new()
         .max_connections(1)
-        .connect(&s.database)
+        .connect(&database)
         .await
         .unwrap();
-    let mut pending: std::collections::HashMap<&str, Instant> =
-        sent.iter().map(|(fp, t)| (fp.as_str(), *t)).collect();
-    let mut seen = Vec::new();
+    let mut seen = std::collections::HashMap::new();
     let until = Instant::now() + within;
-    while !pending.is_empty() && Instant::now() < until {
+    while seen.len() < count && Instant::now() < until {
         let rows: Vec<(String,)> = sqlx::query_as(
             "SELECT fingerprint FROM incidents WHERE decision <> 'undecided' AND alertname = 'HighRequestLatency'",
         )
@@ -195,14 +197,40 @@ async fn decisions(s: &TestSalve, sent: &[(String, Instant)], within: Duration) 
         .unwrap();
         let now = Instant::now();
         for (fp,) in rows {
-            if let Some(t) = pending.remove(fp.as_str()) {
-                seen.push(now - t);
-            }
+            seen.entry(fp).or_insert(now);
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    seen.sort();
     seen
+}
+
+/// Sends `count` alerts over `seconds` while watching decisions: the sorted
+/// webhook-to-decision times, and how long after the first send the last was decided.
+async fn decisions(
+    s: &TestSalve,
+    url: &str,
+    count: usize,
+    seconds: f64,
+) -> (Vec<Duration>, Duration) {
+    let watcher = tokio::spawn(watch_decisions(
+        s.database.clone(),
+        count,
+        Duration::from_secs(120),
+    ));
+    let sent = paced(url, 0, count, seconds).await;
+    let decided = watcher.await.unwrap();
+    let first = sent.iter().map(|(_, t)| *t).min().unwrap();
+    let mut latencies: Vec<Duration> = sent
+        .iter()
+        .filter_map(|(fp, t)| decided.get(fp).map(|d| d.saturating_duration_since(*t)))
+        .collect();
+    latencies.sort();
+    let last = decided
+        .values()
+        .max()
+        .map(|d| d.saturating_duration_since(first))
+        .unwrap_or_default();
+    (latencies, last)
 }
 
 /// Sends `count` single-alert webhooks spread evenly over `seconds`; when each was sent.
@@ -258,36 +286,35 @@ async fn postgres_reachable() -> bool {
     sqlx::PgConnection::connect(&url).await.is_ok()
 }
 
-async fn bench_backend(name: &str, bare: &str, bare_single: &Run, bare_batch: &Run, seconds: f64) {
+/// A fresh salve for each phase, so no phase pays for the backlog an earlier one left.
+async fn fresh() -> (TestSalve, String) {
     let s = spawn_salve(Options::default()).await;
     let url = format!("{}/api/v1/alerts", s.url);
-    let mut next = 0usize;
+    (s, url)
+}
 
-    let (single, n) = closed_loop(&url, next, 1, seconds).await;
-    next = n;
-    let (batch, n) = closed_loop(&url, next, 10, seconds).await;
-    next = n;
-    // Let the engine catch up before the latency phases.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let at_1000 = open_loop(&url, next, 1000.0, seconds).await;
-    next += (1000.0 * seconds) as usize;
-    let at_2000 = open_loop(&url, next, 2000.0, seconds.min(3.0)).await;
-    next += (2000.0 * seconds.min(3.0)) as usize;
-    tokio::time::sleep(Duration::from_secs(5)).await;
+async fn bench_backend(name: &str, bare_single: &Run, bare_batch: &Run, seconds: f64) {
+    let (s, url) = fresh().await;
+    let (single, _) = closed_loop(&url, 0, 1, seconds).await;
+    s.salve.stop().await;
+    let (s, url) = fresh().await;
+    let (batch, _) = closed_loop(&url, 0, 10, seconds).await;
+    s.salve.stop().await;
+    let (s, url) = fresh().await;
+    let at_1000 = open_loop(&url, 0, 1000.0, seconds).await;
+    s.salve.stop().await;
+    let (s, url) = fresh().await;
+    let at_2000 = open_loop(&url, 0, 2000.0, seconds.min(3.0)).await;
+    s.salve.stop().await;
 
-    let sent = paced(&url, next, (100.0 * seconds) as usize, seconds).await;
-    next += sent.len();
-    let decided_100 = decisions(&s, &sent, Duration::from_secs(60)).await;
-    let storm = paced(&url, next, 1000, 1.0).await;
-    let storm_started = storm.iter().map(|(_, t)| *t).min().unwrap();
-    let decided_storm = decisions(&s, &storm, Duration::from_secs(120)).await;
+    let (s, url) = fresh().await;
+    let sent = (100.0 * seconds) as usize;
+    let (decided_100, _) = decisions(&s, &url, sent, seconds).await;
+    s.salve.stop().await;
+    let (s, url) = fresh().await;
+    let (decided_storm, storm_all) = decisions(&s, &url, 1000, 1.0).await;
     let storm_done = decided_storm.len();
-    let storm_all = storm
-        .iter()
-        .map(|(_, t)| *t)
-        .max()
-        .map(|_| storm_started.elapsed())
-        .unwrap_or_default();
+    s.salve.stop().await;
 
     println!("\n## salve on {name}");
     println!(
@@ -320,7 +347,7 @@ async fn bench_backend(name: &str, bare: &str, bare_single: &Run, bare_batch: &R
         ms(quantile(&decided_100, 0.5)),
         ms(quantile(&decided_100, 0.99)),
         decided_100.len(),
-        sent.len()
+        sent
     );
     println!(
         "storm of 1,000 distinct alerts in 1 s: {storm_done} decided, the last {:.2} s after the first was sent (p50 {}, p99 {})",
@@ -328,12 +355,11 @@ async fn bench_backend(name: &str, bare: &str, bare_single: &Run, bare_batch: &R
         ms(quantile(&decided_storm, 0.5)),
         ms(quantile(&decided_storm, 0.99))
     );
-    let _ = bare;
-    s.salve.stop().await;
 }
 
 #[tokio::main]
 async fn main() {
+    salve::telemetry::install_crypto_provider();
     let seconds: f64 = std::env::var("SALVE_BENCH_SECONDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -356,11 +382,11 @@ async fn main() {
 
     // SAFETY: set before any other thread reads the environment for it.
     unsafe { std::env::remove_var("SALVE_TEST_DATABASE") };
-    bench_backend("SQLite", &bare, &bare_single, &bare_batch, seconds).await;
+    bench_backend("SQLite", &bare_single, &bare_batch, seconds).await;
     if postgres_reachable().await {
         // SAFETY: as above; spawn_salve reads it to pick the backend.
         unsafe { std::env::set_var("SALVE_TEST_DATABASE", "postgres") };
-        bench_backend("PostgreSQL", &bare, &bare_single, &bare_batch, seconds).await;
+        bench_backend("PostgreSQL", &bare_single, &bare_batch, seconds).await;
     } else {
         println!("\n(PostgreSQL not reachable: set SALVE_TEST_POSTGRES_URL to bench it)");
     }
