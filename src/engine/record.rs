@@ -122,7 +122,7 @@ impl Engine {
 /// Further tries of an API call that failed transiently.
 pub(super) const CALL_RETRIES: u32 = 3;
 
-/// The pause before retry `tries + 1`: 200 ms doubling, at most 2 s, each cut to a random
+/// The pause before retry `tries + 1`: 200 ms doubling (never above 2 s), each cut to a random
 /// 50–100 % so replicas retrying together spread out.
 fn retry_pause(tries: u32) -> Duration {
     let full = Duration::from_millis(200 * (1u64 << tries.min(4))).min(Duration::from_secs(2));
