@@ -413,3 +413,97 @@ async fn sigterm_under_a_backlog_stops_within_the_grace_period_and_loses_nothing
     let deliveries = store.delivery_count().await.unwrap();
     assert_eq!(deliveries, 30, "every acknowledged alert is stored");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_delivery_survives_a_kill_9_under_load() {
+    let kube = FakeKube::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let database = fresh_database(dir.path()).await;
+    policies_with_rules(dir.path(), Some(RULES));
+    let kubeconfig = kube.write_kubeconfig(dir.path());
+    salve::telemetry::install_crypto_provider();
+    let salve = serve(dir.path(), &database, &kubeconfig, None, "first.log");
+    let http = reqwest::Client::new();
+    eventually("salve to listen", Duration::from_secs(30), async || {
+        let health = http.get(format!("{}/healthz", salve.url)).send().await;
+        match health {
+            Ok(r) if r.status() == 200 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    // 16 connections post distinct alerts as fast as they are answered (so deliveries
+    // are committed in groups); SIGKILL lands in the middle of it.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let posters: Vec<_> = (0..16u32)
+        .map(|c| {
+            let (http, url, stop) = (http.clone(), salve.url.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                let mut n = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let fp = format!("{:08x}{n:08x}", c);
+                    let body = support::firing_for(
+                        "HighRequestLatency",
+                        "storm",
+                        &format!("web-{c}-{n}"),
+                        &fp,
+                    );
+                    match http
+                        .post(format!("{url}/api/v1/alerts"))
+                        .body(body)
+                        .send()
+                        .await
+                    {
+                        Ok(r) if r.status() == 200 => acked.push(fp),
+                        Ok(_) => {}
+                        Err(_) => break, // the process is gone
+                    }
+                    n += 1;
+                }
+                acked
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pid = salve.child.id() as i32;
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for p in posters {
+        acked.extend(p.await.unwrap());
+    }
+    drop(salve);
+
+    let store = Store::connect(&database).await.unwrap();
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&database)
+        .await
+        .unwrap();
+    let stored: std::collections::HashSet<String> =
+        sqlx::query_as::<_, (String,)>("SELECT fingerprint FROM incidents")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(fp,)| fp)
+            .collect();
+    let lost: Vec<&String> = acked.iter().filter(|fp| !stored.contains(*fp)).collect();
+    eprintln!(
+        "kill -9 under load: {} acknowledged, {} stored, {} acknowledged but lost",
+        acked.len(),
+        stored.len(),
+        lost.len()
+    );
+    assert!(
+        acked.len() > 100,
+        "only {} acknowledged before the kill",
+        acked.len()
+    );
+    assert!(lost.is_empty(), "acknowledged, then lost: {lost:?}");
+    assert_eq!(store.delivery_count().await.unwrap() as usize, stored.len());
+}
