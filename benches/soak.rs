@@ -12,7 +12,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -86,15 +85,15 @@ fn start_salve(dir: &Path, database: &str, port: u16, alertmanager: &str, life: 
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log);
-    // SAFETY: prctl only sets a flag of the child process before exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
+    support::die_with_parent(&mut cmd);
     Salve(cmd.spawn().expect("cannot start salve"))
 }
+
+/// Remediations not yet ended: stuck, once the soak has settled.
+const OPEN: &str =
+    "SELECT COUNT(*) FROM remediations WHERE state IN ('pending', 'executing', 'verifying')";
+/// Incidents nobody decided for.
+const UNDECIDED: &str = "SELECT COUNT(*) FROM incidents WHERE decision = 'undecided'";
 
 async fn count(pool: &sqlx::AnyPool, sql: &'static str) -> i64 {
     sqlx::query(sql)
@@ -197,16 +196,8 @@ async fn main() {
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let stored = count(&pool, "SELECT COUNT(*) FROM incidents").await;
-        let open = count(
-            &pool,
-            "SELECT COUNT(*) FROM remediations WHERE state IN ('pending', 'executing', 'verifying')",
-        )
-        .await;
-        let undecided = count(
-            &pool,
-            "SELECT COUNT(*) FROM incidents WHERE decision = 'undecided'",
-        )
-        .await;
+        let open = count(&pool, OPEN).await;
+        let undecided = count(&pool, UNDECIDED).await;
         if (stored as usize >= alerts && open == 0 && undecided == 0) || Instant::now() > deadline {
             break;
         }
@@ -231,16 +222,8 @@ async fn main() {
         "SELECT COUNT(*) FROM (SELECT incident_id FROM remediations GROUP BY incident_id HAVING COUNT(*) > 1) d",
     )
     .await;
-    let open = count(
-        &pool,
-        "SELECT COUNT(*) FROM remediations WHERE state IN ('pending', 'executing', 'verifying')",
-    )
-    .await;
-    let undecided = count(
-        &pool,
-        "SELECT COUNT(*) FROM incidents WHERE decision = 'undecided'",
-    )
-    .await;
+    let open = count(&pool, OPEN).await;
+    let undecided = count(&pool, UNDECIDED).await;
     let stale_locks = count(
         &pool,
         "SELECT COUNT(*) FROM target_locks l JOIN remediations r ON r.id = l.remediation_id

@@ -12,7 +12,7 @@
 
 mod support;
 
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -101,15 +101,7 @@ fn serve(
         };
         cmd.env("FAILPOINTS", format!("{}={skip}return", case.point));
     }
-    // SAFETY: prctl only sets a flag of the child process before exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    support::die_with_parent(&mut cmd);
     Serve {
         child: cmd.spawn().unwrap(),
         url: format!("http://127.0.0.1:{port}"),

@@ -18,7 +18,6 @@
 //! stops the controller manager (SIGSTOP) to simulate controller lag: status then stays
 //! exactly as it was before a write until [`ControlPlane::resume_controllers`].
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -316,15 +315,7 @@ fn spawn(program: &Path, args: &[String], log: &Path) -> Result<u32, String> {
         .stdin(Stdio::null())
         .stdout(file.try_clone().map_err(|e| e.to_string())?)
         .stderr(file);
-    // SAFETY: prctl only sets a flag of the child process before exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    super::die_with_parent(&mut cmd);
     let child = cmd
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", program.display()))?;

@@ -26,6 +26,21 @@ use sqlx::Connection;
 
 pub use fake_kube::FakeKube;
 
+/// Makes a child process die with the thread that starts it (`PR_SET_PDEATHSIG`), so
+/// no salve, etcd or apiserver outlives a test, however the test ends.
+pub fn die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl only sets a flag of the child process before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Whether `program` is there and works: run with `args` (say `--version`), it succeeds.
 pub fn installed(program: &str, args: &[&str]) -> bool {
     std::process::Command::new(program)
