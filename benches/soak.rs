@@ -13,12 +13,12 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sqlx::Row;
-use support::{FakeKube, fresh_database, policies_with_rules, real};
+use support::{FakeKube, SalveProcess, fresh_database, policies_with_rules, real};
 
 const RULES: &str = r#"
 rules:
@@ -42,51 +42,22 @@ fn env_number(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// A `salve serve` process, killed (SIGKILL) and reaped when dropped.
-struct Salve(Child);
-
-impl Salve {
-    /// SIGKILL: no clean-up, no retirement, as a node failure or the OOM killer.
-    fn kill(mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Salve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_salve(dir: &Path, database: &str, port: u16, alertmanager: &str, life: usize) -> Salve {
-    let log = std::fs::File::create(dir.join(format!("salve-{life}.log"))).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_salve"));
-    cmd.arg("serve")
-        .args(["--database", database])
-        .arg("--policies")
-        .arg(dir.join("policies"))
-        .arg("--kubeconfig")
-        .arg(dir.join("kubeconfig"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--alertmanager-url", alertmanager])
-        .args([
-            "--heartbeat-ttl",
-            "1s",
-            "--sweep-every",
-            "500ms",
-            "--no-watch",
-        ])
-        // Let every Deployment be changed (the default budget is 20 changes an hour), so
-        // the kills land among real writes too.
-        .args(["--max-actions-per-hour", "1000"])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-    support::die_with_parent(&mut cmd);
-    Salve(cmd.spawn().expect("cannot start salve"))
+fn start_salve(
+    dir: &Path,
+    database: &str,
+    port: u16,
+    alertmanager: &str,
+    life: usize,
+) -> SalveProcess {
+    let log = dir.join(format!("salve-{life}.log"));
+    let kubeconfig = dir.join("kubeconfig");
+    SalveProcess::start(dir, database, &kubeconfig, port, &log, |cmd| {
+        cmd.args(["--alertmanager-url", alertmanager])
+            // Let every Deployment be changed (the default budget is 20 changes an hour),
+            // so the kills land among real writes too.
+            .args(["--max-actions-per-hour", "1000"])
+            .env("RUST_LOG", "warn");
+    })
 }
 
 /// Remediations not yet ended: stuck, once the soak has settled.
@@ -172,7 +143,7 @@ async fn main() {
         assert!(resp.status().is_success(), "Alertmanager refused a batch");
         tokio::time::sleep(Duration::from_millis(150)).await;
         if killed < kills && n % kill_every == kill_every - 1 {
-            salve.kill();
+            drop(salve); // SIGKILL: no clean-up, no retirement
             killed += 1;
             tokio::time::sleep(Duration::from_millis(300)).await;
             life += 1;
@@ -181,7 +152,7 @@ async fn main() {
     }
     while killed < kills {
         tokio::time::sleep(Duration::from_millis(700)).await;
-        salve.kill();
+        drop(salve);
         killed += 1;
         life += 1;
         salve = start_salve(dir.path(), &database, salve_port, &alertmanager_url, life);
@@ -280,7 +251,7 @@ async fn main() {
     println!("  stuck remediations:           {open}");
     println!("  undecided incidents:          {undecided}");
     println!("  locks of ended remediations:  {stale_locks}");
-    salve.kill();
+    drop(salve);
     let bad = lost as i64
         + duplicate_incidents
         + duplicate_remediations

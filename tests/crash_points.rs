@@ -14,12 +14,13 @@ mod support;
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use salve::store::Store;
 use serde_json::Value;
-use support::{FakeKube, eventually, fixture, fresh_database, policies_with_rules};
+use support::{
+    FakeKube, SalveProcess as Serve, eventually, fixture, fresh_database, policies_with_rules, real,
+};
 
 /// One scale step; without Prometheus or a resolved webhook its verification ends
 /// unknown, so the remediation ends escalated: every crash point lies on this path.
@@ -43,27 +44,6 @@ struct Case {
     reverting: bool,
 }
 
-/// A `salve serve` child process; killed when dropped (and when the test thread ends).
-struct Serve {
-    child: std::process::Child,
-    url: String,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn serve(
     dir: &Path,
     database: &str,
@@ -71,41 +51,18 @@ fn serve(
     crash_at: Option<&Case>,
     log: &str,
 ) -> Serve {
-    let port = free_port();
-    let log = std::fs::File::create(dir.join(log)).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_salve"));
-    cmd.arg("serve")
-        .args(["--database", database])
-        .arg("--policies")
-        .arg(dir.join("policies"))
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args([
-            "--heartbeat-ttl",
-            "1s",
-            "--sweep-every",
-            "500ms",
-            "--no-watch",
-        ])
-        .env("RUST_LOG", "info")
-        .env_remove("FAILPOINTS")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-    if let Some(case) = crash_at {
-        // `N*off->return`: pass the point N times, then crash on the next pass.
-        let skip = match case.pass {
-            1 => String::new(),
-            n => format!("{}*off->", n - 1),
-        };
-        cmd.env("FAILPOINTS", format!("{}={skip}return", case.point));
-    }
-    support::die_with_parent(&mut cmd);
-    Serve {
-        child: cmd.spawn().unwrap(),
-        url: format!("http://127.0.0.1:{port}"),
-    }
+    let log = dir.join(log);
+    Serve::start(dir, database, kubeconfig, real::free_port(), &log, |cmd| {
+        cmd.args(["--shutdown-grace", "2s"]).env("RUST_LOG", "info");
+        if let Some(case) = crash_at {
+            // `N*off->return`: pass the point N times, then crash on the next pass.
+            let skip = match case.pass {
+                1 => String::new(),
+                n => format!("{}*off->", n - 1),
+            };
+            cmd.env("FAILPOINTS", format!("{}={skip}return", case.point));
+        }
+    })
 }
 
 async fn post(http: &reqwest::Client, s: &Serve, body: &str) -> Result<u16, String> {

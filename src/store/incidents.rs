@@ -153,6 +153,11 @@ impl Store {
         deliveries: &[(&Delivery, DateTime<Utc>)],
     ) -> Result<Vec<Result<NewIncidents, StoreError>>, StoreError> {
         use sqlx::Acquire;
+        // A lone delivery (every webhook outside a storm) needs no savepoint: its own
+        // transaction isolates it, two statements fewer.
+        if let [(d, now)] = deliveries {
+            return Ok(vec![self.record_delivery(d, *now).await]);
+        }
         let mut tx = self.pool().begin().await?;
         let mut results = Vec::with_capacity(deliveries.len());
         for (d, now) in deliveries {

@@ -41,6 +41,62 @@ pub fn die_with_parent(cmd: &mut std::process::Command) {
     }
 }
 
+/// A `salve serve` process of the binary under test; killed (SIGKILL: no clean-up, no
+/// retirement, as a node failure would) and reaped when dropped, and when the thread
+/// that started it ends.
+pub struct SalveProcess {
+    pub child: std::process::Child,
+    pub url: String,
+}
+
+impl SalveProcess {
+    /// Starts `salve serve` on `dir/policies`, `database` and `kubeconfig`, listening on
+    /// `port`, with recovery timings short enough for a test (heartbeat 1 s, sweep
+    /// 500 ms), writing its log to `log`; `extra` adds flags and environment.
+    pub fn start(
+        dir: &Path,
+        database: &str,
+        kubeconfig: &Path,
+        port: u16,
+        log: &Path,
+        extra: impl FnOnce(&mut std::process::Command),
+    ) -> SalveProcess {
+        let log = std::fs::File::create(log).unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_salve"));
+        cmd.arg("serve")
+            .args(["--database", database])
+            .arg("--policies")
+            .arg(dir.join("policies"))
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args([
+                "--heartbeat-ttl",
+                "1s",
+                "--sweep-every",
+                "500ms",
+                "--no-watch",
+            ])
+            .env_remove("FAILPOINTS")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        extra(&mut cmd);
+        die_with_parent(&mut cmd);
+        SalveProcess {
+            child: cmd.spawn().expect("cannot start salve"),
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for SalveProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Whether `program` is there and works: run with `args` (say `--version`), it succeeds.
 pub fn installed(program: &str, args: &[&str]) -> bool {
     std::process::Command::new(program)
