@@ -125,6 +125,10 @@ impl Store {
         let busy_ms = wait.as_millis().max(1);
         let pool = AnyPoolOptions::new()
             .max_connections(if sqlite { 4 } else { 10 })
+            // PostgreSQL connections are kept open ahead of need: opening one (connect,
+            // authenticate) on a webhook's path cost it up to 100 ms when the engine's
+            // work had taken every open connection.
+            .min_connections(if sqlite { 0 } else { 4 })
             .acquire_timeout(wait)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
