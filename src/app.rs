@@ -207,7 +207,7 @@ impl Salve {
         let router = ingest::router(
             IngestState {
                 store: store.clone(),
-                writer: ingest::DeliveryWriter::start(store.clone(), Arc::new(queue)),
+                sink: Arc::new(queue),
                 auth: Arc::new(settings.auth.clone()),
             },
             settings.max_body_bytes,

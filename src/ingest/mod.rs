@@ -1,14 +1,13 @@
 //! The Alertmanager webhook: authenticate, parse, store, then acknowledge.
 //!
 //! `POST /api/v1/alerts` answers 2xx only after the delivery and its alerts are
-//! committed (in a batch with whatever other deliveries arrived meanwhile, see
-//! [`batch`]), so an acknowledged alert survives a crash; new incidents are then handed
+//! committed (in a batch with whatever other writes arrived meanwhile, see
+//! [`crate::store::writer`]), so an acknowledged alert survives a crash; new incidents are then handed
 //! to whatever decides (the engine) through [`IncidentSink`], so this stage knows
 //! nothing of rules, policy or the cluster. Re-sends are stored as deliveries too (the
 //! audit trail shows each one) but fold into their existing incident.
 
 pub mod auth;
-pub mod batch;
 
 use std::sync::Arc;
 
@@ -26,7 +25,6 @@ use crate::alert::Delivery;
 use crate::http::HttpError;
 use crate::store::Store;
 pub use auth::WebhookAuth;
-pub use batch::DeliveryWriter;
 
 /// Receives the ids of incidents seen firing for the first time.
 pub trait IncidentSink: Send + Sync {
@@ -38,9 +36,8 @@ pub trait IncidentSink: Send + Sync {
 #[derive(Clone)]
 pub struct IngestState {
     pub store: Store,
-    /// Group commit: the webhook's one write goes through it, and it hands new
-    /// incidents to the engine.
-    pub writer: DeliveryWriter,
+    /// Where new incidents go once their delivery is committed (the engine's queue).
+    pub sink: Arc<dyn IncidentSink>,
     pub auth: Arc<WebhookAuth>,
 }
 
@@ -88,7 +85,11 @@ async fn receive(State(state): State<IngestState>, body: Bytes) -> Result<Json<A
     let alerts = delivery.alerts.len();
     let stored = state
         .store
-        .within_wait(state.writer.record(delivery, Utc::now()))
+        .within_wait(state.store.record_delivery_handing_on(
+            delivery,
+            Utc::now(),
+            state.sink.clone(),
+        ))
         .await?;
     let ack = Ack {
         delivery_id: stored.delivery_id,

@@ -56,28 +56,40 @@ impl Store {
         now: DateTime<Utc>,
         claim: Option<&EscalationClaim<'_>>,
     ) -> Result<(Option<RemediationState>, bool), StoreError> {
-        let mut tx = self.pool().begin().await?;
-        let moved = transition_in(&mut tx, id, from, event, summary, reasons, now).await?;
-        let mut claimed = false;
-        if let (Some(_), Some(c)) = (moved, claim) {
-            claimed = sqlx::query(
-                "INSERT INTO escalations (remediation_id, created_at, reason, delivered, payload, undelivered, next_attempt_at)
-                 VALUES ($1, $2, $3, '[]', $4, $5, $6)
-                 ON CONFLICT (remediation_id) DO NOTHING",
+        let (id, summary, reasons) = (id.to_owned(), summary.to_owned(), reasons.to_vec());
+        let claim = claim.map(|c| {
+            (
+                c.reason.to_owned(),
+                c.payload.to_string(),
+                serde_json::to_string(c.notifiers).unwrap_or_else(|_| "[]".into()),
+                timestamp(c.hold_until),
             )
-            .bind(id)
-            .bind(timestamp(now))
-            .bind(c.reason)
-            .bind(c.payload.to_string())
-            .bind(serde_json::to_string(c.notifiers).unwrap_or_else(|_| "[]".into()))
-            .bind(timestamp(c.hold_until))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1;
-        }
-        tx.commit().await?;
-        Ok((moved, claimed))
+        });
+        self.write(move |tx| {
+            Box::pin(async move {
+                let moved = transition_in(tx, &id, from, event, &summary, &reasons, now).await?;
+                let mut claimed = false;
+                if let (Some(_), Some((reason, payload, notifiers, hold_until))) = (moved, claim) {
+                    claimed = sqlx::query(
+                        "INSERT INTO escalations (remediation_id, created_at, reason, delivered, payload, undelivered, next_attempt_at)
+                         VALUES ($1, $2, $3, '[]', $4, $5, $6)
+                         ON CONFLICT (remediation_id) DO NOTHING",
+                    )
+                    .bind(&id)
+                    .bind(timestamp(now))
+                    .bind(reason)
+                    .bind(payload)
+                    .bind(notifiers)
+                    .bind(hold_until)
+                    .execute(tx.conn())
+                    .await?
+                    .rows_affected()
+                        == 1;
+                }
+                Ok((moved, claimed))
+            })
+        })
+        .await
     }
 
     /// Records a delivery round: the delivery log, who still has to accept it, and when
@@ -90,17 +102,18 @@ impl Store {
         next_attempt_at: DateTime<Utc>,
         refreshed_at: Option<DateTime<Utc>>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE escalations SET delivered = $1, undelivered = $2, attempts = attempts + 1,
+        self.execute_write(
+            sqlx::query(
+                "UPDATE escalations SET delivered = $1, undelivered = $2, attempts = attempts + 1,
                  next_attempt_at = $3, refreshed_at = COALESCE($4, refreshed_at)
              WHERE remediation_id = $5",
+            )
+            .bind(delivered.to_string())
+            .bind(serde_json::to_string(undelivered).unwrap_or_else(|_| "[]".into()))
+            .bind(timestamp(next_attempt_at))
+            .bind(refreshed_at.map(timestamp))
+            .bind(remediation_id),
         )
-        .bind(delivered.to_string())
-        .bind(serde_json::to_string(undelivered).unwrap_or_else(|_| "[]".into()))
-        .bind(timestamp(next_attempt_at))
-        .bind(refreshed_at.map(timestamp))
-        .bind(remediation_id)
-        .execute(self.pool())
         .await?;
         Ok(())
     }
@@ -126,22 +139,21 @@ impl Store {
         )
         .bind(timestamp(now))
         .bind(timestamp(refresh_before))
-        .fetch_all(self.pool())
+        .fetch_all(self.reader())
         .await?;
         let mut due = Vec::new();
         for r in &rows {
             let id: String = r.try_get("remediation_id")?;
             let next: Option<String> = r.try_get("next_attempt_at")?;
-            let claimed = sqlx::query(
+            let claimed = self.execute_write(sqlx::query(
                 "UPDATE escalations SET next_attempt_at = $1
                  WHERE remediation_id = $2 AND COALESCE(next_attempt_at, '') = $3 AND resolved_at IS NULL",
             )
             .bind(timestamp(hold_until))
             .bind(&id)
             .bind(next.unwrap_or_default())
-            .execute(self.pool())
+            )
             .await?
-            .rows_affected()
                 == 1;
             if !claimed {
                 continue;
@@ -168,7 +180,7 @@ impl Store {
     pub async fn escalation_claimed(&self, remediation_id: &str) -> Result<bool, StoreError> {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM escalations WHERE remediation_id = $1")
             .bind(remediation_id)
-            .fetch_one(self.pool())
+            .fetch_one(self.reader())
             .await?;
         Ok(row.try_get::<i64, _>("n")? == 1)
     }
@@ -181,16 +193,17 @@ impl Store {
         by: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let marked = sqlx::query(
-            "UPDATE escalations SET handled_at = $1, handled_by = $2
+        let marked = self
+            .execute_write(
+                sqlx::query(
+                    "UPDATE escalations SET handled_at = $1, handled_by = $2
              WHERE remediation_id = $3 AND resolved_at IS NULL AND handled_at IS NULL",
-        )
-        .bind(timestamp(now))
-        .bind(by)
-        .bind(remediation_id)
-        .execute(self.pool())
-        .await?
-        .rows_affected();
+                )
+                .bind(timestamp(now))
+                .bind(by)
+                .bind(remediation_id),
+            )
+            .await?;
         Ok(marked == 1)
     }
 
@@ -200,11 +213,12 @@ impl Store {
         remediation_id: &str,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE escalations SET resolved_at = $1 WHERE remediation_id = $2")
-            .bind(timestamp(now))
-            .bind(remediation_id)
-            .execute(self.pool())
-            .await?;
+        self.execute_write(
+            sqlx::query("UPDATE escalations SET resolved_at = $1 WHERE remediation_id = $2")
+                .bind(timestamp(now))
+                .bind(remediation_id),
+        )
+        .await?;
         Ok(())
     }
 
@@ -228,7 +242,7 @@ impl Store {
         .bind(&target.name)
         .bind(timestamp(after))
         .bind(excluding)
-        .fetch_optional(self.pool())
+        .fetch_optional(self.reader())
         .await?;
         row.map(|r| Ok((r.try_get("id")?, r.try_get("alertname")?)))
             .transpose()
@@ -236,12 +250,13 @@ impl Store {
 
     /// Notes that a remediation is taking its next step (its current action and step count).
     pub async fn begin_step(&self, remediation_id: &str, action: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE remediations SET action = $1, steps_taken = steps_taken + 1 WHERE id = $2",
+        self.execute_write(
+            sqlx::query(
+                "UPDATE remediations SET action = $1, steps_taken = steps_taken + 1 WHERE id = $2",
+            )
+            .bind(action)
+            .bind(remediation_id),
         )
-        .bind(action)
-        .bind(remediation_id)
-        .execute(self.pool())
         .await?;
         Ok(())
     }

@@ -107,7 +107,7 @@ impl Store {
         .bind(alertname.unwrap_or_default())
         .bind(status.unwrap_or_default())
         .bind(i64::from(limit))
-        .fetch_all(self.pool())
+        .fetch_all(self.reader())
         .await?;
         rows.iter()
             .map(|r| {
@@ -132,49 +132,40 @@ impl Store {
             .collect()
     }
 
-    /// Stores a webhook delivery and its alerts, atomically, in a transaction of its own
-    /// (the webhook batches deliveries through [`super::ingest::DeliveryWriter`] instead).
+    /// Stores a webhook delivery and its alerts, atomically: the batch holding it is
+    /// committed when this returns.
     pub async fn record_delivery(
         &self,
         d: &Delivery,
         now: DateTime<Utc>,
     ) -> Result<NewIncidents, StoreError> {
-        let mut tx = self.pool().begin().await?;
-        let out = record_delivery_in(&mut tx, d, now).await?;
-        tx.commit().await?;
-        Ok(out)
+        let d = d.clone();
+        self.write(move |tx| Box::pin(async move { record_delivery_in(tx, &d, now).await }))
+            .await
     }
 
-    /// Stores several deliveries in one transaction, each in a savepoint of its own: one
-    /// that fails is rolled back alone and answered with its error. `Err` when the
-    /// transaction as a whole failed (nothing of it is stored).
-    pub async fn record_delivery_batch(
+    /// [`Store::record_delivery`] for the webhook: the new incidents go to `sink` once the
+    /// delivery is committed, even when the webhook stopped waiting meanwhile (it answered
+    /// 503 after `--db-wait`; the delivery must still be decided at once, not by the slow
+    /// sweep).
+    pub async fn record_delivery_handing_on(
         &self,
-        deliveries: &[(&Delivery, DateTime<Utc>)],
-    ) -> Result<Vec<Result<NewIncidents, StoreError>>, StoreError> {
-        use sqlx::Acquire;
-        // A lone delivery (every webhook outside a storm) needs no savepoint: its own
-        // transaction isolates it, two statements fewer.
-        if let [(d, now)] = deliveries {
-            return Ok(vec![self.record_delivery(d, *now).await]);
-        }
-        let mut tx = self.pool().begin().await?;
-        let mut results = Vec::with_capacity(deliveries.len());
-        for (d, now) in deliveries {
-            let mut savepoint = tx.begin().await?;
-            let stored = match record_delivery_in(&mut savepoint, d, *now).await {
-                Ok(stored) => savepoint
-                    .commit()
-                    .await
-                    .map(|()| stored)
-                    .map_err(StoreError::from),
-                // Dropping the savepoint rolls this delivery back, and only it.
-                Err(e) => Err(e),
-            };
-            results.push(stored);
-        }
-        tx.commit().await?;
-        Ok(results)
+        d: Delivery,
+        now: DateTime<Utc>,
+        sink: std::sync::Arc<dyn crate::ingest::IncidentSink>,
+    ) -> Result<NewIncidents, StoreError> {
+        let orphan_sink = sink.clone();
+        let stored = self
+            .writes
+            .write(
+                move |tx| Box::pin(async move { record_delivery_in(tx, &d, now).await }),
+                Some(Box::new(move |stored: NewIncidents| {
+                    orphan_sink.submit(stored.to_decide)
+                })),
+            )
+            .await?;
+        sink.submit(stored.to_decide.clone());
+        Ok(stored)
     }
 
     /// One incident, with its alert as last stored.
@@ -183,7 +174,7 @@ impl Store {
             "SELECT id, alert, status, delivery_count, decision, decision_reason FROM incidents WHERE id = $1",
         )
         .bind(id)
-        .fetch_optional(self.pool())
+        .fetch_optional(self.reader())
         .await?;
         row.map(|r| {
             let alert_json: String = r.try_get("alert")?;
@@ -210,7 +201,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT id FROM incidents WHERE decision = 'undecided' AND status = 'firing' ORDER BY first_seen_at",
         )
-        .fetch_all(self.pool())
+        .fetch_all(self.reader())
         .await?;
         rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
     }
@@ -218,14 +209,19 @@ impl Store {
     /// Settles incidents that are resolved but were never decided (stored before this
     /// rule existed, or resolved on their first sight); returns how many.
     pub async fn settle_resolved_undecided(&self) -> Result<u64, StoreError> {
-        Ok(sqlx::query(
-            "UPDATE incidents SET decision = 'resolved_before_decision', decision_reason = $1
-             WHERE decision = 'undecided' AND status = 'resolved'",
-        )
-        .bind(RESOLVED_BEFORE_DECISION)
-        .execute(self.pool())
-        .await?
-        .rows_affected())
+        self.write(|tx| {
+            Box::pin(async move {
+                Ok(sqlx::query(
+                    "UPDATE incidents SET decision = 'resolved_before_decision', decision_reason = $1
+                     WHERE decision = 'undecided' AND status = 'resolved'",
+                )
+                .bind(RESOLVED_BEFORE_DECISION)
+                .execute(tx.conn())
+                .await?
+                .rows_affected())
+            })
+        })
+        .await
     }
 
     /// Records what salve concluded about an incident.
@@ -235,27 +231,35 @@ impl Store {
         decision: Decision,
         reason: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE incidents SET decision = $1, decision_reason = $2 WHERE id = $3")
-            .bind(decision.as_str())
-            .bind(reason)
-            .bind(id)
-            .execute(self.pool())
-            .await?;
-        Ok(())
+        let (id, reason) = (id.to_owned(), reason.to_owned());
+        self.write(move |tx| {
+            Box::pin(async move {
+                sqlx::query(
+                    "UPDATE incidents SET decision = $1, decision_reason = $2 WHERE id = $3",
+                )
+                .bind(decision.as_str())
+                .bind(reason)
+                .bind(id)
+                .execute(tx.conn())
+                .await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     /// How many deliveries are stored (for tests and the readiness summary).
     pub async fn delivery_count(&self) -> Result<i64, StoreError> {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM deliveries")
-            .fetch_one(self.pool())
+            .fetch_one(self.reader())
             .await?;
         Ok(row.try_get("n")?)
     }
 }
 
-/// [`Store::record_delivery`]'s statements, inside the caller's transaction (or savepoint).
-pub(super) async fn record_delivery_in(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+/// [`Store::record_delivery`]'s statements, inside the writer's transaction.
+async fn record_delivery_in(
+    tx: &mut super::writer::WriteTx,
     d: &Delivery,
     now: DateTime<Utc>,
 ) -> Result<NewIncidents, StoreError> {
@@ -273,7 +277,7 @@ pub(super) async fn record_delivery_in(
     .bind(d.alerts.len() as i64)
     .bind(d.truncated_alerts as i64)
     .bind(&d.raw)
-    .execute(&mut **tx)
+    .execute(tx.conn())
     .await?;
 
     let mut out = NewIncidents {
@@ -312,7 +316,7 @@ pub(super) async fn record_delivery_in(
         .bind(&delivery_id)
         .bind(first_decision)
         .bind(first_reason)
-        .execute(&mut **tx)
+        .execute(tx.conn())
         .await?
         .rows_affected()
             == 1;
@@ -343,7 +347,7 @@ pub(super) async fn record_delivery_in(
         .bind(alert.fingerprint.as_str())
         .bind(&starts_at)
         .bind(RESOLVED_BEFORE_DECISION)
-        .execute(&mut **tx)
+        .execute(tx.conn())
         .await?
         .rows_affected();
         if resolved == 0 {
@@ -354,7 +358,7 @@ pub(super) async fn record_delivery_in(
             .bind(&now_s)
             .bind(alert.fingerprint.as_str())
             .bind(&starts_at)
-            .execute(&mut **tx)
+            .execute(tx.conn())
             .await?;
         } else if alert.status == AlertStatus::Resolved {
             out.resolved += 1;

@@ -90,7 +90,7 @@ impl Store {
         a: &NewAttempt<'_>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        self.execute_write(sqlx::query(
             "INSERT INTO attempts (id, remediation_id, step, alertname, target_kind, target_namespace, target_name,
                  action, step_key, started_at, acted_at, finished_at, outcome, seconds_to_heal, detail)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, CAST($14 AS DOUBLE PRECISION), $15)
@@ -116,7 +116,7 @@ impl Store {
         // first execution's parameter types for the cached statement.
         .bind(a.seconds_to_heal.map(|s| s.to_string()))
         .bind(a.detail.to_string())
-        .execute(self.pool())
+        )
         .await?;
         Ok(())
     }
@@ -143,7 +143,7 @@ impl Store {
             .bind(&target.namespace)
             .bind(&target.name)
             .bind(timestamp(since))
-            .fetch_all(self.pool())
+            .fetch_all(self.reader())
             .await?;
         rows.iter().map(stats_row).collect()
     }
@@ -160,7 +160,7 @@ impl Store {
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(timestamp(since))
-            .fetch_all(self.pool())
+            .fetch_all(self.reader())
             .await?;
         rows.iter()
             .map(|r| {

@@ -18,6 +18,7 @@ pub mod owners;
 pub mod remediations;
 pub mod retention;
 pub mod targets;
+pub mod writer;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -92,9 +93,21 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(3);
 
 /// A handle on the knowledge base; cheap to clone.
+///
+/// Writes and reads use separate pools. On SQLite the writer is one connection: SQLite
+/// lets one writer in at a time anyway, and several connections taking turns at its write
+/// lock wait in its busy handler (sleeps of milliseconds, not a queue), so under load a
+/// write waited far longer for the lock than it took. One connection turns that into a
+/// fair in-process queue (the pool's), and the readers, opened `query_only`, read beside
+/// it (WAL) without touching the lock. On PostgreSQL, which has row locks, both are the
+/// same pool.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: AnyPool,
+    /// The writer's pool: one connection on SQLite; migrations run on it too.
+    writer: AnyPool,
+    /// Group commit: every write of this replica goes through it.
+    pub(crate) writes: writer::Writer,
+    reader: AnyPool,
     wait: Duration,
 }
 
@@ -120,34 +133,38 @@ impl Store {
     pub async fn connect_waiting(url: &str, wait: Duration) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let url = normalize_sqlite_url(url)?;
-        let options = AnyConnectOptions::from_str(&url)?;
-        let sqlite = url.starts_with("sqlite:");
-        let busy_ms = wait.as_millis().max(1);
-        let pool = AnyPoolOptions::new()
-            .max_connections(if sqlite { 4 } else { 10 })
+        if !url.starts_with("sqlite:") {
             // PostgreSQL connections are kept open ahead of need: opening one (connect,
             // authenticate) on a webhook's path cost it up to 100 ms when the engine's
             // work had taken every open connection.
-            .min_connections(if sqlite { 0 } else { 4 })
-            .acquire_timeout(wait)
-            .after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    if sqlite {
-                        // WAL lets readers run beside the writer; FULL sync makes a commit
-                        // (and so a 2xx to Alertmanager) survive power loss; busy_timeout
-                        // waits for a writer instead of failing at once.
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA synchronous = FULL").await?;
-                        let busy = format!("PRAGMA busy_timeout = {busy_ms}");
-                        conn.execute(sqlx::AssertSqlSafe(busy)).await?;
-                        conn.execute("PRAGMA foreign_keys = ON").await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect_with(options)
+            let pool = pool_options(Backend::Postgres, wait, 10, 4)
+                .connect_with(AnyConnectOptions::from_str(&url)?)
+                .await?;
+            return Ok(Store {
+                writes: writer::Writer::start(pool.clone(), true),
+                writer: pool.clone(),
+                reader: pool,
+                wait,
+            });
+        }
+        let options = AnyConnectOptions::from_str(&url)?;
+        let writer = pool_options(Backend::SqliteWriter, wait, 1, 1)
+            .connect_with(options.clone())
             .await?;
-        Ok(Store { pool, wait })
+        // An in-memory database exists once per connection: its readers must be the writer.
+        let reader = if url.contains(":memory:") {
+            writer.clone()
+        } else {
+            pool_options(Backend::SqliteReader, wait, 4, 0)
+                .connect_with(options)
+                .await?
+        };
+        Ok(Store {
+            writes: writer::Writer::start(writer.clone(), false),
+            writer,
+            reader,
+            wait,
+        })
     }
 
     /// Runs one unit of work against the database, giving up after the database wait: a
@@ -165,20 +182,82 @@ impl Store {
 
     /// Applies the migrations in `migrations/` that have not run yet.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR.run(&self.pool).await?;
+        MIGRATOR.run(&self.writer).await?;
         Ok(())
     }
 
     /// A trivial query: is the database answering? (`/readyz`)
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
         Ok(())
     }
 
-    /// The pool, for the query modules.
-    pub(crate) fn pool(&self) -> &AnyPool {
-        &self.pool
+    /// Runs a write in the writer's next batch (see [`writer`]); returns once it is
+    /// committed.
+    pub(crate) async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(
+                &'c mut writer::WriteTx,
+            ) -> futures::future::BoxFuture<'c, Result<T, StoreError>>
+            + Send
+            + 'static,
+    {
+        self.writes.write(work, None).await
     }
+
+    /// One statement as a write of its own (binds owned), returning the rows it touched.
+    pub(crate) async fn execute_write(
+        &self,
+        statement: sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>,
+    ) -> Result<u64, StoreError> {
+        self.write(move |tx| {
+            Box::pin(async move { Ok(statement.execute(tx.conn()).await?.rows_affected()) })
+        })
+        .await
+    }
+
+    /// Where the query modules read: on SQLite, connections that cannot write, so a read
+    /// never waits behind the writer's queue.
+    pub(crate) fn reader(&self) -> &AnyPool {
+        &self.reader
+    }
+}
+
+/// Which kind of connection a pool holds: each is set up differently.
+#[derive(Clone, Copy, PartialEq)]
+enum Backend {
+    Postgres,
+    SqliteWriter,
+    SqliteReader,
+}
+
+/// A pool of at most `max` connections (`min` kept open), waiting at most `wait` for one.
+fn pool_options(backend: Backend, wait: Duration, max: u32, min: u32) -> AnyPoolOptions {
+    let busy_ms = wait.as_millis().max(1);
+    AnyPoolOptions::new()
+        .max_connections(max)
+        .min_connections(min)
+        .acquire_timeout(wait)
+        .after_connect(move |conn, _meta| {
+            Box::pin(async move {
+                if backend == Backend::Postgres {
+                    return Ok(());
+                }
+                // WAL lets readers run beside the writer; FULL sync makes a commit (and so
+                // a 2xx to Alertmanager) survive power loss; busy_timeout waits for another
+                // process's writer (a second salve, `salve migrate`) instead of failing.
+                conn.execute("PRAGMA journal_mode = WAL").await?;
+                conn.execute("PRAGMA synchronous = FULL").await?;
+                let busy = format!("PRAGMA busy_timeout = {busy_ms}");
+                conn.execute(sqlx::AssertSqlSafe(busy)).await?;
+                conn.execute("PRAGMA foreign_keys = ON").await?;
+                if backend == Backend::SqliteReader {
+                    conn.execute("PRAGMA query_only = ON").await?;
+                }
+                Ok(())
+            })
+        })
 }
 
 /// Ensures an SQLite URL creates its file, and that the file's directory exists.

@@ -28,7 +28,7 @@ impl Store {
         now: DateTime<Utc>,
         expires_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        self.execute_write(sqlx::query(
             "INSERT INTO replicas (owner, name, started_at, heartbeat_at, expires_at) VALUES ($1, $2, $3, $3, $4)
              ON CONFLICT (owner) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, expires_at = excluded.expires_at",
         )
@@ -36,7 +36,7 @@ impl Store {
         .bind(name)
         .bind(timestamp(now))
         .bind(timestamp(expires_at))
-        .execute(self.pool())
+        )
         .await?;
         Ok(())
     }
@@ -44,11 +44,12 @@ impl Store {
     /// Marks this replica gone at once (a clean stop), so others need not wait for its
     /// heartbeat to expire before resuming what it left.
     pub async fn retire(&self, owner: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
-        sqlx::query("UPDATE replicas SET expires_at = $1 WHERE owner = $2")
-            .bind(timestamp(now))
-            .bind(owner)
-            .execute(self.pool())
-            .await?;
+        self.execute_write(
+            sqlx::query("UPDATE replicas SET expires_at = $1 WHERE owner = $2")
+                .bind(timestamp(now))
+                .bind(owner),
+        )
+        .await?;
         Ok(())
     }
 
@@ -69,7 +70,7 @@ impl Store {
         .bind(state.as_str())
         .bind(me)
         .bind(timestamp(now))
-        .fetch_all(self.pool())
+        .fetch_all(self.reader())
         .await?;
         rows.iter()
             .map(|r| {
@@ -93,7 +94,7 @@ impl Store {
         )
         .bind(state.as_str())
         .bind(me)
-        .fetch_all(self.pool())
+        .fetch_all(self.reader())
         .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("id")?, r.try_get("incident_id")?)))
@@ -108,16 +109,15 @@ impl Store {
         state: RemediationState,
         me: &str,
     ) -> Result<bool, StoreError> {
-        let adopted = sqlx::query(
+        let adopted = self.execute_write(sqlx::query(
             "UPDATE remediations SET owner = $1 WHERE id = $2 AND state = $3 AND COALESCE(owner, '') = $4",
         )
         .bind(me)
         .bind(&orphan.id)
         .bind(state.as_str())
         .bind(&orphan.owner)
-        .execute(self.pool())
-        .await?
-        .rows_affected();
+        )
+        .await?;
         Ok(adopted == 1)
     }
 }

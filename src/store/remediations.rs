@@ -11,6 +11,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::incidents::Decision;
+use super::writer::WriteTx;
 use super::{Store, StoreError, new_id, parse_timestamp, timestamp};
 use crate::cluster::TargetRef;
 use crate::remediation::{Event, Mode, RemediationState};
@@ -197,7 +198,7 @@ impl Store {
              ORDER BY e.at, e.remediation_id, e.seq",
         )
         .bind(timestamp(since))
-        .fetch_all(self.pool())
+        .fetch_all(self.reader())
         .await?;
         rows.iter()
             .map(|r| {
@@ -226,44 +227,9 @@ impl Store {
         rule_matched: &Value,
         now: DateTime<Utc>,
     ) -> Result<Option<String>, StoreError> {
-        let mut tx = self.pool().begin().await?;
-        let id = new_id();
-        let now_s = timestamp(now);
-        let inserted = sqlx::query(
-            "INSERT INTO remediations (id, incident_id, created_at, updated_at, acted_at, alertname, rule_name,
-                 rule_file, action, target_kind, target_namespace, target_name, mode, state, summary, reasons, owner)
-             VALUES ($1, $2, $3, $3, NULL, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', $12, '[]', $13)
-             ON CONFLICT (incident_id) DO NOTHING",
-        )
-        .bind(&id)
-        .bind(&r.incident_id)
-        .bind(&now_s)
-        .bind(&r.alertname)
-        .bind(&r.rule_name)
-        .bind(&r.rule_file)
-        .bind(r.action)
-        .bind(r.target.kind.as_str())
-        .bind(&r.target.namespace)
-        .bind(&r.target.name)
-        .bind(r.mode.as_str())
-        .bind(&r.summary)
-        .bind(&r.owner)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !inserted {
-            return Ok(None);
-        }
-        sqlx::query("UPDATE incidents SET decision = $1, decision_reason = $2 WHERE id = $3")
-            .bind(Decision::Remediation.as_str())
-            .bind(format!("rule {} matched", r.rule_name))
-            .bind(&r.incident_id)
-            .execute(&mut *tx)
-            .await?;
-        append(&mut tx, &id, EventKind::RuleMatched, rule_matched, &now_s).await?;
-        tx.commit().await?;
-        Ok(Some(id))
+        let (r, rule_matched) = (r.clone(), rule_matched.clone());
+        self.write(move |tx| Box::pin(async move { create_in(tx, &r, &rule_matched, now).await }))
+            .await
     }
 
     /// Adds one entry to a remediation's timeline.
@@ -274,10 +240,11 @@ impl Store {
         detail: &Value,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await?;
-        append(&mut tx, remediation_id, kind, detail, &timestamp(now)).await?;
-        tx.commit().await?;
-        Ok(())
+        let (id, detail) = (remediation_id.to_owned(), detail.clone());
+        self.write(move |tx| {
+            Box::pin(async move { append(tx, &id, kind, &detail, &timestamp(now)).await })
+        })
+        .await
     }
 
     /// Applies `event` to a remediation that is still in `from` (compare-and-set), by the
@@ -295,10 +262,13 @@ impl Store {
         reasons: &[String],
         now: DateTime<Utc>,
     ) -> Result<Option<RemediationState>, StoreError> {
-        let mut tx = self.pool().begin().await?;
-        let moved = transition_in(&mut tx, id, from, event, summary, reasons, now).await?;
-        tx.commit().await?;
-        Ok(moved)
+        let (id, summary, reasons) = (id.to_owned(), summary.to_owned(), reasons.to_vec());
+        self.write(move |tx| {
+            Box::pin(
+                async move { transition_in(tx, &id, from, event, &summary, &reasons, now).await },
+            )
+        })
+        .await
     }
 
     /// One remediation.
@@ -306,7 +276,7 @@ impl Store {
         let sql = format!("SELECT {COLUMNS} FROM remediations WHERE id = $1");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(id)
-            .fetch_optional(self.pool())
+            .fetch_optional(self.reader())
             .await?;
         row.as_ref().map(record).transpose()
     }
@@ -317,7 +287,7 @@ impl Store {
             "SELECT seq, at, kind, detail FROM remediation_events WHERE remediation_id = $1 ORDER BY seq",
         )
         .bind(id)
-        .fetch_all(self.pool())
+        .fetch_all(self.reader())
         .await?;
         rows.iter()
             .map(|r| {
@@ -373,7 +343,10 @@ impl Store {
         for b in binds {
             query = query.bind(b);
         }
-        let rows = query.bind(i64::from(limit)).fetch_all(self.pool()).await?;
+        let rows = query
+            .bind(i64::from(limit))
+            .fetch_all(self.reader())
+            .await?;
         rows.iter().map(record).collect()
     }
 
@@ -384,15 +357,60 @@ impl Store {
     ) -> Result<Vec<String>, StoreError> {
         let rows = sqlx::query("SELECT id FROM remediations WHERE state = $1 ORDER BY created_at")
             .bind(state.as_str())
-            .fetch_all(self.pool())
+            .fetch_all(self.reader())
             .await?;
         rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
     }
 }
 
+/// [`Store::create_remediation`]'s statements, inside the writer's transaction.
+async fn create_in(
+    tx: &mut WriteTx,
+    r: &NewRemediation,
+    rule_matched: &Value,
+    now: DateTime<Utc>,
+) -> Result<Option<String>, StoreError> {
+    let id = new_id();
+    let now_s = timestamp(now);
+    let inserted = sqlx::query(
+        "INSERT INTO remediations (id, incident_id, created_at, updated_at, acted_at, alertname, rule_name,
+             rule_file, action, target_kind, target_namespace, target_name, mode, state, summary, reasons, owner)
+         VALUES ($1, $2, $3, $3, NULL, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', $12, '[]', $13)
+         ON CONFLICT (incident_id) DO NOTHING",
+    )
+    .bind(&id)
+    .bind(&r.incident_id)
+    .bind(&now_s)
+    .bind(&r.alertname)
+    .bind(&r.rule_name)
+    .bind(&r.rule_file)
+    .bind(r.action)
+    .bind(r.target.kind.as_str())
+    .bind(&r.target.namespace)
+    .bind(&r.target.name)
+    .bind(r.mode.as_str())
+    .bind(&r.summary)
+    .bind(&r.owner)
+    .execute(tx.conn())
+    .await?
+    .rows_affected()
+        == 1;
+    if !inserted {
+        return Ok(None);
+    }
+    sqlx::query("UPDATE incidents SET decision = $1, decision_reason = $2 WHERE id = $3")
+        .bind(Decision::Remediation.as_str())
+        .bind(format!("rule {} matched", r.rule_name))
+        .bind(&r.incident_id)
+        .execute(tx.conn())
+        .await?;
+    append(tx, &id, EventKind::RuleMatched, rule_matched, &now_s).await?;
+    Ok(Some(id))
+}
+
 /// [`Store::transition`] inside an open transaction (the write intent shares one).
 pub(super) async fn transition_in(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tx: &mut WriteTx,
     id: &str,
     from: RemediationState,
     event: Event,
@@ -419,7 +437,7 @@ pub(super) async fn transition_in(
     .bind(&now_s)
     .bind(id)
     .bind(from.as_str())
-    .execute(&mut **tx)
+    .execute(tx.conn())
     .await?
     .rows_affected()
         == 1;
@@ -432,30 +450,27 @@ pub(super) async fn transition_in(
     if to.is_terminal() {
         sqlx::query("DELETE FROM target_locks WHERE remediation_id = $1")
             .bind(id)
-            .execute(&mut **tx)
+            .execute(tx.conn())
             .await?;
     }
     Ok(Some(to))
 }
 
-/// Appends a timeline entry inside an open transaction: numbered after the remediation's
-/// last entry, and linked into the audit hash chain. Updating `chain_head` first takes
-/// the chain's lock (a row lock in PostgreSQL, the write lock in SQLite), so appends from
-/// several workers or replicas form one line.
+/// Appends a timeline entry inside the writer's transaction: numbered after the
+/// remediation's last entry, and linked into the audit hash chain after the batch's last
+/// event (the batch writes the chain's head once, at its end; see [`super::writer`]).
 async fn append(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tx: &mut WriteTx,
     remediation_id: &str,
     kind: EventKind,
     detail: &Value,
     at: &str,
 ) -> Result<(), StoreError> {
-    let head = sqlx::query("UPDATE chain_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
-        .fetch_one(&mut **tx)
-        .await?;
-    let (chain_seq, prev): (i64, String) = (head.try_get("seq")?, head.try_get("hash")?);
+    let (last_seq, prev) = tx.chain_head().await?;
+    let chain_seq = last_seq + 1;
     let seq: i64 = sqlx::query("SELECT COALESCE(MAX(seq), 0) + 1 AS next FROM remediation_events WHERE remediation_id = $1")
         .bind(remediation_id)
-        .fetch_one(&mut **tx)
+        .fetch_one(tx.conn())
         .await?
         .try_get("next")?;
     let detail = detail.to_string();
@@ -481,11 +496,21 @@ async fn append(
     .bind(chain_seq)
     .bind(&prev)
     .bind(&hash)
-    .execute(&mut **tx)
+    .execute(tx.conn())
     .await?;
-    sqlx::query("UPDATE chain_head SET hash = $1 WHERE id = 1")
-        .bind(&hash)
-        .execute(&mut **tx)
-        .await?;
+    tx.chain_moved_to(chain_seq, hash);
     Ok(())
+}
+
+/// A test's way to append inside a write it controls (see `writer`'s tests).
+#[cfg(test)]
+pub(super) async fn append_for_test(tx: &mut WriteTx, id: &str) -> Result<(), StoreError> {
+    append(
+        tx,
+        id,
+        EventKind::StepStarted,
+        &serde_json::json!({"n": "never"}),
+        &timestamp(Utc::now()),
+    )
+    .await
 }

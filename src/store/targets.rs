@@ -89,47 +89,52 @@ impl Store {
         now: DateTime<Utc>,
         expires_at: DateTime<Utc>,
     ) -> Result<LockAttempt, StoreError> {
-        let key = target.key();
-        let taken = sqlx::query(
-            "INSERT INTO target_locks (target, remediation_id, expires_at, owner, epoch) VALUES ($1, $2, $3, $5, 1)
-             ON CONFLICT (target) DO UPDATE SET remediation_id = excluded.remediation_id,
-                 expires_at = excluded.expires_at, owner = excluded.owner, epoch = target_locks.epoch + 1
-             WHERE target_locks.expires_at < $4 OR target_locks.remediation_id = $2
-             RETURNING epoch",
-        )
-        .bind(&key)
-        .bind(remediation_id)
-        .bind(timestamp(expires_at))
-        .bind(timestamp(now))
-        .bind(owner)
-        .fetch_optional(self.pool())
-        .await?;
-        if let Some(row) = taken {
-            return Ok(LockAttempt::Taken(Lease {
-                remediation_id: remediation_id.to_owned(),
-                epoch: row.try_get("epoch")?,
-            }));
-        }
-        let row = sqlx::query("SELECT remediation_id FROM target_locks WHERE target = $1")
-            .bind(&key)
-            .fetch_optional(self.pool())
-            .await?;
-        Ok(LockAttempt::Busy(match row {
-            Some(r) => r.try_get("remediation_id")?,
-            // Released between the two statements: report it as briefly busy.
-            None => "a remediation that just finished".to_owned(),
-        }))
+        let (key, remediation_id, owner) =
+            (target.key(), remediation_id.to_owned(), owner.to_owned());
+        self.write(move |tx| {
+            Box::pin(async move {
+                let taken = sqlx::query(
+                    "INSERT INTO target_locks (target, remediation_id, expires_at, owner, epoch) VALUES ($1, $2, $3, $5, 1)
+                     ON CONFLICT (target) DO UPDATE SET remediation_id = excluded.remediation_id,
+                         expires_at = excluded.expires_at, owner = excluded.owner, epoch = target_locks.epoch + 1
+                     WHERE target_locks.expires_at < $4 OR target_locks.remediation_id = $2
+                     RETURNING epoch",
+                )
+                .bind(&key)
+                .bind(&remediation_id)
+                .bind(timestamp(expires_at))
+                .bind(timestamp(now))
+                .bind(&owner)
+                .fetch_optional(tx.conn())
+                .await?;
+                if let Some(row) = taken {
+                    return Ok(LockAttempt::Taken(Lease {
+                        remediation_id,
+                        epoch: row.try_get("epoch")?,
+                    }));
+                }
+                let row = sqlx::query("SELECT remediation_id FROM target_locks WHERE target = $1")
+                    .bind(&key)
+                    .fetch_optional(tx.conn())
+                    .await?;
+                Ok(LockAttempt::Busy(match row {
+                    Some(r) => r.try_get("remediation_id")?,
+                    None => "a remediation that just finished".to_owned(),
+                }))
+            })
+        })
+        .await
     }
 
     /// Drops the remediation's workload lock if the remediation has ended (a safety net:
     /// ending a remediation releases its lock in the same transaction already).
     pub async fn release_lock_if_finished(&self, remediation_id: &str) -> Result<(), StoreError> {
-        sqlx::query(
+        self.execute_write(sqlx::query(
             "DELETE FROM target_locks WHERE remediation_id = $1 AND EXISTS (
                  SELECT 1 FROM remediations WHERE id = $1 AND state NOT IN ('pending', 'executing', 'verifying'))",
         )
         .bind(remediation_id)
-        .execute(self.pool())
+        )
         .await?;
         Ok(())
     }
@@ -143,10 +148,9 @@ impl Store {
         now: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool().begin().await?;
-        let held = renew(&mut tx, target, lease, now, until).await?;
-        tx.commit().await?;
-        Ok(held)
+        let (target, lease) = (target.clone(), lease.clone());
+        self.write(move |tx| Box::pin(async move { renew(tx, &target, &lease, now, until).await }))
+            .await
     }
 
     /// The intent to write, admitted or refused in one transaction: the lease must still
@@ -164,53 +168,66 @@ impl Store {
         (now, lease_until): (DateTime<Utc>, DateTime<Utc>),
         max_per_hour: u32,
     ) -> Result<WriteSlot, StoreError> {
-        let mut tx = self.pool().begin().await?;
-        if !renew(&mut tx, target, lease, now, lease_until).await? {
-            return Ok(WriteSlot::LeaseLost);
-        }
-        sqlx::query("UPDATE action_budget SET reservations = reservations + 1 WHERE id = 1")
-            .execute(&mut *tx)
-            .await?;
-        let made: i64 = sqlx::query("SELECT COUNT(*) AS n FROM actions WHERE at >= $1")
-            .bind(timestamp(now - chrono::Duration::hours(1)))
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get("n")?;
-        if made >= i64::from(max_per_hour) {
-            return Ok(WriteSlot::OverBudget(made));
-        }
-        sqlx::query(
-            "INSERT INTO actions (id, remediation_id, target, kind, at) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(super::new_id())
-        .bind(remediation_id)
-        .bind(target.key())
-        .bind(kind.as_str())
-        .bind(timestamp(now))
-        .execute(&mut *tx)
-        .await?;
-        let Some(to) = super::remediations::transition_in(
-            &mut tx,
-            remediation_id,
-            from,
-            Event::WriteIntent,
-            summary,
-            &[],
-            now,
-        )
-        .await?
-        else {
-            return Ok(WriteSlot::Moved);
-        };
-        tx.commit().await?;
-        Ok(WriteSlot::Reserved(to))
+        let (id, target, lease, summary) = (
+            remediation_id.to_owned(),
+            target.clone(),
+            lease.clone(),
+            summary.to_owned(),
+        );
+        self.write(move |tx| {
+            Box::pin(async move {
+                if !renew(tx, &target, &lease, now, lease_until).await? {
+                    return Ok(WriteSlot::LeaseLost);
+                }
+                sqlx::query("UPDATE action_budget SET reservations = reservations + 1 WHERE id = 1")
+                    .execute(tx.conn())
+                    .await?;
+                let made: i64 = sqlx::query("SELECT COUNT(*) AS n FROM actions WHERE at >= $1")
+                    .bind(timestamp(now - chrono::Duration::hours(1)))
+                    .fetch_one(tx.conn())
+                    .await?
+                    .try_get("n")?;
+                if made >= i64::from(max_per_hour) {
+                    tx.discard();
+                    return Ok(WriteSlot::OverBudget(made));
+                }
+                sqlx::query(
+                    "INSERT INTO actions (id, remediation_id, target, kind, at) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(super::new_id())
+                .bind(&id)
+                .bind(target.key())
+                .bind(kind.as_str())
+                .bind(timestamp(now))
+                .execute(tx.conn())
+                .await?;
+                let moved = super::remediations::transition_in(
+                    tx,
+                    &id,
+                    from,
+                    Event::WriteIntent,
+                    &summary,
+                    &[],
+                    now,
+                )
+                .await?;
+                Ok(match moved {
+                    Some(to) => WriteSlot::Reserved(to),
+                    None => {
+                        tx.discard();
+                        WriteSlot::Moved
+                    }
+                })
+            })
+        })
+        .await
     }
 
     /// Every workload lock held now, as `(workload, remediation)`: for diagnostics and for
     /// checking that no finished remediation holds one.
     pub async fn locks(&self) -> Result<Vec<(String, String)>, StoreError> {
         let rows = sqlx::query("SELECT target, remediation_id FROM target_locks ORDER BY target")
-            .fetch_all(self.pool())
+            .fetch_all(self.reader())
             .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("target")?, r.try_get("remediation_id")?)))
@@ -226,7 +243,7 @@ impl Store {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM actions WHERE target = $1 AND at >= $2")
             .bind(target.key())
             .bind(timestamp(since))
-            .fetch_one(self.pool())
+            .fetch_one(self.reader())
             .await?;
         Ok(row.try_get("n")?)
     }
@@ -248,7 +265,7 @@ impl Store {
         .bind(&target.name)
         .bind(timestamp(since))
         .bind(excluding)
-        .fetch_all(self.pool())
+        .fetch_all(self.reader())
         .await?;
         rows.iter()
             .map(|r| {
@@ -281,7 +298,7 @@ impl Store {
         .bind(target.kind.as_str())
         .bind(&target.namespace)
         .bind(&target.name)
-        .fetch_optional(self.pool())
+        .fetch_optional(self.reader())
         .await?;
         row.map(|r| Ok((r.try_get("id")?, r.try_get("acted_at")?)))
             .transpose()
@@ -291,7 +308,7 @@ impl Store {
     pub async fn actions_since(&self, since: DateTime<Utc>) -> Result<i64, StoreError> {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM actions WHERE at >= $1")
             .bind(timestamp(since))
-            .fetch_one(self.pool())
+            .fetch_one(self.reader())
             .await?;
         Ok(row.try_get("n")?)
     }
@@ -299,7 +316,7 @@ impl Store {
 
 /// Renews a lease inside a transaction; `false` if it lapsed or changed hands.
 async fn renew(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tx: &mut super::writer::WriteTx,
     target: &TargetRef,
     lease: &Lease,
     now: DateTime<Utc>,
@@ -314,7 +331,7 @@ async fn renew(
     .bind(&lease.remediation_id)
     .bind(lease.epoch)
     .bind(timestamp(now))
-    .execute(&mut **tx)
+    .execute(tx.conn())
     .await?
     .rows_affected();
     Ok(renewed == 1)

@@ -1,0 +1,466 @@
+//! Group commit: every write of this replica goes through one connection, and the writes
+//! waiting together are committed together, one transaction and one sync to disk.
+//!
+//! Under an alert storm the webhook stores each delivery and the engine records each
+//! decision, lock, verdict and state move: several writes per alert, each of which used to
+//! be a transaction of its own. On SQLite they queued for its single write lock in its busy
+//! handler (sleeps of milliseconds) and each paid an `fsync`; on PostgreSQL each paid a
+//! WAL flush and took the audit chain's head row in turn. The writer takes every write
+//! waiting when it is free and runs them in one transaction, each in a savepoint (one that
+//! fails, or asks to be discarded, is rolled back alone), then commits once and only then
+//! answers each caller: a returned write is durable, as before.
+//!
+//! The audit chain's head is read once per batch and written once at its end ("chain per
+//! batch"): events still form one unbroken line that `salve audit verify` checks link by
+//! link, and unrelated writes no longer update the same row one after another. On
+//! PostgreSQL the head row is locked first in every batch, so batches of several replicas
+//! queue on one lock in one order and cannot deadlock over the rows they touch after it.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::future::BoxFuture;
+use sqlx::pool::PoolConnection;
+use sqlx::{Any as AnyDb, AnyConnection, AnyPool, Executor, Row};
+use tokio::sync::{mpsc, oneshot};
+
+use super::StoreError;
+
+/// Writes committed in one transaction at most.
+const MAX_BATCH: usize = 256;
+
+/// The open transaction a write runs in, with the batch's view of the audit chain's head.
+pub struct WriteTx {
+    conn: PoolConnection<AnyDb>,
+    postgres: bool,
+    /// The chain's head as this batch has moved it: `(seq, hash)` of its last event.
+    chain: Option<(i64, String)>,
+    chain_moved: bool,
+    discard: bool,
+}
+
+impl WriteTx {
+    /// The connection, inside the batch's transaction.
+    pub fn conn(&mut self) -> &mut AnyConnection {
+        &mut self.conn
+    }
+
+    /// Rolls this write back when it returns, though it returns `Ok` (it found it must not
+    /// apply, after writing part of itself).
+    pub fn discard(&mut self) {
+        self.discard = true;
+    }
+
+    /// The audit chain's head before the next event: `(seq, hash)` of the last one.
+    pub async fn chain_head(&mut self) -> Result<(i64, String), StoreError> {
+        if let Some(head) = &self.chain {
+            return Ok(head.clone());
+        }
+        let lock = if self.postgres { " FOR UPDATE" } else { "" };
+        let sql = format!("SELECT seq, hash FROM chain_head WHERE id = 1{lock}");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&mut *self.conn)
+            .await?;
+        let head: (i64, String) = (row.try_get("seq")?, row.try_get("hash")?);
+        self.chain = Some(head.clone());
+        Ok(head)
+    }
+
+    /// Moves the chain's head to the event just appended (written at the batch's end).
+    pub fn chain_moved_to(&mut self, seq: i64, hash: String) {
+        self.chain = Some((seq, hash));
+        self.chain_moved = true;
+    }
+
+    async fn run(&mut self, sql: &'static str) -> Result<(), StoreError> {
+        self.conn.execute(sql).await?;
+        Ok(())
+    }
+}
+
+/// A write, type-erased so that writes of every kind share one queue.
+type Work = Box<
+    dyn for<'c> FnOnce(&'c mut WriteTx) -> BoxFuture<'c, Result<Box<dyn Any + Send>, StoreError>>
+        + Send,
+>;
+
+/// What to do with a committed write's result when its caller stopped waiting.
+type Orphaned = Box<dyn FnOnce(Box<dyn Any + Send>) + Send>;
+
+struct Job {
+    work: Work,
+    answer: oneshot::Sender<Result<Box<dyn Any + Send>, StoreError>>,
+    orphaned: Option<Orphaned>,
+}
+
+/// Hands writes to the writer task; cheap to clone. The task ends with the last handle.
+#[derive(Clone, Debug)]
+pub struct Writer {
+    jobs: mpsc::Sender<Job>,
+    /// Transactions committed so far (each one a batch of writes).
+    batches: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Job")
+    }
+}
+
+impl Writer {
+    /// Starts the writer task on `pool` (it uses one connection of it at a time).
+    pub fn start(pool: AnyPool, postgres: bool) -> Writer {
+        let (jobs, queue) = mpsc::channel(4 * MAX_BATCH);
+        let batches = Arc::new(AtomicU64::new(0));
+        tokio::spawn(write_batches(pool, postgres, queue, batches.clone()));
+        Writer { jobs, batches }
+    }
+
+    /// How many batches were committed so far.
+    pub fn batches(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
+    }
+
+    /// Runs `work` in the next batch; returns once that batch is committed. A caller that
+    /// stops waiting before its batch begins is not written at all; one that stops
+    /// waiting later is written, and its result goes to `orphaned` (so what must follow a
+    /// commit, handing new incidents to the engine, still happens).
+    pub async fn write<T, F>(
+        &self,
+        work: F,
+        orphaned: Option<Box<dyn FnOnce(T) + Send>>,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut WriteTx) -> BoxFuture<'c, Result<T, StoreError>> + Send + 'static,
+    {
+        let work: Work = Box::new(move |tx| {
+            Box::pin(async move { work(tx).await.map(|t| Box::new(t) as Box<dyn Any + Send>) })
+        });
+        let orphaned = orphaned.map(|then| -> Orphaned {
+            Box::new(move |out: Box<dyn Any + Send>| {
+                if let Ok(t) = out.downcast::<T>() {
+                    then(*t);
+                }
+            })
+        });
+        let (answer, answered) = oneshot::channel();
+        let job = Job {
+            work,
+            answer,
+            orphaned,
+        };
+        if self.jobs.send(job).await.is_err() {
+            return Err(stopped());
+        }
+        let out = answered.await.unwrap_or_else(|_| Err(stopped()))?;
+        out.downcast::<T>()
+            .map(|t| *t)
+            .map_err(|_| StoreError::Corrupt("a write answered with the wrong type".into()))
+    }
+}
+
+/// The writer is gone (salve is stopping): a retryable answer.
+fn stopped() -> StoreError {
+    StoreError::Unavailable(sqlx::Error::PoolClosed)
+}
+
+async fn write_batches(
+    pool: AnyPool,
+    postgres: bool,
+    mut queue: mpsc::Receiver<Job>,
+    batches: Arc<AtomicU64>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        // A caller that stopped waiting before its batch began (a webhook answered 503, a
+        // task cancelled at shutdown) is not written: it will be sent, or decided, again.
+        batch.retain(|job| !job.answer.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        let answers = match pool.acquire().await {
+            Ok(conn) => commit_batch(conn, postgres, &mut batch).await,
+            Err(e) => Err(StoreError::from(e)),
+        };
+        match answers {
+            Ok(results) => {
+                batches.fetch_add(1, Ordering::Relaxed);
+                for (job, result) in batch.drain(..).zip(results) {
+                    if let Err(Ok(out)) = job.answer.send(result) {
+                        if let Some(then) = job.orphaned {
+                            then(out);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                let transient = e.is_transient();
+                for job in batch.drain(..) {
+                    let cause =
+                        sqlx::Error::Protocol(format!("the batch holding this write failed: {e}"));
+                    let _ = job.answer.send(Err(if transient {
+                        StoreError::Unavailable(cause)
+                    } else {
+                        StoreError::Query(cause)
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// Runs the batch's writes in one transaction and commits it; each write's own result, or
+/// `Err` when the transaction as a whole failed (nothing of it is stored).
+async fn commit_batch(
+    conn: PoolConnection<AnyDb>,
+    postgres: bool,
+    batch: &mut [Job],
+) -> Result<Vec<Result<Box<dyn Any + Send>, StoreError>>, StoreError> {
+    let mut tx = WriteTx {
+        conn,
+        postgres,
+        chain: None,
+        chain_moved: false,
+        discard: false,
+    };
+    // SQLite: take the write lock at once (another process, `salve migrate` say, may hold
+    // it: busy_timeout waits), rather than fail to upgrade a read later.
+    tx.run(if postgres { "BEGIN" } else { "BEGIN IMMEDIATE" })
+        .await?;
+    if postgres {
+        // Every batch locks the chain's head first: one lock, one order, no deadlock.
+        tx.chain_head().await?;
+    }
+    let outcome = match run_jobs(&mut tx, batch).await {
+        Ok((results, Ending::Commit)) => finish(&mut tx).await.map(|()| results),
+        // A lone write that failed or asked to be discarded: its transaction was its own.
+        Ok((results, Ending::RollBack)) => tx.run("ROLLBACK").await.map(|()| results),
+        Err(e) => Err(e),
+    };
+    if outcome.is_err() && tx.run("ROLLBACK").await.is_err() {
+        // The connection's state is unknown: it must not go back to the pool.
+        let _ = tx.conn.close().await;
+    }
+    outcome
+}
+
+/// How a batch's transaction ends once its writes ran.
+enum Ending {
+    Commit,
+    RollBack,
+}
+
+type Results = Vec<Result<Box<dyn Any + Send>, StoreError>>;
+
+/// Each job in a savepoint of its own (a lone job needs none: the transaction is its own).
+/// Ending one savepoint and opening the next is one round trip to the database.
+async fn run_jobs(tx: &mut WriteTx, batch: &mut [Job]) -> Result<(Results, Ending), StoreError> {
+    let alone = batch.len() == 1;
+    let mut results = Vec::with_capacity(batch.len());
+    if !alone {
+        tx.run("SAVEPOINT salve_write").await?;
+    }
+    let last = batch.len() - 1;
+    for (i, job) in batch.iter_mut().enumerate() {
+        let work = std::mem::replace(
+            &mut job.work,
+            Box::new(|_| Box::pin(async { Err(StoreError::Corrupt("a write ran twice".into())) })),
+        );
+        let chain_before = (tx.chain.clone(), tx.chain_moved);
+        tx.discard = false;
+        let result = work(tx).await;
+        let keep = result.is_ok() && !tx.discard;
+        results.push(result);
+        if !keep {
+            (tx.chain, tx.chain_moved) = chain_before;
+            if alone {
+                return Ok((results, Ending::RollBack));
+            }
+        }
+        if alone {
+            continue;
+        }
+        let sql = match (keep, i == last) {
+            (true, false) => "RELEASE SAVEPOINT salve_write; SAVEPOINT salve_write",
+            (true, true) => "RELEASE SAVEPOINT salve_write",
+            (false, false) => {
+                "ROLLBACK TO SAVEPOINT salve_write; RELEASE SAVEPOINT salve_write; SAVEPOINT salve_write"
+            }
+            (false, true) => "ROLLBACK TO SAVEPOINT salve_write; RELEASE SAVEPOINT salve_write",
+        };
+        sqlx::raw_sql(sql).execute(tx.conn()).await?;
+    }
+    Ok((results, Ending::Commit))
+}
+
+/// Writes the chain's head as the batch left it, and commits.
+async fn finish(tx: &mut WriteTx) -> Result<(), StoreError> {
+    if let (true, Some((seq, hash))) = (tx.chain_moved, tx.chain.clone()) {
+        sqlx::query("UPDATE chain_head SET seq = $1, hash = $2 WHERE id = 1")
+            .bind(seq)
+            .bind(hash)
+            .execute(&mut *tx.conn)
+            .await?;
+    }
+    tx.run("COMMIT").await
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use serde_json::json;
+
+    use crate::store::{EventKind, Store, StoreError};
+
+    const FIRING: &str =
+        include_str!("../../tests/fixtures/alertmanager/firing-single-api-posted.json");
+
+    async fn store(dir: &tempfile::TempDir) -> Store {
+        Store::open(&format!("sqlite://{}", dir.path().join("s.db").display()))
+            .await
+            .unwrap()
+    }
+
+    /// Holds the writer inside a write until `release` is sent, so that what is sent
+    /// meanwhile queues up for the next batch.
+    async fn hold(store: &Store) -> (tokio::sync::oneshot::Sender<()>, impl Future<Output = ()>) {
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let (started, running) = tokio::sync::oneshot::channel::<()>();
+        let held = {
+            let store = store.clone();
+            async move {
+                store
+                    .write(move |_tx| {
+                        Box::pin(async move {
+                            let _ = started.send(());
+                            let _ = released.await;
+                            Ok(())
+                        })
+                    })
+                    .await
+                    .unwrap();
+            }
+        };
+        let held = tokio::spawn(held);
+        running.await.unwrap();
+        (release, async move { held.await.unwrap() })
+    }
+
+    #[tokio::test]
+    async fn writes_that_wait_together_commit_together_and_see_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let d = crate::alert::Delivery::parse(FIRING.as_bytes()).unwrap();
+        let (release, held) = hold(&store).await;
+        let before = store.writes.batches();
+        // The same delivery twice (an HA pair's copies arriving together).
+        let (a, b) = (store.clone(), store.clone());
+        let (d1, d2) = (d.clone(), d.clone());
+        let first = tokio::spawn(async move { a.record_delivery(&d1, Utc::now()).await });
+        let second = tokio::spawn(async move { b.record_delivery(&d2, Utc::now()).await });
+        while store.writes.jobs.capacity() > store.writes.jobs.max_capacity() - 2 {
+            tokio::task::yield_now().await;
+        }
+        release.send(()).unwrap();
+        held.await;
+        let (first, second) = (
+            first.await.unwrap().unwrap(),
+            second.await.unwrap().unwrap(),
+        );
+        // One batch for both (besides the one that held the writer), and the second
+        // delivery found the first's incident inside the same transaction.
+        assert_eq!(store.writes.batches() - before, 2);
+        let mut seen = [
+            (first.to_decide.len(), first.repeated),
+            (second.to_decide.len(), second.repeated),
+        ];
+        seen.sort();
+        assert_eq!(seen, [(0, 1), (1, 0)]);
+        assert_eq!(store.delivery_count().await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_or_discarded_write_is_rolled_back_alone_and_the_chain_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let d = crate::alert::Delivery::parse(FIRING.as_bytes()).unwrap();
+        let incident = store
+            .record_delivery(&d, Utc::now())
+            .await
+            .unwrap()
+            .to_decide[0]
+            .clone();
+        let new = crate::store::NewRemediation {
+            incident_id: incident,
+            alertname: "A".into(),
+            rule_name: "r".into(),
+            rule_file: "rules.yaml".into(),
+            action: "scale",
+            target: crate::cluster::TargetRef::new(
+                crate::cluster::WorkloadKind::Deployment,
+                "ns",
+                "web",
+            )
+            .unwrap(),
+            mode: crate::remediation::Mode::Offline,
+            summary: "pending".into(),
+            owner: "me".into(),
+        };
+        let id = store
+            .create_remediation(&new, &json!({}), Utc::now())
+            .await
+            .unwrap()
+            .unwrap();
+
+        let (release, held) = hold(&store).await;
+        let event = |n: i64| {
+            let (store, id) = (store.clone(), id.clone());
+            tokio::spawn(async move {
+                store
+                    .append_event(&id, EventKind::StepStarted, &json!({ "n": n }), Utc::now())
+                    .await
+            })
+        };
+        let kept = event(1);
+        // Appends an event, then fails or asks to be discarded: its event must not stay,
+        // nor move the chain.
+        let append_then = |finish: fn(&mut super::WriteTx) -> Result<i32, StoreError>| {
+            let (store, id) = (store.clone(), id.clone());
+            tokio::spawn(async move {
+                store
+                    .write(move |tx| {
+                        Box::pin(async move {
+                            super::super::remediations::append_for_test(tx, &id).await?;
+                            finish(tx)
+                        })
+                    })
+                    .await
+            })
+        };
+        let failing = append_then(|_| Err(StoreError::Corrupt("refused on purpose".into())));
+        let discarded = append_then(|tx| {
+            tx.discard();
+            Ok(7)
+        });
+        let also_kept = event(2);
+        while store.writes.jobs.capacity() > store.writes.jobs.max_capacity() - 4 {
+            tokio::task::yield_now().await;
+        }
+        let before = store.writes.batches();
+        release.send(()).unwrap();
+        held.await;
+        kept.await.unwrap().unwrap();
+        assert!(failing.await.unwrap().is_err());
+        assert_eq!(discarded.await.unwrap().unwrap(), 7);
+        also_kept.await.unwrap().unwrap();
+        assert_eq!(store.writes.batches() - before, 2);
+
+        let timeline = store.timeline(&id).await.unwrap();
+        let details: Vec<_> = timeline.iter().map(|e| e.detail.clone()).collect();
+        assert_eq!(details[1..], [json!({"n": 1}), json!({"n": 2})]);
+        let report = store.verify_chain().await.unwrap();
+        assert_eq!((report.events, report.first_break), (3, None));
+    }
+}
