@@ -783,3 +783,59 @@ async fn transient_api_failures_are_retried_and_a_write_that_may_have_landed_is_
     assert!(real_writes[0]["detail"]["retry_in_ms"].is_null());
     assert_ne!(r["state"], "healed", "{r:#}");
 }
+
+#[tokio::test]
+async fn a_replica_with_every_permit_taken_keeps_its_heartbeat() {
+    // One permit, held by a remediation verifying for 20 s, and a second incident waiting
+    // for it: the worker must keep beating meanwhile, or every other replica would take
+    // this live one for dead and settle its work.
+    let kube = FakeKube::start().await;
+    kube.add_deployment("shop", "checkout", 2, "checkout:1.4");
+    kube.add_deployment("shop", "cart", 2, "cart:1.0");
+    let ttl = std::time::Duration::from_millis(900);
+    let s = spawn_salve(Options {
+        kube: Some(kube.clone()),
+        rules: Some(LADDER.replace("within: 700ms", "within: 20s")),
+        limits: salve::engine::Limits {
+            concurrency: 1,
+            heartbeat_ttl: ttl,
+            ..salve::engine::Limits::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    s.post_alerts(&firing_for(
+        "HighRequestLatency",
+        "shop",
+        "checkout",
+        "00000000000000c1",
+    ))
+    .await;
+    s.reached(1, &["verifying"]).await;
+    s.post_alerts(&firing_for(
+        "HighRequestLatency",
+        "shop",
+        "cart",
+        "00000000000000c2",
+    ))
+    .await;
+
+    sqlx::any::install_default_drivers();
+    let db = sqlx::AnyPool::connect(&s.database).await.unwrap();
+    for _ in 0..4 {
+        // Several TTLs later, the heartbeat still reaches into the future.
+        tokio::time::sleep(ttl).await;
+        let expires: String = sqlx::query_scalar("SELECT MAX(expires_at) FROM replicas")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        let now = salve::store::timestamp(Utc::now());
+        assert!(
+            expires > now,
+            "the heartbeat lapsed: expires {expires}, now {now}"
+        );
+    }
+    // The second incident is still waiting for the permit, not dropped.
+    let waiting = s.salve.store.undecided_firing_incidents().await.unwrap();
+    assert_eq!(waiting.len(), 1, "{waiting:?}");
+}

@@ -407,11 +407,11 @@ impl Engine {
         match self.recover().await {
             Ok(Recovered { undecided, resumed }) => {
                 for id in resumed {
-                    let Ok(permit) = permits.clone().acquire_owned().await else {
-                        break;
-                    };
-                    let engine = self.clone();
+                    let (engine, permits) = (self.clone(), permits.clone());
                     tasks.spawn(async move {
+                        let Ok(permit) = permits.acquire_owned().await else {
+                            return;
+                        };
                         if let Err(e) = engine.resume(&id).await {
                             warn!(remediation = %id, error = %e, "resuming a pending remediation failed; it stays pending with this replica, whose next sweep resumes it");
                         }
@@ -434,12 +434,15 @@ impl Engine {
         }
     }
 
+    /// Hands an incident to a task of its own, which waits for a permit: the worker loop
+    /// itself never waits, so this replica's heartbeat, recovery and outbox keep their
+    /// pace however many remediations are running or queued.
     async fn spawn_incident(&self, tasks: &mut JoinSet<()>, permits: &Arc<Semaphore>, id: String) {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        let engine = self.clone();
+        let (engine, permits) = (self.clone(), permits.clone());
         tasks.spawn(async move {
+            let Ok(permit) = permits.acquire_owned().await else {
+                return;
+            };
             if let Err(e) = engine.handle_incident(&id).await {
                 warn!(incident = %id, error = %e, "handling this incident failed; recovery settles what it left and the sweep decides it if it is still undecided");
             }
