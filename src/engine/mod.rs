@@ -99,7 +99,9 @@ pub struct Limits {
     pub conflict_retries: u32,
     /// Longest wait for one Kubernetes API call.
     pub call_timeout: Duration,
-    /// Remediations handled at once (on different workloads).
+    /// Remediations handled at once (on different workloads). Above the hourly budget of
+    /// real changes, so remediations verifying their change (minutes each) never hold
+    /// every permit and the rest of a storm is still decided meanwhile.
     pub concurrency: usize,
     /// Policy evaluation threads, their queue and memory ceiling.
     pub policy: PoolLimits,
@@ -117,7 +119,7 @@ impl Default for Limits {
             escalation_refresh: Duration::from_secs(60),
             conflict_retries: 3,
             call_timeout: Duration::from_secs(30),
-            concurrency: 8,
+            concurrency: 32,
             policy: PoolLimits::default(),
         }
     }
