@@ -303,3 +303,36 @@ fn eval_prints_the_verdict_or_a_query_as_json() {
         query.stdout
     );
 }
+
+#[test]
+fn shipped_guardrails_pass_their_tests_from_a_configmap_mount() {
+    // The kubelet mounts a ConfigMap as links into a hidden `..data` directory; a key
+    // with a directory (`guardrails/data.json`) becomes a link to a directory. Skipping
+    // those links left the data unloaded: three shipped tests failed and `serve` exited.
+    use std::os::unix::fs::symlink;
+    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let mount = tempfile::tempdir().unwrap();
+    let stamp = "..2026_12_01_03_00_00.000000001";
+    let real = mount.path().join(stamp);
+    for key in [
+        "guardrails.rego",
+        "guardrails_test.rego",
+        "rules.yaml",
+        "guardrails/data.json",
+    ] {
+        std::fs::create_dir_all(real.join(key).parent().unwrap()).unwrap();
+        std::fs::copy(policies.join(key), real.join(key)).unwrap();
+    }
+    symlink(stamp, mount.path().join("..data")).unwrap();
+    for top in [
+        "guardrails.rego",
+        "guardrails_test.rego",
+        "rules.yaml",
+        "guardrails",
+    ] {
+        symlink(format!("..data/{top}"), mount.path().join(top)).unwrap();
+    }
+    let mounted = salve(&["policy", "test", s(mount.path())]);
+    assert_eq!(mounted.code, 0, "{}", mounted.stdout);
+    assert!(mounted.stdout.contains("PASS: 12/12"), "{}", mounted.stdout);
+}
