@@ -127,8 +127,8 @@ impl Walk<'_> {
                 continue;
             }
             let file_type = entry.file_type().map_err(io(&path))?;
-            let mut is_dir = file_type.is_dir();
-            if file_type.is_symlink() {
+            // Where a link leads, checked once: inside the policy directory or refused.
+            let linked = if file_type.is_symlink() {
                 let real = path.canonicalize().map_err(io(&path))?;
                 if !real.starts_with(self.real_root) {
                     return Err(BundleError {
@@ -140,11 +140,19 @@ impl Walk<'_> {
                         )),
                     });
                 }
-                is_dir = real.is_dir();
-            }
+                Some(real)
+            } else {
+                None
+            };
+            let is_dir = linked
+                .as_ref()
+                .map_or(file_type.is_dir(), |real| real.is_dir());
             if is_dir {
                 // Each real directory once: a link back up the tree does not loop.
-                let real = path.canonicalize().map_err(io(&path))?;
+                let real = match linked {
+                    Some(real) => real,
+                    None => path.canonicalize().map_err(io(&path))?,
+                };
                 if self.seen.insert(real) {
                     self.dir(&path, out)?;
                 }

@@ -102,12 +102,6 @@ pub struct Writer {
     batches: Arc<AtomicU64>,
 }
 
-impl std::fmt::Debug for Job {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Job")
-    }
-}
-
 impl Writer {
     /// Starts the writer task on `pool` (it uses one connection of it at a time).
     pub fn start(pool: AnyPool, postgres: bool) -> Writer {
