@@ -19,6 +19,7 @@ use crate::api::{self, ApiState};
 use crate::cluster::{Cluster, KubeCluster};
 use crate::config::ServeSettings;
 use crate::engine::{Engine, Seams};
+use crate::http::ExternalUrl;
 use crate::ingest::{self, IngestState};
 use crate::notify::{AlertmanagerNotifier, Notifier, WebhookNotifier};
 use crate::reload::{Reloader, load_decisions};
@@ -135,6 +136,7 @@ impl Salve {
             false => connect_cluster(settings.kubeconfig.as_deref()).await?,
         };
         let cluster = client.map(|c| Arc::new(KubeCluster::new(c)) as Arc<dyn Cluster>);
+        let cluster_probe = api::ClusterProbe::new(cluster.clone());
         let metrics = Arc::new(Metrics::new());
         let reloader = Arc::new(Reloader::new(
             &settings.policies,
@@ -157,6 +159,16 @@ impl Salve {
         if let Some(url) = &settings.escalation_webhook_url {
             notifiers.push(Arc::new(WebhookNotifier::new(url.clone(), http.clone())));
         }
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .map_err(|e| StartupError::Listen(settings.listen, e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| StartupError::Listen(settings.listen, e))?;
+        let external_url = settings
+            .external_url
+            .clone()
+            .unwrap_or_else(|| ExternalUrl::default_for(addr, &crate::engine::host_name()));
         let seams = Seams {
             cluster,
             prometheus: settings
@@ -164,10 +176,8 @@ impl Salve {
                 .clone()
                 .map(|u| Arc::new(PrometheusHttp::new(u, http.clone())) as Arc<dyn Prometheus>),
             notifiers,
-            external_url: settings
-                .external_url
-                .clone()
-                .unwrap_or_else(|| format!("http://{}", settings.listen)),
+            external_url: external_url.as_str().to_owned(),
+            metrics: metrics.clone(),
         };
         let engine = Engine::new(
             store.clone(),
@@ -193,12 +203,6 @@ impl Salve {
         if let Some(keep) = settings.retention {
             spawn_retention(store.clone(), keep, shutdown.clone());
         }
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .map_err(|e| StartupError::Listen(settings.listen, e))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| StartupError::Listen(settings.listen, e))?;
         // Recovery of what a previous run left happens in the worker, in the background:
         // the port answers /healthz and webhooks while it runs.
         let (queue, worker) = engine.start(shutdown.clone());
@@ -209,6 +213,7 @@ impl Salve {
                 store: store.clone(),
                 sink: Arc::new(queue),
                 auth: Arc::new(settings.auth.clone()),
+                metrics: metrics.clone(),
             },
             settings.max_body_bytes,
         )
@@ -219,9 +224,17 @@ impl Salve {
             metrics,
             admin_token: settings.admin_token.clone().map(Arc::new),
             read_token: settings.read_token.clone().map(Arc::new),
-        }))
+            external_url: external_url.clone(),
+            cluster_probe: cluster_probe.clone(),
+        }));
+        // Served under the external URL's path, as Alertmanager serves under its route prefix.
+        let router = match external_url.prefix() {
+            "" => router,
+            prefix => axum::Router::new().nest(prefix, router),
+        }
         .layer(TraceLayer::new_for_http());
 
+        info!(external_url = %external_url.as_str(), "links salve sends start here");
         if settings.auth.is_required() {
             info!(%addr, "listening; webhook authentication required");
         } else {

@@ -280,9 +280,18 @@ pub struct ServeArgs {
     #[arg(long, env = "SALVE_ESCALATION_WEBHOOK_URL")]
     pub escalation_webhook_url: Option<reqwest::Url>,
 
-    /// salve's URL as people reach it, for links in escalations (default: http://LISTEN).
-    #[arg(long, env = "SALVE_EXTERNAL_URL")]
-    pub external_url: Option<String>,
+    /// salve's URL as people reach it (as Alertmanager's --web.external-url): every link
+    /// salve sends (escalations link to the remediation's audit page) starts with it, and
+    /// its path is the prefix salve serves under. Default: http://HOST:PORT of --listen
+    /// (this host's name when listening on every interface).
+    #[arg(long, env = "SALVE_EXTERNAL_URL", value_parser = crate::http::ExternalUrl::parse)]
+    pub external_url: Option<crate::http::ExternalUrl>,
+
+    /// A key pattern (glob, case-insensitive) whose values salve never stores or logs,
+    /// besides the defaults (last-applied-configuration, *token*, *password*, *secret*,
+    /// *credential*, *api?key*); repeat it or separate with commas.
+    #[arg(long = "redact-key", env = "SALVE_REDACT_KEYS", value_delimiter = ',')]
+    pub redact_keys: Vec<String>,
 
     /// File holding the token the audit API requires (or set SALVE_READ_TOKEN; the admin
     /// token works too).
@@ -406,7 +415,7 @@ pub struct ServeSettings {
     pub prometheus_url: Option<reqwest::Url>,
     pub alertmanager_url: Vec<reqwest::Url>,
     pub escalation_webhook_url: Option<reqwest::Url>,
-    pub external_url: Option<String>,
+    pub external_url: Option<crate::http::ExternalUrl>,
 }
 
 /// A secret read from a file or the environment; its `Debug` never shows it.
@@ -562,6 +571,7 @@ impl ServeArgs {
                     queue: self.policy_queue,
                     memory_limit_bytes: self.policy_memory_limit,
                 },
+                redaction: crate::redact::Redaction::with_extra(&self.redact_keys),
                 ..Limits::default()
             },
         })

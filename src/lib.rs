@@ -29,6 +29,7 @@ pub mod http;
 pub mod ingest;
 pub mod notify;
 pub mod policy;
+pub mod redact;
 pub mod reload;
 pub mod remediation;
 pub mod report;

@@ -30,7 +30,7 @@ struct World {
     exporter: Exporter,
     salve: TestSalve,
     alertmanager: real::Process,
-    _prometheus: real::Process,
+    prometheus: real::Process,
     _dir: tempfile::TempDir,
 }
 
@@ -52,14 +52,20 @@ async fn world(verify_within: &str) -> World {
     let exporter = Exporter::start(0.9).await;
     let alertmanager =
         real::alertmanager_on(dir.path(), &format!("{}/api/v1/alerts", salve.url), am_port).await;
-    let prometheus =
-        real::prometheus_on(dir.path(), exporter.port, &alertmanager.url, prom_port).await;
+    let prometheus = real::prometheus_on(
+        dir.path(),
+        exporter.port,
+        &alertmanager.url,
+        prom_port,
+        Some(salve.salve.addr.to_string().as_str()),
+    )
+    .await;
     World {
         kube,
         exporter,
         salve,
         alertmanager,
-        _prometheus: prometheus,
+        prometheus,
         _dir: dir,
     }
 }
@@ -95,6 +101,17 @@ async fn a_prometheus_alert_is_healed_by_scaling_and_recorded_as_healed() {
         "the alert came from Prometheus: {alert}"
     );
     assert!(alert["generatorURL"].as_str().unwrap().contains("g0.expr="));
+
+    // Prometheus scrapes salve too (as the shipped ServiceMonitor has it do) and reads
+    // back what salve counted: this remediation, healed, by its rule and action.
+    let series = first_series(
+        &w.prometheus,
+        r#"salve_remediations_finished_total{job="salve",state="healed"}"#,
+    )
+    .await;
+    assert_eq!(series["metric"]["rule"], "checkout-latency", "{series}");
+    assert_eq!(series["metric"]["action"], "scale", "{series}");
+    assert_eq!(series["value"][1], "1", "{series}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -132,14 +149,14 @@ async fn a_metric_that_stays_bad_climbs_the_ladder_and_escalates_through_alertma
         (labels["namespace"].as_str(), labels["deployment"].as_str()),
         (Some("shop"), Some("checkout"))
     );
+    // The link leads a person to the remediation's audit page, at salve's external URL
+    // (here the default: the listen address), and the page is there.
     let audit = found["annotations"]["salve_audit_url"].as_str().unwrap();
-    assert!(
-        audit.ends_with(&format!(
-            "/api/v1/remediations/{}",
-            r["id"].as_str().unwrap()
-        )),
-        "{audit}"
-    );
+    let id = r["id"].as_str().unwrap();
+    assert_eq!(audit, format!("{}/ui/remediations/{id}", w.salve.url));
+    let page = reqwest::get(audit).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains(id));
 }
 
 const BLIND_RULES: &str = r#"
@@ -169,11 +186,15 @@ fn prometheus_alert(exporter_port: u16, fingerprint: &str) -> String {
 
 /// Waits until Prometheus returns the exporter's series for the alert's expression.
 async fn scraping(prometheus: &real::Process) {
+    first_series(prometheus, "checkout_latency_seconds > 0.5").await;
+}
+
+/// Waits until Prometheus answers `query` with a series, and returns the first.
+async fn first_series(prometheus: &real::Process, query: &str) -> Value {
     let mut url = prometheus.url.join("api/v1/query").unwrap();
-    url.query_pairs_mut()
-        .append_pair("query", "checkout_latency_seconds > 0.5");
+    url.query_pairs_mut().append_pair("query", query);
     eventually(
-        "Prometheus to return the series",
+        &format!("Prometheus to answer {query}"),
         Duration::from_secs(30),
         async || {
             let body: Value = match reqwest::get(url.clone()).await {
@@ -181,12 +202,12 @@ async fn scraping(prometheus: &real::Process) {
                 Err(e) => return Err(e.to_string()),
             };
             match body["data"]["result"].as_array() {
-                Some(r) if !r.is_empty() => Ok(()),
+                Some(r) if !r.is_empty() => Ok(r[0].clone()),
                 _ => Err(body.to_string()),
             }
         },
     )
-    .await;
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -203,7 +224,7 @@ async fn prometheus_down_mid_verification_is_unavailable_and_never_climbs_the_la
     let nowhere: reqwest::Url = format!("http://127.0.0.1:{}/", real::free_port())
         .parse()
         .unwrap();
-    let prometheus = real::prometheus_on(dir.path(), exporter.port, &nowhere, port).await;
+    let prometheus = real::prometheus_on(dir.path(), exporter.port, &nowhere, port, None).await;
     scraping(&prometheus).await;
     let s = spawn_salve(Options {
         kube: Some(kube.clone()),
@@ -234,7 +255,7 @@ async fn prometheus_down_mid_verification_is_unavailable_and_never_climbs_the_la
     assert!(tried["items"].as_array().unwrap().is_empty());
 
     // Prometheus back: the next incident is verified on its evidence.
-    let prometheus = real::prometheus_on(dir.path(), exporter.port, &nowhere, port).await;
+    let prometheus = real::prometheus_on(dir.path(), exporter.port, &nowhere, port, None).await;
     scraping(&prometheus).await;
     s.post_alerts(&prometheus_alert(exporter.port, "feed000000000002"))
         .await;

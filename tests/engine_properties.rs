@@ -235,6 +235,7 @@ fn start_replica(
         prometheus: None,
         notifiers: Vec::new(),
         external_url: "http://salve.test".into(),
+        metrics: std::sync::Arc::new(salve::telemetry::Metrics::new()),
     };
     let limits = Limits {
         max_actions_per_hour: MAX_PER_HOUR,

@@ -111,10 +111,11 @@ async fn the_ladder_climbs_then_escalates_once() {
     let sent = capture.bodies();
     assert_eq!(sent.len(), 1, "{sent:#?}");
     assert_eq!(sent[0]["remediation_id"], r["id"]);
-    assert!(sent[0]["audit_url"].as_str().unwrap().ends_with(&format!(
-        "/api/v1/remediations/{}",
-        r["id"].as_str().unwrap()
-    )));
+    // The link a person follows: the remediation's audit page at salve's external URL.
+    assert_eq!(
+        sent[0]["audit_url"],
+        format!("{}/ui/remediations/{}", s.url, r["id"].as_str().unwrap())
+    );
     let detail = s.detail(r["id"].as_str().unwrap()).await;
     assert_eq!(
         events(&detail, "policy_evaluated").len(),

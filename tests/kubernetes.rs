@@ -627,13 +627,18 @@ async fn under_an_hpa_a_scale_raises_its_min_replicas_and_a_revert_restores_it()
     assert_eq!(min(hpas.get("checkout-hpa").await.unwrap()), Some(2));
 }
 
-/// Applies `deploy/rbac.yaml` with its RoleBinding moved to `namespace`.
+/// Applies `deploy/base/rbac.yaml` and `deploy/rolebinding.yaml`, the RoleBinding moved
+/// to `namespace`.
 async fn apply_rbac(client: &kube::Client, namespace: &str) {
     use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
     use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding};
     use kube::api::PostParams;
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rbac.yaml")).unwrap();
+    let text = [
+        concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/base/rbac.yaml"),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rolebinding.yaml"),
+    ]
+    .map(|f| std::fs::read_to_string(f).unwrap())
+    .join("\n---\n");
     let ns_api: Api<Namespace> = Api::all(client.clone());
     let salve_ns = serde_json::from_value(json!({"metadata": {"name": "salve"}})).unwrap();
     let _ = ns_api.create(&PostParams::default(), &salve_ns).await;
@@ -663,7 +668,7 @@ async fn apply_rbac(client: &kube::Client, namespace: &str) {
                     .await
                     .unwrap();
             }
-            other => panic!("unexpected kind {other} in deploy/rbac.yaml"),
+            other => panic!("unexpected kind {other} in the RBAC files"),
         }
     }
 }
@@ -811,26 +816,7 @@ async fn sigterm_with_a_ladder_in_flight_exits_within_the_grace_period_and_the_w
         },
     )
     .await;
-    let remediations = format!("{url}/api/v1/remediations");
-    support::eventually(
-        "the first step to be verifying",
-        std::time::Duration::from_secs(30),
-        async || {
-            let body: Value = http
-                .get(&remediations)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?
-                .json()
-                .await
-                .map_err(|e| e.to_string())?;
-            match body["items"][0]["state"].as_str() {
-                Some("verifying") => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await;
+    support::newest_remediation_in(&http, &url, "verifying").await;
 
     // SAFETY: kill(2) on the child this test started.
     let stopped = std::time::Instant::now();

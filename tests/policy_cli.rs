@@ -1,6 +1,8 @@
 //! `salve policy test|check|eval` and `salve rules check`, run as a policy author runs
 //! them: the real binary, its output and its exit code.
 
+mod support;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -309,29 +311,18 @@ fn shipped_guardrails_pass_their_tests_from_a_configmap_mount() {
     // The kubelet mounts a ConfigMap as links into a hidden `..data` directory; a key
     // with a directory (`guardrails/data.json`) becomes a link to a directory. Skipping
     // those links left the data unloaded: three shipped tests failed and `serve` exited.
-    use std::os::unix::fs::symlink;
     let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
     let mount = tempfile::tempdir().unwrap();
-    let stamp = "..2026_12_01_03_00_00.000000001";
-    let real = mount.path().join(stamp);
-    for key in [
+    let files: Vec<(String, Vec<u8>)> = [
         "guardrails.rego",
         "guardrails_test.rego",
         "rules.yaml",
         "guardrails/data.json",
-    ] {
-        std::fs::create_dir_all(real.join(key).parent().unwrap()).unwrap();
-        std::fs::copy(policies.join(key), real.join(key)).unwrap();
-    }
-    symlink(stamp, mount.path().join("..data")).unwrap();
-    for top in [
-        "guardrails.rego",
-        "guardrails_test.rego",
-        "rules.yaml",
-        "guardrails",
-    ] {
-        symlink(format!("..data/{top}"), mount.path().join(top)).unwrap();
-    }
+    ]
+    .into_iter()
+    .map(|key| (key.to_owned(), std::fs::read(policies.join(key)).unwrap()))
+    .collect();
+    support::kubelet::lay_out_volume(mount.path(), &files);
     let mounted = salve(&["policy", "test", s(mount.path())]);
     assert_eq!(mounted.code, 0, "{}", mounted.stdout);
     assert!(mounted.stdout.contains("PASS: 12/12"), "{}", mounted.stdout);

@@ -132,3 +132,206 @@ async fn audit_page_errors_are_pages_with_the_api_status() {
         assert!(reply.text().await.unwrap().contains("id=error"), "{path}");
     }
 }
+
+/// With a read token, a person logs in through the form: the token goes into a password
+/// field once, the browser keeps an HttpOnly session cookie, and the pages open; a
+/// wrong token is refused on the page, and logging out closes them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_logs_in_to_the_audit_page_with_the_read_token() {
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    let s = spawn_salve(Options {
+        read_token: Some("read-token-3a9f".into()),
+        ..Options::default()
+    })
+    .await;
+    s.post_alerts(&firing_for(
+        "HighRequestLatency",
+        "kube-system",
+        "coredns",
+        "0000000000000b01",
+    ))
+    .await;
+    // The helpers read with the token; the browser has none yet.
+    s.finished(1).await;
+
+    // No session: the list sends the browser to the form.
+    browser.open(&format!("{}/ui", s.url)).await;
+    browser
+        .wait_for_url("the login form", |u| u.ends_with("/ui/login"))
+        .await;
+    assert!(browser.find_all("tr.remediation").await.is_empty());
+
+    browser
+        .find("input[name=token]")
+        .await
+        .type_text("not-the-token")
+        .await;
+    browser.find("button[type=submit]").await.click().await;
+    let error = browser.find("#error").await.text().await;
+    assert!(error.contains("not the read token"), "{error}");
+
+    browser
+        .find("input[name=token]")
+        .await
+        .type_text("read-token-3a9f")
+        .await;
+    browser.find("button[type=submit]").await.click().await;
+    let list = format!("{}/ui", s.url);
+    browser.wait_for_url("the list", |u| u == list).await;
+    let rows = browser.find_all("tr.remediation").await;
+    assert_eq!(rows.len(), 1, "{}", browser.source().await);
+    browser.find("tr.remediation a").await.click().await;
+    browser
+        .wait_for_url("a remediation's page", |u| u.contains("/ui/remediations/"))
+        .await;
+    assert_eq!(browser.find(".state").await.text().await, "denied");
+    assert!(
+        !browser.source().await.contains("read-token-3a9f"),
+        "the token is not on the page"
+    );
+
+    // Log out: the pages are closed again.
+    browser.open(&list).await;
+    browser.find("form.logout button").await.click().await;
+    browser
+        .wait_for_url("the login form", |u| u.ends_with("/ui/login"))
+        .await;
+    browser.open(&list).await;
+    browser
+        .wait_for_url("the login form again", |u| u.ends_with("/ui/login"))
+        .await;
+    browser.close().await;
+}
+
+/// What the browser gets, header by header: the session cookie's attributes, the
+/// pages' security headers, and what the cookie does not open.
+#[tokio::test]
+async fn the_session_cookie_is_http_only_strict_and_opens_only_reads() {
+    let s = spawn_salve(Options {
+        read_token: Some("read-token-77".into()),
+        admin_token: Some("admin-token-88".into()),
+        ..Options::default()
+    })
+    .await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let first = http.get(format!("{}/ui", s.url)).send().await.unwrap();
+    assert_eq!(first.status(), 303);
+    assert_eq!(first.headers()["location"], "/ui/login");
+
+    let wrong = http
+        .post(format!("{}/ui/login", s.url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("token=guess")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert!(wrong.headers().get("set-cookie").is_none());
+
+    let login = http
+        .post(format!("{}/ui/login", s.url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("token=read-token-77")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 303);
+    assert_eq!(login.headers()["location"], "/ui");
+    let cookie = login.headers()["set-cookie"].to_str().unwrap().to_owned();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/ui", "Max-Age="] {
+        assert!(cookie.contains(attribute), "{attribute} in {cookie}");
+    }
+    assert!(!cookie.contains("read-token-77"), "{cookie}");
+    let session = cookie.split(';').next().unwrap().to_owned();
+
+    let page = http
+        .get(format!("{}/ui", s.url))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    assert_eq!(page.headers()["x-content-type-options"], "nosniff");
+
+    // The cookie is for reading: it opens no admin endpoint.
+    let reload = http
+        .post(format!("{}/-/reload", s.url))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reload.status(), 401);
+    // A forged or tampered cookie opens nothing.
+    let (expires, tag) = session
+        .trim_start_matches("salve_session=")
+        .split_once('.')
+        .unwrap();
+    let forged = format!(
+        "salve_session={}.{tag}",
+        expires.parse::<i64>().unwrap() + 60
+    );
+    let refused = http
+        .get(format!("{}/ui", s.url))
+        .header("cookie", forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 303);
+}
+
+/// Behind a proxy at `https://ops.example/salve`, salve serves under `/salve` and every
+/// link it emits carries the prefix: the escalation's link to the audit page, the page's
+/// own links and forms.
+#[tokio::test]
+async fn behind_a_prefix_every_route_and_link_carries_it() {
+    let capture = support::Capture::start().await;
+    let s = spawn_salve(Options {
+        external_url: Some(salve::http::ExternalUrl::parse("https://ops.example/salve/").unwrap()),
+        escalation_webhook_url: Some(capture.url.clone()),
+        ..Options::default()
+    })
+    .await;
+    assert!(s.url.ends_with("/salve"), "{}", s.url);
+    s.post_alerts(&firing_for(
+        "HighRequestLatency",
+        "kube-system",
+        "coredns",
+        "0000000000000c01",
+    ))
+    .await;
+    let done = s.finished(1).await;
+    let id = done[0]["id"].as_str().unwrap();
+    let sent = capture.received(1).await;
+    assert_eq!(
+        sent[0]["audit_url"],
+        format!("https://ops.example/salve/ui/remediations/{id}")
+    );
+
+    let (status, _) = s.get("/healthz").await;
+    assert_eq!(status, 200);
+    let root = s.url.trim_end_matches("/salve");
+    let outside = s.http.get(format!("{root}/healthz")).send().await.unwrap();
+    assert_eq!(outside.status(), 404, "only the prefix is served");
+    let page = s
+        .http
+        .get(format!("{}/ui", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(&format!("href=\"/salve/ui/remediations/{id}\"")),
+        "{page}"
+    );
+    assert!(page.contains("action=\"/salve/ui\""), "{page}");
+}

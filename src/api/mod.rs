@@ -5,6 +5,8 @@
 //! Kubernetes call, the policy input and verdict, each state change). `/healthz` says
 //! the process is alive; `/readyz` says it can take webhooks (the database answers).
 
+mod ready;
+mod session;
 mod ui;
 
 use std::net::SocketAddr;
@@ -19,11 +21,12 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use crate::config::Secret;
-use crate::http::HttpError;
+use crate::http::{ExternalUrl, HttpError};
 use crate::reload::{ReloadReport, Reloader};
 use crate::store::remediations::{Cursor, RemediationFilter};
 use crate::store::{RemediationRecord, Store, TimelineEvent};
-use crate::telemetry::Metrics;
+use crate::telemetry::{Exposition, Metrics};
+pub use ready::ClusterProbe;
 
 /// What the audit and admin API reads from.
 #[derive(Clone)]
@@ -37,6 +40,10 @@ pub struct ApiState {
     pub admin_token: Option<Arc<Secret>>,
     /// Required by the audit API (the admin token works too); without either, loopback only.
     pub read_token: Option<Arc<Secret>>,
+    /// Where people reach salve: the audit page's links and its cookie's scope.
+    pub external_url: ExternalUrl,
+    /// Whether the Kubernetes API server answers, for `/readyz`.
+    pub cluster_probe: ClusterProbe,
 }
 
 /// The audit API's OpenAPI 3 description.
@@ -184,14 +191,24 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/remediations/{id}", get(show))
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/openapi.json", get(openapi))
-        .route("/ui", get(ui::list))
-        .route("/ui/remediations/{id}", get(ui::detail))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_read,
         ));
+    let pages = ui::with_security_headers(
+        Router::new()
+            .route("/ui", get(ui::list))
+            .route("/ui/remediations/{id}", get(ui::detail))
+            .route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                require_read_page,
+            ))
+            .route("/ui/login", get(ui::login_form).post(ui::login))
+            .route("/ui/logout", post(ui::logout)),
+    );
     Router::new()
         .merge(audit)
+        .merge(pages)
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
@@ -304,11 +321,15 @@ fn cursor(text: Option<&str>) -> Result<Option<Cursor>, HttpError> {
 }
 
 async fn ready(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, HttpError> {
+    if let Err(e) = state.store.ping().await {
+        state.metrics.database_error("ping");
+        return Err(HttpError::Unavailable(e.to_string()));
+    }
     state
-        .store
-        .ping()
+        .cluster_probe
+        .check()
         .await
-        .map_err(|e| HttpError::Unavailable(e.to_string()))?;
+        .map_err(HttpError::Unavailable)?;
     let decisions = state.reloader.current();
     Ok(Json(serde_json::json!({
         "status": "ready",
@@ -319,13 +340,27 @@ async fn ready(State(state): State<ApiState>) -> Result<Json<serde_json::Value>,
     })))
 }
 
-async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
+/// Prometheus's scrape: what this replica counted, plus what the knowledge base says now
+/// (remediations in flight, replicas). A database that does not answer leaves those
+/// gauges as they were and counts an error; the scrape itself still succeeds.
+async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> impl IntoResponse {
+    let now = chrono::Utc::now();
+    let snapshot = async {
+        let in_flight = state.store.remediations_in_flight().await?;
+        let (live, lapsed) = state.store.replica_counts(now).await?;
+        Ok::<_, crate::store::StoreError>((in_flight, live, lapsed))
+    };
+    match state.store.within_wait(snapshot).await {
+        Ok((in_flight, live, lapsed)) => state.metrics.observe_store(&in_flight, live, lapsed),
+        Err(e) => {
+            state.metrics.database_error("scrape");
+            tracing::warn!(error = %e, "metrics: the knowledge base did not answer");
+        }
+    }
+    let format = Exposition::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        state.metrics.encode(),
+        [(header::CONTENT_TYPE, format.content_type())],
+        state.metrics.encode(format),
     )
 }
 
@@ -361,6 +396,27 @@ fn authorize(
     }
 }
 
+impl ApiState {
+    /// The tokens that open reads: the read token and the admin token. Configuring only
+    /// an admin token must not open reads to everyone: it also gates them.
+    fn read_tokens(&self) -> [Option<&Secret>; 2] {
+        [self.read_token.as_deref(), self.admin_token.as_deref()]
+    }
+
+    /// Whether the request may read: a token in `Authorization`, or a session cookie from
+    /// the login form ([`session`]), or (with no token configured) a loopback peer.
+    fn authorize_read(&self, peer: SocketAddr, headers: &HeaderMap) -> Result<(), HttpError> {
+        let tokens = self.read_tokens();
+        let configured: Vec<&Secret> = tokens.iter().flatten().copied().collect();
+        if let Some(cookie) = session::from_headers(headers) {
+            if !configured.is_empty() && session::valid(cookie, &configured, chrono::Utc::now()) {
+                return Ok(());
+            }
+        }
+        authorize(&tokens, peer, headers)
+    }
+}
+
 async fn require_read(
     State(state): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -368,10 +424,26 @@ async fn require_read(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Result<axum::response::Response, HttpError> {
-    let tokens = [state.read_token.as_deref(), state.admin_token.as_deref()];
-    // Configuring only an admin token must not open reads to everyone: it also gates them.
-    authorize(&tokens, peer, &headers)?;
+    state.authorize_read(peer, &headers)?;
     Ok(next.run(request).await)
+}
+
+/// As [`require_read`], for pages: a browser without a session is sent to the login
+/// form rather than shown a 401 it cannot answer.
+async fn require_read_page(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<axum::response::Response, ui::PageError> {
+    match state.authorize_read(peer, &headers) {
+        Ok(()) => Ok(next.run(request).await),
+        Err(HttpError::Unauthorized) => {
+            Ok(axum::response::Redirect::to(&state.external_url.path("/ui/login")).into_response())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Who marked an escalation handled.

@@ -7,12 +7,17 @@
 
 use std::fmt::Write as _;
 
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, header};
-use axum::response::{Html, IntoResponse, Response};
+use std::net::SocketAddr;
 
-use super::{ApiState, ListQuery, page};
-use crate::http::HttpError;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::{Form, Router};
+use subtle::ConstantTimeEq;
+use tower_http::set_header::SetResponseHeaderLayer;
+
+use super::{ApiState, ListQuery, page, session};
+use crate::http::{ExternalUrl, HttpError};
 use crate::report::describe_event;
 
 /// Escapes text for HTML element content and attribute values.
@@ -61,6 +66,8 @@ fn input(name: &str, value: &Option<String>, placeholder: &str) -> String {
 pub struct PageError {
     error: HttpError,
     form: String,
+    /// The list's path, for the way back.
+    home: String,
 }
 
 impl From<HttpError> for PageError {
@@ -68,6 +75,18 @@ impl From<HttpError> for PageError {
         PageError {
             error,
             form: String::new(),
+            home: "/ui".to_owned(),
+        }
+    }
+}
+
+impl PageError {
+    /// The error as a page of the salve reached at `external`.
+    pub fn at(error: HttpError, external: &ExternalUrl) -> PageError {
+        PageError {
+            error,
+            form: String::new(),
+            home: external.path("/ui"),
         }
     }
 }
@@ -81,9 +100,10 @@ impl IntoResponse for PageError {
             HeaderValue::from_static("text/html; charset=utf-8"),
         );
         let body = format!(
-            "{}<p class=reason id=error>{}</p><p><a href=/ui>← all remediations</a></p>",
+            "{}<p class=reason id=error>{}</p><p><a href=\"{}\">← all remediations</a></p>",
             self.form,
-            escape(&message)
+            escape(&message),
+            escape(&self.home),
         );
         Response::from_parts(parts, layout("salve: cannot show this", &body).0.into())
     }
@@ -105,8 +125,8 @@ fn filters(q: &ListQuery) -> [(&'static str, &Option<String>, &'static str); 9] 
     ]
 }
 
-fn filter_form(q: &ListQuery) -> String {
-    let mut body = String::from("<form method=get action=/ui>");
+fn filter_form(q: &ListQuery, home: &str) -> String {
+    let mut body = format!("<form method=get action=\"{}\">", escape(home));
     for (name, value, hint) in filters(q) {
         body += &input(name, value, hint);
     }
@@ -117,12 +137,15 @@ fn filter_form(q: &ListQuery) -> String {
 /// `GET /ui`: the filtered list.
 pub async fn list(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     Query(q): Query<ListQuery>,
 ) -> Result<Html<String>, PageError> {
-    let mut body = filter_form(&q);
+    let home = state.external_url.path("/ui");
+    let mut body = filter_form(&q, &home) + &logout_form(&state, &headers);
     let found = page(&state.store, &q).await.map_err(|error| PageError {
         error,
         form: body.clone(),
+        home: home.clone(),
     })?;
     let _ = write!(
         body,
@@ -138,7 +161,7 @@ pub async fn list(
             .collect();
         let _ = write!(
             body,
-            "<tr class=remediation><td>{}</td><td><span class=\"state {}\">{}</span></td><td>{}</td><td>{}/{}/{}</td><td><a href=\"/ui/remediations/{}\">{}</a>{reasons}</td></tr>",
+            "<tr class=remediation><td>{}</td><td><span class=\"state {}\">{}</span></td><td>{}</td><td>{}/{}/{}</td><td><a href=\"{home}/remediations/{}\">{}</a>{reasons}</td></tr>",
             escape(r.created_at.get(..19).unwrap_or(&r.created_at)).replace('T', " "),
             r.state.as_str(),
             r.state.as_str(),
@@ -157,7 +180,8 @@ pub async fn list(
         let query = query_string(&older);
         let _ = write!(
             body,
-            "<p><a rel=next href=\"/ui?{}\">Older →</a></p>",
+            "<p><a rel=next href=\"{}?{}\">Older →</a></p>",
+            escape(&home),
             escape(&query)
         );
     }
@@ -189,13 +213,16 @@ pub async fn detail(
     let super::Detail {
         remediation: r,
         timeline,
-    } = super::detail(&state.store, &id).await?;
+    } = super::detail(&state.store, &id)
+        .await
+        .map_err(|e| PageError::at(e, &state.external_url))?;
     let mut body = format!(
-        "<p><a href=/ui>← all remediations</a></p><table class=facts>\
+        "<p><a href=\"{}\">← all remediations</a></p><table class=facts>\
          <tr><th>State</th><td><span class=\"state {}\">{}</span> ({} mode)</td></tr>\
          <tr><th>Summary</th><td id=summary>{}</td></tr><tr><th>Alert</th><td>{}</td></tr>\
          <tr><th>Rule</th><td>{} ({})</td></tr><tr><th>Workload</th><td>{}/{}/{}</td></tr>\
          <tr><th>Opened</th><td>{}</td></tr></table>",
+        escape(&state.external_url.path("/ui")),
         r.state.as_str(),
         r.state.as_str(),
         escape(&r.mode),
@@ -225,6 +252,106 @@ pub async fn detail(
     }
     body += "</table>";
     Ok(layout(&format!("Remediation {}", r.id), &body))
+}
+
+/// Adds the security headers every page carries: no script, no framing, no sniffing,
+/// no referrer. The pages need only their inline style and forms posting back to salve.
+pub fn with_security_headers(pages: Router<ApiState>) -> Router<ApiState> {
+    pages
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(
+                "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            ),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+}
+
+/// The "log out" button, for a page opened with a session.
+fn logout_form(state: &ApiState, headers: &HeaderMap) -> String {
+    if session::from_headers(headers).is_none() {
+        return String::new();
+    }
+    format!(
+        "<form method=post action=\"{}\" class=logout><button type=submit>Log out</button></form>",
+        escape(&state.external_url.path("/ui/logout"))
+    )
+}
+
+fn login_page(state: &ApiState, error: Option<&str>) -> Html<String> {
+    let configured = state.read_tokens().iter().any(Option::is_some);
+    let mut body = String::new();
+    if let Some(e) = error {
+        let _ = write!(body, "<p class=reason id=error>{}</p>", escape(e));
+    }
+    if !configured {
+        body += "<p>No read token is configured: the audit page answers loopback clients only, without a login.</p>";
+    }
+    let _ = write!(
+        body,
+        "<form method=post action=\"{}\"><label>Read token <input type=password name=token autocomplete=current-password autofocus></label><button type=submit>Log in</button></form>",
+        escape(&state.external_url.path("/ui/login"))
+    );
+    layout("salve: log in", &body)
+}
+
+/// `GET /ui/login`: the form that takes the read token.
+pub async fn login_form(State(state): State<ApiState>) -> Html<String> {
+    login_page(&state, None)
+}
+
+/// What the login form posts.
+#[derive(serde::Deserialize)]
+pub struct Login {
+    token: String,
+}
+
+/// `POST /ui/login`: a right token starts a session (see [`session`]) and opens the
+/// list; a wrong one shows the form again with a 401, and is logged like a refused
+/// webhook (peer, never the token).
+pub async fn login(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Form(form): Form<Login>,
+) -> Response {
+    let given = crate::config::Secret(form.token);
+    let matched = state
+        .read_tokens()
+        .into_iter()
+        .flatten()
+        .find(|t| bool::from(given.0.as_bytes().ct_eq(t.0.as_bytes())));
+    let Some(token) = matched else {
+        tracing::warn!(%peer, "audit page login refused: wrong token");
+        let mut page =
+            login_page(&state, Some("That token is not the read token.")).into_response();
+        *page.status_mut() = StatusCode::UNAUTHORIZED;
+        return page;
+    };
+    let cookie = session::set_cookie(
+        Some(&session::issue(token, chrono::Utc::now())),
+        &state.external_url,
+    );
+    let mut to_list = Redirect::to(&state.external_url.path("/ui")).into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        to_list.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    to_list
+}
+
+/// `POST /ui/logout`: ends the browser's session.
+pub async fn logout(State(state): State<ApiState>) -> Response {
+    let mut to_login = Redirect::to(&state.external_url.path("/ui/login")).into_response();
+    if let Ok(v) = HeaderValue::from_str(&session::set_cookie(None, &state.external_url)) {
+        to_login.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    to_login
 }
 
 #[cfg(test)]

@@ -70,6 +70,14 @@ fn params(dry_run: bool) -> PatchParams {
 
 #[async_trait]
 impl Cluster for KubeCluster {
+    async fn reachable(&self) -> Result<(), ClusterError> {
+        self.client
+            .apiserver_version()
+            .await
+            .map(drop)
+            .map_err(cluster_error)
+    }
+
     async fn record_event(&self, workload: &Workload, notice: &Notice) -> Result<(), ClusterError> {
         let t = &workload.target;
         let event = json!({

@@ -306,6 +306,11 @@ impl ClusterError {
 /// The calls the engine makes against a cluster; one method, one API call.
 #[async_trait]
 pub trait Cluster: Send + Sync {
+    /// Whether the API server answers at all (`GET /version`), for `/readyz`.
+    async fn reachable(&self) -> Result<(), ClusterError> {
+        Ok(())
+    }
+
     /// GET the workload and its status.
     async fn read(&self, target: &TargetRef) -> Result<Workload, ClusterError>;
 

@@ -93,16 +93,27 @@ impl Engine {
             history: &history,
             actions_last_hour: changes_last_hour,
         });
+        // Before the policy sees it and the record keeps it: no secret of the workload.
+        self.inner.limits.redaction.value(&mut doc["target"]);
         if let Gate::Step { spec, index, total } = gate {
             let stats = self.stats(run).await?;
             doc["history"]["stats"] = input::stats(&stats, spec, LEARNING_WINDOW);
             doc["step"] = json!({"index": index + 1, "of": total, "key": spec.key()});
         }
+        let asked = std::time::Instant::now();
         let verdict = self
             .inner
             .policy
             .evaluate(&run.decisions.policy, doc.clone())
             .await;
+        self.inner.metrics.policy_evaluated(
+            asked.elapsed(),
+            match (&verdict.error, verdict.allowed) {
+                (Some(_), _) => "error",
+                (None, true) => "allow",
+                (None, false) => "deny",
+            },
+        );
         self.event(
             run,
             EventKind::PolicyEvaluated,

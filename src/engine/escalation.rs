@@ -91,7 +91,7 @@ impl Engine {
     /// A link to a remediation's audit record.
     pub(super) fn audit_url(&self, id: &str) -> String {
         format!(
-            "{}/api/v1/remediations/{id}",
+            "{}/ui/remediations/{id}",
             self.inner.external_url.trim_end_matches('/')
         )
     }
@@ -132,6 +132,9 @@ impl Engine {
             .filter(|n| to.contains(&n.name()))
         {
             let result = notifier.notify(e, ends_at).await;
+            self.inner
+                .metrics
+                .escalation_delivery(&notifier.name(), result.is_ok());
             match &result {
                 Ok(()) => refreshed |= notifier.keeps_alert(),
                 Err(err) => {

@@ -113,6 +113,7 @@ impl Engine {
                 crate::crash_point!("drive.lock_taken");
             }
             LockAttempt::Busy(holder) => {
+                self.inner.metrics.workload_busy();
                 let reason = format!("{} is being remediated by {holder}", run.target);
                 return self.finish(&mut run, Finish::skipped(reason)).await;
             }
@@ -154,6 +155,13 @@ impl Engine {
         match moved {
             Some(to) => {
                 run.state = to;
+                if to.is_terminal() {
+                    self.inner.metrics.remediation_finished(
+                        &run.rule.name,
+                        run.rule.steps[0].kind(),
+                        to.as_str(),
+                    );
+                }
                 info!(remediation = %run.id, state = %to, summary = %f.summary, "remediation finished");
             }
             // Someone else moved it on; if that ended it, no lock of it may outlive it.
@@ -177,6 +185,7 @@ impl Engine {
             let cooldown =
                 chrono::Duration::from_std(run.rule.cooldown).unwrap_or(chrono::Duration::zero());
             if last_id != run.id && acted + cooldown > now {
+                self.inner.metrics.refused("cooldown");
                 return Ok(skip(format!(
                     "cooldown: salve changed {} at {acted_at} (remediation {last_id}); rule {} waits {} until {}",
                     run.target,

@@ -50,13 +50,14 @@ use crate::remediation::{Event, Mode, RemediationState};
 use crate::rules::{Rule, RuleSet};
 use crate::store::incidents::Decision;
 use crate::store::{NewRemediation, RemediationRecord, Store, StoreError};
+use crate::telemetry::Metrics;
 use crate::verify::Prometheus;
 pub use input::{HISTORY_WINDOW, INPUT_VERSION};
 pub use ladder::LEARNING_WINDOW;
 use ladder::Run;
 
 /// The host (or pod) name, for the owner id people read.
-fn host_name() -> String {
+pub fn host_name() -> String {
     std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
@@ -105,6 +106,8 @@ pub struct Limits {
     pub concurrency: usize,
     /// Policy evaluation threads, their queue and memory ceiling.
     pub policy: PoolLimits,
+    /// What salve never keeps of the workloads it reads (see [`crate::redact`]).
+    pub redaction: crate::redact::Redaction,
 }
 
 impl Default for Limits {
@@ -121,6 +124,7 @@ impl Default for Limits {
             call_timeout: Duration::from_secs(30),
             concurrency: 32,
             policy: PoolLimits::default(),
+            redaction: crate::redact::Redaction::default(),
         }
     }
 }
@@ -143,6 +147,8 @@ pub struct Seams {
     pub notifiers: Vec<Arc<dyn Notifier>>,
     /// salve's own URL as people reach it, for audit links.
     pub external_url: String,
+    /// Where the engine counts what it does (served at `/metrics`).
+    pub metrics: Arc<Metrics>,
 }
 
 /// The engine; clone it freely (it is a handle).
@@ -158,6 +164,7 @@ struct Inner {
     notifiers: Vec<Arc<dyn Notifier>>,
     /// Where people reach salve, for links in escalations.
     external_url: String,
+    metrics: Arc<Metrics>,
     mode: Mode,
     decisions: Arc<ArcSwap<Decisions>>,
     limits: Limits,
@@ -235,6 +242,7 @@ impl Engine {
             prometheus,
             notifiers,
             external_url,
+            metrics,
         } = seams;
         let mode = match (&cluster, dry_run) {
             (None, _) => Mode::Offline,
@@ -248,6 +256,7 @@ impl Engine {
                 prometheus,
                 notifiers,
                 external_url,
+                metrics,
                 mode,
                 decisions,
                 policy: EvaluationPool::start(limits.policy.clone()),
@@ -446,6 +455,7 @@ impl Engine {
                 return;
             };
             if let Err(e) = engine.handle_incident(&id).await {
+                engine.inner.metrics.database_error("write");
                 warn!(incident = %id, error = %e, "handling this incident failed; recovery settles what it left and the sweep decides it if it is still undecided");
             }
             drop(permit);
@@ -614,6 +624,11 @@ impl Engine {
                 .settle(&orphan.id, from, event, summary, reason)
                 .await?
             {
+                if let Some(r) = store.remediation(&orphan.id).await? {
+                    self.inner
+                        .metrics
+                        .remediation_finished(&r.rule, &r.action, to.as_str());
+                }
                 warn!(remediation = %orphan.id, previous_owner = %orphan.owner, state = %to, "{reason}");
             }
         }
@@ -742,6 +757,9 @@ impl Engine {
             store
                 .set_decision(incident_id, Decision::NoRule, "no rule matches this alert")
                 .await?;
+            self.inner
+                .metrics
+                .incident_decided(Decision::NoRule.as_str());
             info!(incident = %incident_id, alertname = incident.alert.alertname(), "no rule matches");
             return Ok(());
         };
@@ -756,6 +774,9 @@ impl Engine {
                 store
                     .set_decision(incident_id, Decision::NoTarget, &reason)
                     .await?;
+                self.inner
+                    .metrics
+                    .incident_decided(Decision::NoTarget.as_str());
                 return Ok(());
             }
         };
@@ -783,6 +804,9 @@ impl Engine {
             return Ok(());
         };
         crate::crash_point!("decide.remediation_created");
+        self.inner
+            .metrics
+            .incident_decided(Decision::Remediation.as_str());
         info!(remediation = %id, rule = %rule.name, %target, "remediation opened");
         self.drive(Run {
             id,

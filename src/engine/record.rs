@@ -27,6 +27,9 @@ impl Engine {
         seconds_to_heal: Option<f64>,
         detail: Value,
     ) -> Result<(), EngineError> {
+        self.inner
+            .metrics
+            .step_finished(spec.kind(), outcome.as_str(), seconds_to_heal);
         let attempt = NewAttempt {
             remediation_id: &run.id,
             step: index as u32 + 1,
@@ -87,6 +90,15 @@ impl Engine {
                 Err(e) if tries < CALL_RETRIES && call.may_retry(e) => Some(retry_pause(tries)),
                 _ => None,
             };
+            self.inner.metrics.kubernetes_request(
+                call.verb,
+                &call.path,
+                match &result {
+                    Ok(_) => 200,
+                    Err(e) => e.code().unwrap_or(0),
+                },
+                started.elapsed(),
+            );
             let (status, message): (Value, String) = match &result {
                 Ok(_) => (json!(200), String::new()),
                 Err(e) => (json!(e.code()), e.to_string()),

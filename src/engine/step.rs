@@ -142,7 +142,10 @@ impl Engine {
                 Sent::NotSent(NotSent::Moved) => {
                     return Ok(Step::Leave("another worker claimed this remediation"));
                 }
-                Sent::NotSent(NotSent::OverBudget(why)) => return Ok(Step::NoOp(why)),
+                Sent::NotSent(NotSent::OverBudget(why)) => {
+                    self.inner.metrics.refused("rate_limit");
+                    return Ok(Step::NoOp(why));
+                }
                 Sent::NotSent(lost @ NotSent::LeaseLost) => {
                     return Ok(Step::LeaseLost(lost.reason(run)));
                 }
@@ -395,6 +398,11 @@ impl Engine {
             ) => v?,
             _ = self.inner.stopping.cancelled() => return Ok(None),
         };
+        for poll in &verification.polls {
+            self.inner
+                .metrics
+                .verification_poll(poll.rollout.name(), poll.alert.name());
+        }
         self.event(run, EventKind::Verification, verification.evidence(&check))
             .await?;
         crate::crash_point!("verify.recorded");

@@ -44,34 +44,50 @@ impl WebhookAuth {
 
     /// Whether the request's `Authorization` header satisfies one configured credential.
     pub fn admits(&self, headers: &HeaderMap) -> bool {
+        self.check(headers).is_ok()
+    }
+
+    /// Admits the request, or says why not in words safe to log (the scheme, never the
+    /// credentials).
+    pub fn check(&self, headers: &HeaderMap) -> Result<(), &'static str> {
         if !self.is_required() {
-            return true;
+            return Ok(());
         }
-        let Some(value) = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-        else {
-            return false;
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return Err("no Authorization header");
         };
+        let Ok(value) = value.to_str() else {
+            return Err("an Authorization header that is not text");
+        };
+        self.matches(value)
+    }
+
+    fn matches(&self, value: &str) -> Result<(), &'static str> {
         let (scheme, credentials) = value.split_once(' ').unwrap_or((value, ""));
         let credentials = credentials.trim();
         if scheme.eq_ignore_ascii_case("bearer") {
-            return self
-                .bearer_token
-                .as_ref()
-                .is_some_and(|t| same(t.as_bytes(), credentials.as_bytes()));
+            let Some(token) = &self.bearer_token else {
+                return Err("a bearer token, but only basic auth is configured");
+            };
+            return match same(token.as_bytes(), credentials.as_bytes()) {
+                true => Ok(()),
+                false => Err("a wrong bearer token"),
+            };
         }
         if scheme.eq_ignore_ascii_case("basic") {
             let Some((user, pass)) = &self.basic else {
-                return false;
+                return Err("basic auth, but only a bearer token is configured");
             };
             let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(credentials) else {
-                return false;
+                return Err("basic auth that is not base64");
             };
             let expected = format!("{user}:{pass}");
-            return same(expected.as_bytes(), &decoded);
+            return match same(expected.as_bytes(), &decoded) {
+                true => Ok(()),
+                false => Err("wrong basic auth credentials"),
+            };
         }
-        false
+        Err("an Authorization scheme that is neither Bearer nor Basic")
     }
 }
 

@@ -9,21 +9,24 @@
 
 pub mod auth;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use chrono::Utc;
 use serde::Serialize;
 
+use crate::alert::AlertStatus;
 use crate::alert::Delivery;
-use crate::http::HttpError;
+use crate::http::{HttpError, Refusal};
 use crate::store::Store;
+use crate::telemetry::Metrics;
 pub use auth::WebhookAuth;
 
 /// Receives the ids of incidents seen firing for the first time.
@@ -39,6 +42,7 @@ pub struct IngestState {
     /// Where new incidents go once their delivery is committed (the engine's queue).
     pub sink: Arc<dyn IncidentSink>,
     pub auth: Arc<WebhookAuth>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// The webhook's answer: what was stored.
@@ -51,13 +55,39 @@ pub struct Ack {
     pub resolved: usize,
 }
 
-/// The webhook routes, with authentication and a body size limit.
+/// The webhook routes, with authentication and a body size limit, counted and (when
+/// refused) logged.
 pub fn router(state: IngestState, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/api/v1/alerts", post(receive))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .route_layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
+}
+
+/// Counts every answer by code, and logs every refused delivery at WARN with its reason
+/// and the peer: Alertmanager does not retry a 4xx, so a wrong token or a payload salve
+/// cannot read loses alerts, and the operator must be able to see it.
+async fn observe(
+    State(state): State<IngestState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    state.metrics.webhook_answered(status.as_u16());
+    if status.is_client_error() || status.is_server_error() {
+        let reason = response
+            .extensions()
+            .get::<Refusal>()
+            .map(|r| r.0.clone())
+            // axum's own refusals (a body over the limit, a wrong content type).
+            .unwrap_or_else(|| status.canonical_reason().unwrap_or("refused").to_owned());
+        tracing::warn!(%peer, status = status.as_u16(), %reason, "webhook delivery refused");
+    }
+    response
 }
 
 async fn authenticate(
@@ -65,11 +95,16 @@ async fn authenticate(
     headers: HeaderMap,
     request: Request,
     next: Next,
-) -> Result<Response, HttpError> {
-    if state.auth.admits(&headers) {
-        Ok(next.run(request).await)
-    } else {
-        Err(HttpError::Unauthorized)
+) -> Response {
+    match state.auth.check(&headers) {
+        Ok(()) => next.run(request).await,
+        Err(why) => {
+            let mut refused = HttpError::Unauthorized.into_response();
+            refused
+                .extensions_mut()
+                .insert(Refusal(format!("authentication failed: {why}")));
+            refused
+        }
     }
 }
 
@@ -83,6 +118,11 @@ async fn receive(State(state): State<IngestState>, body: Bytes) -> Result<Json<A
         );
     }
     let alerts = delivery.alerts.len();
+    let firing = delivery
+        .alerts
+        .iter()
+        .filter(|a| a.status == AlertStatus::Firing)
+        .count();
     let stored = state
         .store
         .within_wait(state.store.record_delivery_handing_on(
@@ -90,7 +130,9 @@ async fn receive(State(state): State<IngestState>, body: Bytes) -> Result<Json<A
             Utc::now(),
             state.sink.clone(),
         ))
-        .await?;
+        .await
+        .inspect_err(|_| state.metrics.database_error("write"))?;
+    state.metrics.alerts_received(firing, alerts - firing);
     let ack = Ack {
         delivery_id: stored.delivery_id,
         alerts,

@@ -87,7 +87,7 @@ pub fn escalation_alert(e: &Escalation, ends_at: DateTime<Utc>) -> serde_json::V
 #[async_trait]
 impl Notifier for AlertmanagerNotifier {
     fn name(&self) -> String {
-        format!("alertmanager {}", self.base)
+        format!("alertmanager {}", crate::redact::url(&self.base))
     }
 
     fn keeps_alert(&self) -> bool {
@@ -103,7 +103,8 @@ impl Notifier for AlertmanagerNotifier {
             .timeout(Duration::from_secs(10))
             .send()
             .await
-            .map_err(|e| e.to_string())?;
+            // reqwest names the URL in its errors; the record and the log must not.
+            .map_err(|e| e.without_url().to_string())?;
         match resp.status() {
             s if s.is_success() => Ok(()),
             s => Err(format!(
@@ -130,7 +131,7 @@ impl WebhookNotifier {
 #[async_trait]
 impl Notifier for WebhookNotifier {
     fn name(&self) -> String {
-        format!("webhook {}", self.url)
+        format!("webhook {}", crate::redact::origin(&self.url))
     }
 
     async fn notify(&self, e: &Escalation, _ends_at: DateTime<Utc>) -> Result<(), String> {
@@ -141,7 +142,8 @@ impl Notifier for WebhookNotifier {
             .timeout(Duration::from_secs(10))
             .send()
             .await
-            .map_err(|e| e.to_string())?;
+            // reqwest names the URL in its errors; the record and the log must not.
+            .map_err(|e| e.without_url().to_string())?;
         if resp.status().is_success() {
             Ok(())
         } else {

@@ -45,12 +45,29 @@ impl Store {
     /// heartbeat to expire before resuming what it left.
     pub async fn retire(&self, owner: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
         self.execute_write(
-            sqlx::query("UPDATE replicas SET expires_at = $1 WHERE owner = $2")
+            sqlx::query("UPDATE replicas SET expires_at = $1, retired_at = $1 WHERE owner = $2")
                 .bind(timestamp(now))
                 .bind(owner),
         )
         .await?;
         Ok(())
+    }
+
+    /// Replicas alive now (heartbeat current), and replicas whose heartbeat lapsed in the
+    /// last hour without a clean stop (crashed, killed, or cut off from the database).
+    pub async fn replica_counts(&self, now: DateTime<Utc>) -> Result<(i64, i64), StoreError> {
+        let row = sqlx::query(
+            "SELECT
+               COALESCE(SUM(CASE WHEN expires_at > $1 THEN 1 ELSE 0 END), 0) AS live,
+               COALESCE(SUM(CASE WHEN expires_at <= $1 AND expires_at > $2 AND retired_at IS NULL
+                        THEN 1 ELSE 0 END), 0) AS lapsed
+             FROM replicas",
+        )
+        .bind(timestamp(now))
+        .bind(timestamp(now - chrono::Duration::hours(1)))
+        .fetch_one(self.reader())
+        .await?;
+        Ok((row.try_get("live")?, row.try_get("lapsed")?))
     }
 
     /// Remediations in `state` whose owner is dead, as seen by replica `me`, oldest first.

@@ -514,3 +514,38 @@ pub(super) async fn append_for_test(tx: &mut WriteTx, id: &str) -> Result<(), St
     )
     .await
 }
+
+impl Store {
+    /// Unfinished remediations by state (every unfinished state, zeros included), across
+    /// all replicas: what `/metrics` shows as in flight.
+    pub async fn remediations_in_flight(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let unfinished: Vec<RemediationState> = RemediationState::ALL
+            .into_iter()
+            .filter(|s| !s.is_terminal())
+            .collect();
+        let names: Vec<String> = unfinished
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        let sql = format!(
+            "SELECT state, COUNT(*) AS n FROM remediations WHERE state IN ({}) GROUP BY state",
+            names.join(", ")
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(self.reader())
+            .await?;
+        let mut counts: Vec<(String, i64)> = unfinished
+            .iter()
+            .map(|s| (s.as_str().to_owned(), 0))
+            .collect();
+        for row in rows {
+            let state: String = row.try_get("state")?;
+            let n: i64 = row.try_get("n")?;
+            match counts.iter_mut().find(|(s, _)| *s == state) {
+                Some(entry) => entry.1 = n,
+                None => counts.push((state, n)),
+            }
+        }
+        Ok(counts)
+    }
+}

@@ -25,6 +25,17 @@ pub enum AlertSignal {
     Unknown(String),
 }
 
+impl AlertSignal {
+    /// The signal's name, as the record and `/metrics` give it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AlertSignal::Resolved(_) => "resolved",
+            AlertSignal::StillFiring(_) => "still_firing",
+            AlertSignal::Unknown(_) => "unknown",
+        }
+    }
+}
+
 /// Judges one Prometheus answer to the alert's expression (pure, for tests).
 pub fn judge_series(
     expr: &str,

@@ -37,6 +37,16 @@ impl RolloutStatus {
     pub fn is_done(&self) -> bool {
         matches!(self, RolloutStatus::Done(_))
     }
+
+    /// The status's name, as the record and `/metrics` give it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RolloutStatus::Done(_) => "done",
+            RolloutStatus::Progressing(_) => "progressing",
+            RolloutStatus::Failed(_) => "failed",
+            RolloutStatus::Unknown(_) => "unknown",
+        }
+    }
 }
 
 /// The reason the deployment controller gives a `Progressing` condition that timed out.

@@ -11,6 +11,7 @@
 pub mod browser;
 pub mod control_plane;
 pub mod fake_kube;
+pub mod kubelet;
 pub mod real;
 pub mod workloads;
 
@@ -213,6 +214,8 @@ pub struct Options {
     pub escalation_webhook_url: Option<reqwest::Url>,
     /// The HTTP listener's timeouts and connection cap.
     pub connections: salve::server::ConnectionLimits,
+    /// `--external-url` (its path is the prefix salve serves under).
+    pub external_url: Option<salve::http::ExternalUrl>,
 }
 
 impl Default for Options {
@@ -238,6 +241,7 @@ impl Default for Options {
             alertmanager_urls: Vec::new(),
             escalation_webhook_url: None,
             connections: Default::default(),
+            external_url: None,
         }
     }
 }
@@ -245,6 +249,8 @@ impl Default for Options {
 /// A running salve with its temporary files.
 pub struct TestSalve {
     pub salve: Salve,
+    /// The read token the helpers' GETs send, when the test configured one.
+    pub read_token: Option<String>,
     pub url: String,
     pub database: String,
     pub dir: tempfile::TempDir,
@@ -259,6 +265,12 @@ pub async fn spawn_salve(opts: Options) -> TestSalve {
         Some(d) => d,
         None => fresh_database(dir.path()).await,
     };
+    // Under an external URL's path, salve's routes are there: the helpers below use it.
+    let prefix = opts
+        .external_url
+        .as_ref()
+        .map(|u| u.prefix().to_owned())
+        .unwrap_or_default();
     let settings = ServeSettings {
         listen: "127.0.0.1:0".parse().unwrap(),
         database_url: database.clone(),
@@ -281,14 +293,15 @@ pub async fn spawn_salve(opts: Options) -> TestSalve {
         prometheus_url: opts.prometheus_url,
         alertmanager_url: opts.alertmanager_urls,
         escalation_webhook_url: opts.escalation_webhook_url,
-        external_url: None,
+        external_url: opts.external_url,
     };
     let salve = Salve::start(&settings)
         .await
         .unwrap_or_else(|e| panic!("salve did not start: {e}"));
-    let url = format!("http://{}", salve.addr);
+    let url = format!("http://{}{prefix}", salve.addr);
     TestSalve {
         salve,
+        read_token: settings.read_token.as_ref().map(|t| t.0.clone()),
         url,
         database,
         dir,
@@ -327,12 +340,11 @@ impl TestSalve {
 
     /// GETs an API path as JSON.
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.url))
-            .send()
-            .await
-            .unwrap();
+        let mut request = self.http.get(format!("{}{path}", self.url));
+        if let Some(token) = &self.read_token {
+            request = request.bearer_auth(token);
+        }
+        let resp = request.send().await.unwrap();
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
     }
@@ -538,4 +550,29 @@ pub fn resolved(firing: &str) -> String {
         alert["endsAt"] = chrono::Utc::now().to_rfc3339().into();
     }
     v.to_string()
+}
+
+/// Waits until the newest remediation of the salve at `base` (a process) is in `state`,
+/// and returns it as listed.
+pub async fn newest_remediation_in(http: &reqwest::Client, base: &str, state: &str) -> Value {
+    let remediations = format!("{base}/api/v1/remediations");
+    eventually(
+        &format!("the newest remediation to be {state}"),
+        Duration::from_secs(30),
+        async || {
+            let body: Value = http
+                .get(&remediations)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .json()
+                .await
+                .map_err(|e| e.to_string())?;
+            match body["items"][0]["state"].as_str() {
+                Some(s) if s == state => Ok(body["items"][0].clone()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
 }

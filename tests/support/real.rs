@@ -126,12 +126,16 @@ pub async fn alertmanager_on(dir: &Path, webhook: &str, port: u16) -> Process {
 }
 
 /// Starts Prometheus scraping the exporter every second and alerting to `alertmanager`
-/// with `HighRequestLatency` when the gauge is above 0.5.
+/// with `HighRequestLatency` when the gauge is above 0.5. With `salve` (host:port) it
+/// also scrapes salve's `/metrics` as job `salve` and loads salve's own alerts
+/// (`deploy/monitoring/prometheusrule.yaml`), as the shipped ServiceMonitor and
+/// PrometheusRule make the Prometheus Operator do.
 pub async fn prometheus_on(
     dir: &Path,
     exporter_port: u16,
     alertmanager: &reqwest::Url,
     port: u16,
+    salve: Option<&str>,
 ) -> Process {
     let rules = dir.join("rules.yml");
     std::fs::write(
@@ -139,6 +143,14 @@ pub async fn prometheus_on(
         "groups:\n  - name: salve-test\n    rules:\n      - alert: HighRequestLatency\n        expr: checkout_latency_seconds > 0.5\n        for: 0s\n        labels:\n          severity: critical\n        annotations:\n          summary: p99 latency above 500ms on {{ $labels.deployment }}\n",
     )
     .unwrap();
+    let salve_rules = dir.join("salve-rules.yml");
+    std::fs::write(&salve_rules, salve_rule_groups()).unwrap();
+    let salve_job = match salve {
+        Some(target) => {
+            format!("  - job_name: salve\n    static_configs:\n      - targets: ['{target}']\n")
+        }
+        None => String::new(),
+    };
     let am = alertmanager.host_str().unwrap().to_owned()
         + ":"
         + &alertmanager.port().unwrap().to_string();
@@ -146,8 +158,9 @@ pub async fn prometheus_on(
     std::fs::write(
         &config,
         format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['{am}']\nrule_files: ['{}']\nscrape_configs:\n  - job_name: checkout\n    static_configs:\n      - targets: ['127.0.0.1:{exporter_port}']\n",
-            rules.display()
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['{am}']\nrule_files: ['{}', '{}']\nscrape_configs:\n  - job_name: checkout\n    static_configs:\n      - targets: ['127.0.0.1:{exporter_port}']\n{salve_job}",
+            rules.display(),
+            salve_rules.display(),
         ),
     )
     .unwrap();
@@ -157,4 +170,15 @@ pub async fn prometheus_on(
         format!("--web.listen-address=127.0.0.1:{port}"),
     ];
     spawn("prometheus", &args, dir, port).await
+}
+
+/// The rule groups of salve's shipped PrometheusRule (`spec`), as a Prometheus rule file.
+pub fn salve_rule_groups() -> String {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/monitoring/prometheusrule.yaml"
+    ))
+    .unwrap();
+    let rule: serde_json::Value = serde_norway::from_str(&text).unwrap();
+    serde_norway::to_string(&rule["spec"]).unwrap()
 }
