@@ -42,6 +42,7 @@ pub struct IngestState {
     /// Where new incidents go once their delivery is committed (the engine's queue).
     pub sink: Arc<dyn IncidentSink>,
     pub auth: Arc<WebhookAuth>,
+    /// Where the webhook counts its answers and the alerts it took.
     pub metrics: Arc<Metrics>,
 }
 
