@@ -176,7 +176,7 @@ impl Salve {
                 .clone()
                 .map(|u| Arc::new(PrometheusHttp::new(u, http.clone())) as Arc<dyn Prometheus>),
             notifiers,
-            external_url: external_url.as_str().to_owned(),
+            external_url: external_url.clone(),
             metrics: metrics.clone(),
         };
         let engine = Engine::new(

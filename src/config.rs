@@ -422,6 +422,14 @@ pub struct ServeSettings {
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub String);
 
+impl Secret {
+    /// Whether `given` is this secret, compared in constant time (the time taken says
+    /// nothing about how much of a guess was right).
+    pub fn matches(&self, given: &str) -> bool {
+        subtle::ConstantTimeEq::ct_eq(given.as_bytes(), self.0.as_bytes()).into()
+    }
+}
+
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(<redacted>)")

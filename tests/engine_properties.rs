@@ -234,7 +234,7 @@ fn start_replica(
         cluster: Some(Arc::new(cluster.clone()) as Arc<dyn Cluster>),
         prometheus: None,
         notifiers: Vec::new(),
-        external_url: "http://salve.test".into(),
+        external_url: salve::http::ExternalUrl::parse("http://salve.test").unwrap(),
         metrics: std::sync::Arc::new(salve::telemetry::Metrics::new()),
     };
     let limits = Limits {

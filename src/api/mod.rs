@@ -18,7 +18,6 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use subtle::ConstantTimeEq;
 
 use crate::config::Secret;
 use crate::http::{ExternalUrl, HttpError};
@@ -386,10 +385,7 @@ fn authorize(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    if configured
-        .iter()
-        .any(|t| bool::from(given.as_bytes().ct_eq(t.0.as_bytes())))
-    {
+    if configured.iter().any(|t| t.matches(given)) {
         Ok(())
     } else {
         Err(HttpError::Unauthorized)
@@ -442,7 +438,7 @@ async fn require_read_page(
         Err(HttpError::Unauthorized) => {
             Ok(axum::response::Redirect::to(&state.external_url.path("/ui/login")).into_response())
         }
-        Err(e) => Err(e.into()),
+        Err(e) => Err(ui::PageError::at(e, &state.external_url)),
     }
 }
 

@@ -13,7 +13,6 @@ use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::{Form, Router};
-use subtle::ConstantTimeEq;
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use super::{ApiState, ListQuery, page, session};
@@ -68,16 +67,6 @@ pub struct PageError {
     form: String,
     /// The list's path, for the way back.
     home: String,
-}
-
-impl From<HttpError> for PageError {
-    fn from(error: HttpError) -> PageError {
-        PageError {
-            error,
-            form: String::new(),
-            home: "/ui".to_owned(),
-        }
-    }
 }
 
 impl PageError {
@@ -321,12 +310,11 @@ pub async fn login(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Form(form): Form<Login>,
 ) -> Response {
-    let given = crate::config::Secret(form.token);
     let matched = state
         .read_tokens()
         .into_iter()
         .flatten()
-        .find(|t| bool::from(given.0.as_bytes().ct_eq(t.0.as_bytes())));
+        .find(|t| t.matches(&form.token));
     let Some(token) = matched else {
         tracing::warn!(%peer, "audit page login refused: wrong token");
         let mut page =

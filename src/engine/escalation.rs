@@ -88,12 +88,11 @@ impl Engine {
         Ok(moved)
     }
 
-    /// A link to a remediation's audit record.
+    /// A link to a remediation's audit page.
     pub(super) fn audit_url(&self, id: &str) -> String {
-        format!(
-            "{}/ui/remediations/{id}",
-            self.inner.external_url.trim_end_matches('/')
-        )
+        self.inner
+            .external_url
+            .link(&format!("/ui/remediations/{id}"))
     }
 
     /// The first delivery round of a just-claimed escalation.

@@ -146,7 +146,7 @@ pub struct Seams {
     /// Where escalations go.
     pub notifiers: Vec<Arc<dyn Notifier>>,
     /// salve's own URL as people reach it, for audit links.
-    pub external_url: String,
+    pub external_url: crate::http::ExternalUrl,
     /// Where the engine counts what it does (served at `/metrics`).
     pub metrics: Arc<Metrics>,
 }
@@ -163,7 +163,7 @@ struct Inner {
     prometheus: Option<Arc<dyn Prometheus>>,
     notifiers: Vec<Arc<dyn Notifier>>,
     /// Where people reach salve, for links in escalations.
-    external_url: String,
+    external_url: crate::http::ExternalUrl,
     metrics: Arc<Metrics>,
     mode: Mode,
     decisions: Arc<ArcSwap<Decisions>>,

@@ -90,26 +90,22 @@ impl Engine {
                 Err(e) if tries < CALL_RETRIES && call.may_retry(e) => Some(retry_pause(tries)),
                 _ => None,
             };
-            self.inner.metrics.kubernetes_request(
-                call.verb,
-                &call.path,
-                match &result {
-                    Ok(_) => 200,
-                    Err(e) => e.code().unwrap_or(0),
-                },
-                started.elapsed(),
-            );
-            let (status, message): (Value, String) = match &result {
-                Ok(_) => (json!(200), String::new()),
-                Err(e) => (json!(e.code()), e.to_string()),
+            let took = started.elapsed();
+            // `None`: no answer came (a timeout, a broken connection).
+            let (status, message): (Option<u16>, String) = match &result {
+                Ok(_) => (Some(200), String::new()),
+                Err(e) => (e.code(), e.to_string()),
             };
+            self.inner
+                .metrics
+                .kubernetes_request(call.verb, &call.path, status.unwrap_or(0), took);
             let mut detail = json!({
                 "verb": call.verb,
                 "path": call.path,
                 "dry_run": call.dry_run,
                 "status": status,
                 "error": message,
-                "duration_ms": started.elapsed().as_millis() as u64,
+                "duration_ms": took.as_millis() as u64,
             });
             if tries > 0 {
                 detail["try"] = json!(tries + 1);
