@@ -582,11 +582,25 @@ async fn last_applied_configuration_and_a_webhook_secret_reach_neither_store_nor
         input["annotations"]["kubectl.kubernetes.io/last-applied-configuration"],
         "<redacted>"
     );
+    // The record is committed before the engine logs the end of the remediation; the
+    // log must cover the whole remediation before salve is stopped.
+    eventually(
+        "salve to log the end of the remediation",
+        Duration::from_secs(10),
+        async || {
+            let logged = std::fs::read_to_string(&log).unwrap_or_default();
+            if logged.contains("remediation finished") {
+                Ok(())
+            } else {
+                Err("not logged yet".to_string())
+            }
+        },
+    )
+    .await;
     drop(salve);
 
     let stored = everything_stored(&database).await;
     let logged = std::fs::read_to_string(&log).unwrap();
-    assert!(logged.contains("remediation finished"), "{logged}");
     for secret in [
         "hunter2-in-env-5b1e",
         "webhook-secret-c0ffee",
