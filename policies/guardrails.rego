@@ -4,6 +4,9 @@
 # allows the change; any message refuses it and is recorded as the reason.
 # Limits and freeze windows live in guardrails/data.json (mounted as data.guardrails),
 # so operators change numbers without touching Rego.
+#
+# Messages use sprintf with %v and %s only: those never fail, whatever the input
+# holds, and they keep the verdict compiled (fast); see policies/README.md.
 package salve
 
 import rego.v1
@@ -24,7 +27,7 @@ deny contains msg if {
 deny contains msg if {
 	input.action.type == "scale"
 	input.action.to.replicas > data.guardrails.max_replicas
-	msg := sprintf("scaling to %d replicas exceeds the cluster-wide cap of %d", [input.action.to.replicas, data.guardrails.max_replicas])
+	msg := sprintf("scaling to %v replicas exceeds the cluster-wide cap of %v", [input.action.to.replicas, data.guardrails.max_replicas])
 }
 
 # Zero replicas is a decision someone made; an alert is no reason to undo it.
@@ -39,7 +42,7 @@ deny contains msg if {
 deny contains msg if {
 	input.action.type != "revert"
 	input.target.observed_generation < input.target.generation
-	msg := sprintf("a rollout is in progress (generation %d, observed %d): wait for it to finish", [input.target.generation, input.target.observed_generation])
+	msg := sprintf("a rollout is in progress (generation %v, observed %v): wait for it to finish", [input.target.generation, input.target.observed_generation])
 }
 
 # Change freezes (release weekends, incidents handled by hand).
@@ -56,5 +59,5 @@ deny contains msg if {
 deny contains msg if {
 	input.action.type != "revert"
 	input.history.actions_last_hour >= data.guardrails.max_actions_per_target_per_hour
-	msg := sprintf("%d actions on this target in the last hour (limit %d): a human should look", [input.history.actions_last_hour, data.guardrails.max_actions_per_target_per_hour])
+	msg := sprintf("%v actions on this target in the last hour (limit %v): a human should look", [input.history.actions_last_hour, data.guardrails.max_actions_per_target_per_hour])
 }

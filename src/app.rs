@@ -123,10 +123,11 @@ impl Salve {
     /// Loads, connects, binds the port, and starts serving; recovery of what a previous
     /// run left runs in the background.
     pub async fn start(settings: &ServeSettings) -> Result<Salve, StartupError> {
-        let decisions = load_decisions(&settings.policies, settings.syntax)?;
+        let decisions = load_decisions(&settings.policies, settings.rego)?;
         info!(
             rules = decisions.rules.rules.len(),
             policy_hash = %decisions.policy.hash,
+            verdicts = %decisions.policy.evaluator(),
             "loaded rules and policy from {}",
             settings.policies.display()
         );
@@ -140,7 +141,7 @@ impl Salve {
         let metrics = Arc::new(Metrics::new());
         let reloader = Arc::new(Reloader::new(
             &settings.policies,
-            settings.syntax,
+            settings.rego,
             decisions,
             metrics.clone(),
         ));

@@ -2,8 +2,9 @@
 //! `salve replay`.
 //!
 //! Each returns what to print and the exit code, so they are tested as functions and
-//! `main.rs` only prints. Exit codes follow OPA's tools: 0 when everything passes, 1
-//! when a test fails (or a check finds problems), 2 when the inputs cannot be loaded.
+//! `main.rs` only prints. `policy test` and `policy check` keep `opa test`'s and
+//! `opa check`'s exit codes and output; the other commands exit 1 when they find
+//! problems and 2 when their inputs cannot be loaded.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -16,7 +17,7 @@ use crate::bundle::{Bundle, FileKind};
 use crate::config::OutputFormat;
 use crate::policy::replay::{self, ReplayReport};
 use crate::policy::testing::{self, Outcome, TestResult};
-use crate::policy::{PolicySet, Syntax, VERDICT_RULE};
+use crate::policy::{PolicySet, RegoOptions, VERDICT_RULE};
 use crate::rules;
 use crate::store::Store;
 
@@ -24,89 +25,190 @@ use crate::store::Store;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Output {
     pub stdout: String,
+    /// What goes to standard error: load errors and messages beside a report, as `opa`
+    /// keeps them off the report a script parses.
+    pub stderr: String,
     pub code: u8,
 }
 
 impl Output {
     fn new(stdout: String, code: u8) -> Output {
-        Output { stdout, code }
+        Output {
+            stdout,
+            stderr: String::new(),
+            code,
+        }
+    }
+
+    fn to_stderr(stderr: String, code: u8) -> Output {
+        Output {
+            stdout: String::new(),
+            stderr,
+            code,
+        }
     }
 }
 
 /// Inputs could not be loaded.
 pub const EXIT_LOAD: u8 = 2;
 
+/// `opa test`'s exit codes, which `salve policy test` keeps: an error before any test
+/// ran (a file that does not load) is 1, a test that failed or erred is 2.
+pub const EXIT_TEST_LOAD: u8 = 1;
+/// A test failed or erred, or coverage is below `--threshold`.
+pub const EXIT_TEST_FAILED: u8 = 2;
+
 const RULE_LINE: &str =
     "--------------------------------------------------------------------------------";
 
-fn load(dir: &Path, syntax: Syntax) -> Result<(PolicySet, Bundle), Output> {
-    let bundle = Bundle::read(dir).map_err(|e| Output::new(format!("error: {e}\n"), EXIT_LOAD))?;
-    let errors = PolicySet::check(&bundle, syntax);
+/// Reads and compiles a policy directory, or the load errors as `opa` prints them.
+fn load_policy(dir: &Path, rego: RegoOptions) -> Result<(PolicySet, Bundle), Vec<String>> {
+    let bundle = Bundle::read(dir).map_err(|e| vec![e.to_string()])?;
+    let errors = PolicySet::check(&bundle, rego);
     if !errors.is_empty() {
-        let text: String = errors.iter().map(|e| format!("error: {e}\n")).collect();
-        return Err(Output::new(text, EXIT_LOAD));
+        return Err(errors.iter().map(ToString::to_string).collect());
     }
-    let policy = PolicySet::load(&bundle, syntax)
-        .map_err(|e| Output::new(format!("error: {e}\n"), EXIT_LOAD))?;
+    let policy = PolicySet::load(&bundle, rego).map_err(|e| vec![e.to_string()])?;
     Ok((policy, bundle))
 }
 
-fn micros(d: Duration) -> String {
-    if d.as_millis() >= 10 {
-        format!("{}ms", d.as_millis())
-    } else {
-        format!("{}µs", d.as_micros())
+fn load(dir: &Path, rego: RegoOptions) -> Result<(PolicySet, Bundle), Output> {
+    load_policy(dir, rego).map_err(|errors| {
+        let text: String = errors.iter().map(|e| format!("error: {e}\n")).collect();
+        Output::new(text, EXIT_LOAD)
+    })
+}
+
+/// `N errors occurred during loading:` and each error, as `opa test` prints them (one
+/// error on the same line).
+fn loading_errors(errors: &[String]) -> String {
+    match errors {
+        [one] => format!("1 error occurred during loading: {}\n", opa_error(one)),
+        _ => {
+            let mut text = format!("{} errors occurred during loading:\n", errors.len());
+            for e in errors {
+                let _ = writeln!(text, "{}", opa_error(e));
+            }
+            text
+        }
     }
 }
 
-/// `salve policy test`: runs the `test_*` rules, OPA style.
-pub fn policy_test(dir: &Path, syntax: Syntax, verbose: bool, run: Option<&str>) -> Output {
-    let filter = match run.map(Regex::new).transpose() {
-        Ok(f) => f,
-        Err(e) => return Output::new(format!("error: --run: {e}\n"), EXIT_LOAD),
+/// regorus's error text (`--> file:row:col`, the source excerpt, `error: message`) as
+/// `opa` lays an error out: `file:row: message`, then the excerpt.
+fn opa_error(error: &str) -> String {
+    // salve's own messages (file:line first, regorus's text after) stay as they are.
+    let regorus_text = error.trim_start().starts_with("-->");
+    let Some((file, row, _)) = error_place(error).filter(|_| regorus_text) else {
+        return error.trim().to_owned();
     };
-    let (policy, bundle) = match load(dir, syntax) {
-        Ok(p) => p,
-        Err(out) => return out,
-    };
-    let results = testing::run_matching(&policy, &bundle, filter.as_ref());
-    let mut out = String::new();
-    if verbose {
-        let mut file = "";
-        for r in &results {
-            if r.file != file {
-                let _ = writeln!(out, "{}:", r.file);
-                file = &r.file;
-            }
-            let _ = writeln!(
-                out,
-                "{}: {} ({})",
-                r.name,
-                verdict_word(r),
-                micros(r.duration)
-            );
-            if let Outcome::Error(e) = &r.outcome {
-                let _ = writeln!(out, "  {e}");
-            }
-        }
-    } else {
-        for r in results.iter().filter(|r| r.outcome != Outcome::Pass) {
-            let _ = writeln!(
-                out,
-                "{}: {} ({}:{})",
-                verdict_word(r),
-                r.name,
-                r.file,
-                r.line
-            );
-            if let Outcome::Error(e) = &r.outcome {
-                let _ = writeln!(out, "  {e}");
-            }
-        }
+    let excerpt: Vec<&str> = error
+        .lines()
+        .filter(|l| {
+            l.trim_start()
+                .starts_with(|c: char| c.is_ascii_digit() || c == '|')
+        })
+        .filter(|l| l.contains('|'))
+        .map(|l| l.split_once('|').map_or(l, |(_, code)| code))
+        .filter(|code| !code.trim().is_empty())
+        .collect();
+    let mut text = format!("{file}:{row}: {}", error_message(error));
+    for line in excerpt {
+        let _ = write!(text, "\n\t{}", line.strip_prefix(' ').unwrap_or(line));
     }
+    text
+}
+
+/// A duration as Go prints one (`153.418µs`, `1.2ms`, `2s`), so output lines match `opa test`'s.
+fn go_duration(d: Duration) -> String {
+    let nanos = d.as_nanos();
+    let (value, unit) = match nanos {
+        0..1_000 => return format!("{nanos}ns"),
+        1_000..1_000_000 => (nanos as f64 / 1e3, "µs"),
+        1_000_000..1_000_000_000 => (nanos as f64 / 1e6, "ms"),
+        _ => (nanos as f64 / 1e9, "s"),
+    };
+    let text = format!("{value:.3}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    format!("{text}{unit}")
+}
+
+/// How `salve policy test` reports, as `opa test --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum TestFormat {
+    /// Lines for people.
+    #[default]
+    Pretty,
+    /// One JSON document, as `opa test --format json`.
+    Json,
+}
+
+/// The options of `salve policy test`, named after `opa test`'s flags.
+#[derive(Debug, Clone, Default)]
+pub struct TestOptions {
+    pub verbose: bool,
+    /// Only tests whose full name matches this regex.
+    pub run: Option<String>,
+    pub format: TestFormat,
+    /// Print the line coverage report instead of the results.
+    pub coverage: bool,
+    /// Fail when coverage is below this percentage (implies `coverage`).
+    pub threshold: Option<f64>,
+}
+
+/// `salve policy test`: runs the `test_*` rules with `opa test`'s output and exit codes.
+pub fn policy_test(dir: &Path, rego: RegoOptions, options: &TestOptions) -> Output {
+    let filter = match options.run.as_deref().map(Regex::new).transpose() {
+        Ok(f) => f,
+        Err(e) => return Output::to_stderr(format!("error: --run: {e}\n"), EXIT_TEST_LOAD),
+    };
+    let (policy, bundle) = match load_policy(dir, rego) {
+        Ok(p) => p,
+        Err(errors) => return Output::to_stderr(loading_errors(&errors), EXIT_TEST_LOAD),
+    };
+    let coverage = options.coverage || options.threshold.is_some();
+    let run = testing::run_matching(&policy, &bundle, filter.as_ref(), coverage);
+    let results = run.results;
+    let all_passed = results.iter().all(|r| r.outcome == Outcome::Pass);
+    if let Some(report) = run.coverage {
+        return coverage_output(&results, &report, options.threshold);
+    }
+    let stdout = match options.format {
+        TestFormat::Json => {
+            let doc: Vec<Value> = results.iter().map(test_json).collect();
+            serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n"
+        }
+        TestFormat::Pretty => pretty_results(&results, options.verbose),
+    };
+    Output::new(stdout, if all_passed { 0 } else { EXIT_TEST_FAILED })
+}
+
+/// `opa test`'s lines: the listed tests under their file, then the counts.
+fn pretty_results(results: &[TestResult], verbose: bool) -> String {
+    let mut out = String::new();
     if results.is_empty() {
-        out.push_str("no test cases found\n");
-        return Output::new(out, 0);
+        return out;
+    }
+    let listed: Vec<&TestResult> = results
+        .iter()
+        .filter(|r| verbose || r.outcome != Outcome::Pass)
+        .collect();
+    let mut file = "";
+    for r in &listed {
+        if r.file != file {
+            let _ = writeln!(out, "{}:", r.file);
+            file = &r.file;
+        }
+        let _ = writeln!(
+            out,
+            "{}: {} ({})",
+            r.name,
+            verdict_word(r),
+            go_duration(r.duration)
+        );
+        if let Outcome::Error(e) = &r.outcome {
+            let _ = writeln!(out, "  {}", error_line(e));
+        }
     }
     let count = |o: fn(&Outcome) -> bool| results.iter().filter(|r| o(&r.outcome)).count();
     let (pass, fail, error) = (
@@ -115,7 +217,9 @@ pub fn policy_test(dir: &Path, syntax: Syntax, verbose: bool, run: Option<&str>)
         count(|o| matches!(o, Outcome::Error(_))),
     );
     let total = results.len();
-    let _ = writeln!(out, "{RULE_LINE}");
+    if !listed.is_empty() {
+        let _ = writeln!(out, "{RULE_LINE}");
+    }
     if pass > 0 {
         let _ = writeln!(out, "PASS: {pass}/{total}");
     }
@@ -125,7 +229,106 @@ pub fn policy_test(dir: &Path, syntax: Syntax, verbose: bool, run: Option<&str>)
     if error > 0 {
         let _ = writeln!(out, "ERROR: {error}/{total}");
     }
-    Output::new(out, u8::from(pass != total))
+    out
+}
+
+/// With `--coverage`: the report when every test passed (exit 0, or 2 below the
+/// threshold), else the tests that did not pass on standard error and exit 1, as `opa`.
+fn coverage_output(
+    results: &[TestResult],
+    report: &testing::Coverage,
+    threshold: Option<f64>,
+) -> Output {
+    let failed: Vec<&TestResult> = results
+        .iter()
+        .filter(|r| r.outcome != Outcome::Pass)
+        .collect();
+    if !failed.is_empty() {
+        let mut stderr = String::new();
+        for r in failed {
+            match &r.outcome {
+                Outcome::Error(e) => {
+                    let _ = writeln!(stderr, "{}", error_line(e));
+                }
+                _ => {
+                    let _ = writeln!(
+                        stderr,
+                        "{}: {} ({})",
+                        r.name,
+                        verdict_word(r),
+                        go_duration(r.duration)
+                    );
+                }
+            }
+        }
+        return Output::to_stderr(stderr, 1);
+    }
+    let stdout = serde_json::to_string_pretty(&report.to_opa_json()).unwrap_or_default() + "\n";
+    let got = report.percent();
+    match threshold {
+        Some(wanted) if got < wanted => Output {
+            stdout,
+            stderr: format!(
+                "Code coverage threshold not met: got {got:.2} instead of {wanted:.2}\n"
+            ),
+            code: EXIT_TEST_FAILED,
+        },
+        _ => Output::new(stdout, 0),
+    }
+}
+
+/// One test in `opa test --format json`'s layout.
+fn test_json(r: &TestResult) -> Value {
+    let (package, name) = r.name.rsplit_once('.').unwrap_or(("data", &r.name));
+    let mut doc = serde_json::json!({
+        "location": {"file": r.file, "row": r.line, "col": 1},
+        "package": package,
+        "name": name,
+    });
+    match &r.outcome {
+        Outcome::Pass => {}
+        Outcome::Fail => doc["fail"] = Value::Bool(true),
+        Outcome::Error(e) => {
+            let mut error = serde_json::json!({"code": "eval_error", "message": error_message(e)});
+            if let Some((file, row, col)) = error_place(e) {
+                error["location"] = serde_json::json!({"file": file, "row": row, "col": col});
+            }
+            doc["error"] = error;
+        }
+    }
+    doc["duration"] = Value::from(u64::try_from(r.duration.as_nanos()).unwrap_or(u64::MAX));
+    doc
+}
+
+/// Where regorus's error text says the error is (`--> file:row:col`).
+fn error_place(error: &str) -> Option<(String, u64, u64)> {
+    let at = error
+        .rsplit("--> ")
+        .next()
+        .filter(|_| error.contains("--> "))?;
+    let at = at.split_whitespace().next()?;
+    let mut parts = at.rsplitn(3, ':');
+    let col = parts.next()?.parse().ok()?;
+    let row = parts.next()?.parse().ok()?;
+    Some((parts.next()?.to_owned(), row, col))
+}
+
+/// The message of regorus's error text without its source excerpt.
+fn error_message(error: &str) -> String {
+    error
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("error: "))
+        .unwrap_or(error.trim())
+        .to_owned()
+}
+
+/// An error as one `file:row: message` line, as `opa test` prints it under a test.
+fn error_line(error: &str) -> String {
+    match error_place(error) {
+        Some((file, row, _)) => format!("{file}:{row}: {}", error_message(error)),
+        None => error_message(error),
+    }
 }
 
 fn verdict_word(r: &TestResult) -> &'static str {
@@ -136,20 +339,30 @@ fn verdict_word(r: &TestResult) -> &'static str {
     }
 }
 
-/// `salve policy check`: compiles everything and lists every error with file:line.
-pub fn policy_check(dir: &Path, syntax: Syntax) -> Output {
+/// `salve policy check`: compiles everything and lists every error with file:line,
+/// exiting 1 on any, as `opa check` (and `opa check --strict` when `strict`).
+pub fn policy_check(dir: &Path, rego: RegoOptions, strict: bool) -> Output {
     let bundle = match Bundle::read(dir) {
         Ok(b) => b,
-        Err(e) => return Output::new(format!("error: {e}\n"), EXIT_LOAD),
+        Err(e) => return Output::to_stderr(format!("error: {e}\n"), 1),
     };
-    let errors = PolicySet::check(&bundle, syntax);
+    let mut errors = PolicySet::check(&bundle, rego);
+    if strict {
+        errors.extend(PolicySet::strict_problems(&bundle, rego));
+    }
     if errors.is_empty() {
         let modules = bundle.of_kind(FileKind::Rego).count();
         let data = bundle.of_kind(FileKind::Data).count();
-        return Output::new(format!("ok: {modules} modules, {data} data documents\n"), 0);
+        let evaluator = PolicySet::load(&bundle, rego)
+            .map(|p| p.evaluator())
+            .unwrap_or_default();
+        return Output::new(
+            format!("ok: {modules} modules, {data} data documents; verdicts {evaluator}\n"),
+            0,
+        );
     }
     let text: String = errors.iter().map(|e| format!("error: {e}\n")).collect();
-    Output::new(format!("{text}{} errors\n", errors.len()), 1)
+    Output::to_stderr(format!("{text}{} errors\n", errors.len()), 1)
 }
 
 /// `salve rules check`: parses every rule file and lists every error with file:line.
@@ -187,12 +400,12 @@ fn read_document(path: &Path) -> Result<Value, String> {
 /// `salve policy eval`: the verdict for an input (or any query's result), as JSON.
 pub fn policy_eval(
     dir: &Path,
-    syntax: Syntax,
+    rego: RegoOptions,
     input: &Path,
     data: &[std::path::PathBuf],
     query: Option<&str>,
 ) -> Output {
-    let (mut policy, _) = match load(dir, syntax) {
+    let (mut policy, _) = match load(dir, rego) {
         Ok(p) => p,
         Err(out) => return out,
     };
@@ -227,11 +440,11 @@ pub fn policy_eval(
 pub async fn replay(
     database: &str,
     policies: &Path,
-    syntax: Syntax,
+    rego: RegoOptions,
     since: Duration,
     json: bool,
 ) -> Output {
-    let (policy, _) = match load(policies, syntax) {
+    let (policy, _) = match load(policies, rego) {
         Ok(p) => p,
         Err(out) => return out,
     };

@@ -12,8 +12,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::engine::Limits;
 use crate::ingest::WebhookAuth;
-use crate::policy::Syntax;
 use crate::policy::pool::PoolLimits;
+use crate::policy::{RegoOptions, Syntax};
 use crate::server::ConnectionLimits;
 
 /// salve: self-healing remediation for Kubernetes, driven by Alertmanager.
@@ -71,21 +71,28 @@ pub struct StatsArgs {
     pub output: OutputFormat,
 }
 
-/// Rego syntax selection shared by the policy commands.
+/// How the policy commands read Rego, with `opa`'s flag names so an author's habits carry over.
 #[derive(Debug, Clone, Copy, Args)]
-pub struct SyntaxArgs {
+pub struct RegoArgs {
     /// Parse modules as Rego v0 (`deny[msg] { … }`), like `opa --v0-compatible`.
     #[arg(long = "v0-compatible")]
     pub v0_compatible: bool,
+    /// A built-in function that fails (a divide by zero, a bad `to_number`) is an error
+    /// instead of an undefined expression, like `opa --strict-builtin-errors`.
+    #[arg(long = "strict-builtin-errors")]
+    pub strict_builtin_errors: bool,
 }
 
-impl SyntaxArgs {
-    /// The selected syntax.
-    pub fn syntax(self) -> Syntax {
-        if self.v0_compatible {
-            Syntax::V0
-        } else {
-            Syntax::V1
+impl RegoArgs {
+    /// The selected syntax and built-in error mode.
+    pub fn options(self) -> RegoOptions {
+        RegoOptions {
+            syntax: if self.v0_compatible {
+                Syntax::V0
+            } else {
+                Syntax::V1
+            },
+            strict_builtin_errors: self.strict_builtin_errors,
         }
     }
 }
@@ -93,7 +100,8 @@ impl SyntaxArgs {
 /// Policy subcommands.
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// Run the `test_*` rules of a policy directory, like `opa test`.
+    /// Run the `test_*` rules of a policy directory, like `opa test` (same output and
+    /// exit codes: 0 all passed, 2 a test failed or erred, 1 the policy did not load).
     Test {
         /// The policy directory.
         #[arg(default_value = "policies")]
@@ -104,16 +112,30 @@ pub enum PolicyCommand {
         /// Only tests whose full name (`data.pkg.test_x`) matches this regex.
         #[arg(long)]
         run: Option<String>,
+        /// Output format, as `opa test --format`.
+        #[arg(long, value_enum, default_value = "pretty")]
+        format: crate::commands::TestFormat,
+        /// Print which policy lines the tests evaluated (JSON, as `opa test --coverage`).
+        #[arg(long)]
+        coverage: bool,
+        /// Exit 2 when coverage is below this percentage (implies --coverage).
+        #[arg(long)]
+        threshold: Option<f64>,
         #[command(flatten)]
-        syntax: SyntaxArgs,
+        rego: RegoArgs,
     },
-    /// Compile every module and data document and report every error with file:line.
+    /// Compile every module and data document and report every error with file:line
+    /// (exit 1 on any, as `opa check`).
     Check {
         /// The policy directory.
         #[arg(default_value = "policies")]
         dir: PathBuf,
+        /// Also refuse variables assigned and never used and unused function
+        /// arguments, as `opa check --strict`.
+        #[arg(long)]
+        strict: bool,
         #[command(flatten)]
-        syntax: SyntaxArgs,
+        rego: RegoArgs,
     },
     /// Evaluate the verdict (or QUERY) for an input document and print it as JSON.
     Eval {
@@ -129,7 +151,7 @@ pub enum PolicyCommand {
         /// A Rego query; the default is the verdict (`data.salve.deny`).
         query: Option<String>,
         #[command(flatten)]
-        syntax: SyntaxArgs,
+        rego: RegoArgs,
     },
 }
 
@@ -177,7 +199,7 @@ pub struct ReplayArgs {
     #[arg(long, short, value_enum, default_value = "table")]
     pub output: OutputFormat,
     #[command(flatten)]
-    pub syntax: SyntaxArgs,
+    pub rego: RegoArgs,
 }
 
 /// Where the knowledge base lives.
@@ -254,6 +276,12 @@ pub struct ServeArgs {
     /// Parse Rego modules as v0 (`deny[msg] { … }`), like `opa --v0-compatible`.
     #[arg(long = "v0-compatible", env = "SALVE_REGO_V0")]
     pub v0_compatible: bool,
+
+    /// A built-in function that fails (a divide by zero, a bad `to_number`) makes the
+    /// evaluation an error, so the change is denied, instead of an undefined expression
+    /// as in OPA, like `opa --strict-builtin-errors`.
+    #[arg(long = "strict-builtin-errors", env = "SALVE_STRICT_BUILTIN_ERRORS")]
+    pub strict_builtin_errors: bool,
 
     /// Do not reload when files in the policy directory change (SIGHUP and
     /// `POST /-/reload` still reload).
@@ -406,7 +434,8 @@ pub struct ServeSettings {
     pub auth: WebhookAuth,
     pub max_body_bytes: usize,
     pub limits: Limits,
-    pub syntax: Syntax,
+    /// How Rego is parsed and how its built-ins fail.
+    pub rego: RegoOptions,
     /// Reload on file changes in the policy directory.
     pub watch_policies: bool,
     pub admin_token: Option<Secret>,
@@ -554,10 +583,13 @@ impl ServeArgs {
                 basic,
             },
             max_body_bytes: self.max_body_bytes,
-            syntax: if self.v0_compatible {
-                Syntax::V0
-            } else {
-                Syntax::V1
+            rego: RegoOptions {
+                syntax: if self.v0_compatible {
+                    Syntax::V0
+                } else {
+                    Syntax::V1
+                },
+                strict_builtin_errors: self.strict_builtin_errors,
             },
             watch_policies: !self.no_watch,
             prometheus_url: self.prometheus_url.clone(),

@@ -64,25 +64,33 @@ async fn main() -> ExitCode {
             dir,
             verbose,
             run,
-            syntax,
+            format,
+            coverage,
+            threshold,
+            rego,
         }) => print_output(commands::policy_test(
             &dir,
-            syntax.syntax(),
-            verbose,
-            run.as_deref(),
+            rego.options(),
+            &commands::TestOptions {
+                verbose,
+                run,
+                format,
+                coverage,
+                threshold,
+            },
         )),
-        Command::Policy(PolicyCommand::Check { dir, syntax }) => {
-            print_output(commands::policy_check(&dir, syntax.syntax()))
+        Command::Policy(PolicyCommand::Check { dir, strict, rego }) => {
+            print_output(commands::policy_check(&dir, rego.options(), strict))
         }
         Command::Policy(PolicyCommand::Eval {
             input,
             data,
             policies,
             query,
-            syntax,
+            rego,
         }) => print_output(commands::policy_eval(
             &policies,
-            syntax.syntax(),
+            rego.options(),
             &input,
             &data,
             query.as_deref(),
@@ -100,7 +108,7 @@ async fn main() -> ExitCode {
             commands::replay(
                 &args.database.url,
                 &args.policies,
-                args.syntax.syntax(),
+                args.rego.options(),
                 args.since,
                 matches!(args.output, OutputFormat::Json),
             )
@@ -111,6 +119,7 @@ async fn main() -> ExitCode {
 
 fn print_output(out: commands::Output) -> ExitCode {
     print!("{}", out.stdout);
+    eprint!("{}", out.stderr);
     ExitCode::from(out.code)
 }
 

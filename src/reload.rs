@@ -20,7 +20,7 @@ use tracing::{info, warn};
 use crate::bundle::{Bundle, BundleError, FileKind};
 use crate::engine::Decisions;
 use crate::policy::testing::{self, Outcome};
-use crate::policy::{PolicyError, PolicySet, Syntax};
+use crate::policy::{PolicyError, PolicySet, RegoOptions};
 use crate::rules::{RuleError, RuleSet};
 use crate::telemetry::Metrics;
 
@@ -38,10 +38,10 @@ pub enum LoadError {
 }
 
 /// Reads, compiles and tests a policy directory.
-pub fn load_decisions(dir: &Path, syntax: Syntax) -> Result<Decisions, LoadError> {
+pub fn load_decisions(dir: &Path, rego: RegoOptions) -> Result<Decisions, LoadError> {
     let bundle = Bundle::read(dir)?;
     let rules = RuleSet::load(&bundle)?;
-    let policy = PolicySet::load(&bundle, syntax)?;
+    let policy = PolicySet::load(&bundle, rego)?;
     let failures: Vec<String> = testing::run(&policy, &bundle)
         .into_iter()
         .filter_map(|t| match t.outcome {
@@ -79,7 +79,7 @@ pub struct ReloadReport {
 /// Owns the live set and reloads it.
 pub struct Reloader {
     dir: PathBuf,
-    syntax: Syntax,
+    rego: RegoOptions,
     current: Arc<ArcSwap<Decisions>>,
     serial: tokio::sync::Mutex<()>,
     metrics: Arc<Metrics>,
@@ -87,11 +87,16 @@ pub struct Reloader {
 
 impl Reloader {
     /// Starts from an already loaded set.
-    pub fn new(dir: &Path, syntax: Syntax, initial: Decisions, metrics: Arc<Metrics>) -> Reloader {
+    pub fn new(
+        dir: &Path,
+        rego: RegoOptions,
+        initial: Decisions,
+        metrics: Arc<Metrics>,
+    ) -> Reloader {
         metrics.reloaded(true, &initial);
         Reloader {
             dir: dir.to_owned(),
-            syntax,
+            rego,
             current: Arc::new(ArcSwap::from_pointee(initial)),
             serial: tokio::sync::Mutex::new(()),
             metrics,
@@ -112,8 +117,8 @@ impl Reloader {
     /// Reloads are serialised; the old set stays in force on any error.
     pub async fn reload(&self, trigger: &str) -> Result<ReloadReport, LoadError> {
         let _one_at_a_time = self.serial.lock().await;
-        let (dir, syntax) = (self.dir.clone(), self.syntax);
-        let loaded = tokio::task::spawn_blocking(move || load_decisions(&dir, syntax))
+        let (dir, rego) = (self.dir.clone(), self.rego);
+        let loaded = tokio::task::spawn_blocking(move || load_decisions(&dir, rego))
             .await
             .unwrap_or_else(|e| Err(LoadError::Tests(format!("the loader panicked: {e}"))));
         match loaded {

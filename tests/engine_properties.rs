@@ -261,7 +261,7 @@ async fn run(ops: Vec<Op>) -> Result<(i32, u32), TestCaseError> {
         .unwrap();
     let policies = support::policies_with_rules(dir.path(), Some(RULES));
     let decisions = Arc::new(ArcSwap::from_pointee(
-        salve::reload::load_decisions(&policies, salve::policy::Syntax::V1).unwrap(),
+        salve::reload::load_decisions(&policies, salve::policy::RegoOptions::default()).unwrap(),
     ));
     let world = Arc::new(Mutex::new(World {
         replicas: 2,

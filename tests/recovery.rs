@@ -119,7 +119,7 @@ async fn a_remediation_this_replica_lost_track_of_is_settled_without_a_restart()
         .unwrap();
     let policies = support::policies_with_rules(dir.path(), None);
     let decisions = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(
-        salve::reload::load_decisions(&policies, salve::policy::Syntax::V1).unwrap(),
+        salve::reload::load_decisions(&policies, salve::policy::RegoOptions::default()).unwrap(),
     ));
     let webhook = WebhookNotifier::new(capture.url.clone(), reqwest::Client::new());
     let seams = Seams {

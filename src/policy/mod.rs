@@ -9,8 +9,11 @@
 //! A [`PolicySet`] is compiled once and shared; each evaluation works on its own clone
 //! of the compiled engine, so evaluations never see each other's input.
 
+mod evaluator;
+mod lint;
 pub mod pool;
 pub mod replay;
+pub mod sprintf;
 pub mod testing;
 
 use std::num::NonZeroU32;
@@ -21,6 +24,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::bundle::{Bundle, BundleFile, FileKind};
+use evaluator::{Evaluator, MachineError};
 
 /// The rule whose value is the verdict.
 pub const VERDICT_RULE: &str = "data.salve.deny";
@@ -40,12 +44,53 @@ pub enum PolicyError {
     /// There is nothing to evaluate.
     #[error("no Rego policy found in {0}: refusing to run without guardrails")]
     Empty(String),
+    /// No module defines the verdict rule, so every change would be denied.
+    #[error(
+        "{packages}: no module defines `deny` in package salve; salve reads its verdict from \
+         data.salve.deny, so every change would be denied. Fix: declare `package salve` and \
+         add rules `deny contains msg if {{ … }}`"
+    )]
+    NoVerdict {
+        /// Each module's `file:line: package name`, so the author sees what was loaded.
+        packages: String,
+    },
+    /// `deny` is defined but is not a set of messages.
+    #[error(
+        "{at}: data.salve.deny must be a set of messages, but this rule makes it {got}. Fix: \
+         write `deny contains msg if {{ … }}` (in Rego v1, `deny[msg] if` defines an object)"
+    )]
+    VerdictNotASet {
+        /// `file:line` of the first `deny` rule.
+        at: String,
+        /// What it is instead.
+        got: String,
+    },
+}
+
+/// How Rego is read and how its built-ins fail: what `--v0-compatible` and
+/// `--strict-builtin-errors` choose, for the server and the policy commands alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RegoOptions {
+    pub syntax: Syntax,
+    /// OPA makes a failing built-in (a divide by zero, `to_number("x")`) an undefined
+    /// expression; strict makes it an evaluation error, as `opa --strict-builtin-errors`.
+    pub strict_builtin_errors: bool,
+}
+
+impl From<Syntax> for RegoOptions {
+    fn from(syntax: Syntax) -> RegoOptions {
+        RegoOptions {
+            syntax,
+            ..RegoOptions::default()
+        }
+    }
 }
 
 /// Compiled Rego modules plus their data documents, with the hash that identifies them.
 #[derive(Clone)]
 pub struct PolicySet {
     engine: regorus::Engine,
+    evaluator: Evaluator,
     /// SHA-256 of every module and data document: which policy produced a verdict.
     pub hash: String,
     /// The modules' paths, relative to the policy directory.
@@ -57,6 +102,7 @@ impl std::fmt::Debug for PolicySet {
         f.debug_struct("PolicySet")
             .field("hash", &self.hash)
             .field("modules", &self.modules)
+            .field("evaluator", &self.evaluator.describe())
             .finish()
     }
 }
@@ -89,11 +135,15 @@ impl Verdict {
 
 impl PolicySet {
     /// Compiles every module and data document of the bundle; the first error refuses the set.
-    pub fn load(bundle: &Bundle, syntax: Syntax) -> Result<PolicySet, PolicyError> {
-        let mut engine = new_engine(syntax);
+    pub fn load(
+        bundle: &Bundle,
+        options: impl Into<RegoOptions>,
+    ) -> Result<PolicySet, PolicyError> {
+        let options = options.into();
+        let mut engine = new_engine(options);
         let mut modules = Vec::new();
         for file in bundle.of_kind(FileKind::Rego) {
-            add_module(&mut engine, file, syntax)?;
+            add_module(&mut engine, file, options.syntax)?;
             modules.push(file.relative.clone());
         }
         if modules.is_empty() {
@@ -108,28 +158,56 @@ impl PolicySet {
                     reason: e.to_string(),
                 })?;
         }
-        // Analysis errors (unsafe variables, bad references) surface on first evaluation,
-        // so evaluate once now: a set that cannot be evaluated is refused at load.
-        engine.set_input(regorus::Value::new_object());
-        if let Err(e) = engine.clone().eval_rule(VERDICT_RULE.to_owned()) {
-            let text = e.to_string();
-            if !text.contains("not a valid rule path") && !text.contains("not found") {
-                return Err(PolicyError::Rego(text));
-            }
+        if let Some(error) = lint::undefined_functions(engine.get_modules())
+            .into_iter()
+            .next()
+        {
+            return Err(error);
         }
+        check_verdict_shape(&engine, bundle)?;
+        let mut engine = engine;
+        // The RVM differs from the interpreter (and OPA) in two known ways; where either
+        // could matter, the verdict stays with the interpreter.
+        let modules_risk = {
+            let modules = engine.get_modules();
+            lint::conflict_risk(modules).or_else(|| lint::sprintf_risk(modules))
+        };
+        let evaluator = match modules_risk {
+            Some(reason) => Evaluator::Interpreter { reason },
+            None if options.strict_builtin_errors => Evaluator::Interpreter {
+                reason: "strict built-in errors (the compiled form makes a failing built-in \
+                         undefined)"
+                    .to_owned(),
+            },
+            None => {
+                let shape = lint::input_shape(engine.get_modules());
+                Evaluator::compile(&engine, shape)?
+            }
+        };
+        // Analyse the modules once, here: each evaluation clones this engine, and a clone
+        // of an engine never evaluated would analyse them again (most of a verdict's cost).
+        engine.set_input(regorus::Value::new_object());
+        let _ = engine.eval_rule(VERDICT_RULE.to_owned());
         Ok(PolicySet {
             engine,
+            evaluator,
             hash: bundle.hash(&[FileKind::Rego, FileKind::Data]),
             modules,
         })
     }
 
+    /// How verdicts are computed: compiled, or interpreted and why (for `policy check`).
+    pub fn evaluator(&self) -> String {
+        self.evaluator.describe()
+    }
+
     /// Every problem of the bundle's modules and data, each with its file (and line),
     /// rather than only the first: what `salve policy check` reports.
-    pub fn check(bundle: &Bundle, syntax: Syntax) -> Vec<PolicyError> {
+    pub fn check(bundle: &Bundle, options: impl Into<RegoOptions>) -> Vec<PolicyError> {
+        let options = options.into();
         let mut errors: Vec<PolicyError> = bundle
             .of_kind(FileKind::Rego)
-            .filter_map(|f| add_module(&mut new_engine(syntax), f, syntax).err())
+            .filter_map(|f| add_module(&mut new_engine(options), f, options.syntax).err())
             .collect();
         errors.extend(
             bundle
@@ -137,11 +215,33 @@ impl PolicySet {
                 .filter_map(|f| mounted_data(f).err()),
         );
         if errors.is_empty() {
-            if let Err(e) = PolicySet::load(bundle, syntax) {
+            let mut engine = new_engine(options);
+            for file in bundle.of_kind(FileKind::Rego) {
+                // Each parsed alone above, so together they parse too.
+                let _ = add_module(&mut engine, file, options.syntax);
+            }
+            errors.extend(lint::undefined_functions(engine.get_modules()));
+        }
+        if errors.is_empty() {
+            if let Err(e) = PolicySet::load(bundle, options) {
                 errors.push(e);
             }
         }
         errors
+    }
+
+    /// What `opa check --strict` adds: variables assigned and never used, and function
+    /// arguments never used, each with file:line. Empty when the modules do not parse
+    /// (`check` reports that).
+    pub fn strict_problems(bundle: &Bundle, options: impl Into<RegoOptions>) -> Vec<PolicyError> {
+        let options = options.into();
+        let mut engine = new_engine(options);
+        for file in bundle.of_kind(FileKind::Rego) {
+            if add_module(&mut engine, file, options.syntax).is_err() {
+                return Vec::new();
+            }
+        }
+        lint::unused_variables(engine.get_modules())
     }
 
     /// Evaluates the verdict for one policy input document. Never fails: a failure is a denial.
@@ -161,26 +261,44 @@ impl PolicySet {
     }
 
     fn deny_messages(&self, input: &Value) -> Result<Vec<String>, String> {
+        let value = match &self.evaluator {
+            Evaluator::Machine(machines) => match machines.run(input) {
+                Ok(value) => {
+                    #[cfg(debug_assertions)]
+                    self.assert_same_as_interpreter(input, &value);
+                    value
+                }
+                Err(MachineError::Limit(e)) => return Err(e),
+                // A built-in failed (the RVM runs strict) or the RVM could not run: the
+                // interpreter, with OPA's semantics, gives the verdict.
+                Err(MachineError::Other(e)) => {
+                    tracing::debug!(error = %e, "the compiled verdict stopped; the interpreter gives it");
+                    self.interpret(input)?
+                }
+            },
+            Evaluator::Interpreter { .. } => self.interpret(input)?,
+        };
+        messages(value)
+    }
+
+    /// The interpreter's value of the verdict rule: the reference semantics.
+    fn interpret(&self, input: &Value) -> Result<regorus::Value, String> {
         let mut engine = self.engine.clone();
-        engine.set_input(regorus::Value::from(input.clone()));
-        let value = engine
+        engine.set_input(evaluator::rego_value(input));
+        engine
             .eval_rule(VERDICT_RULE.to_owned())
-            .map_err(|e| e.to_string())?;
-        match value {
-            regorus::Value::Set(set) => Ok(set
-                .iter()
-                .map(|m| match m.as_string() {
-                    Ok(s) => s.to_string(),
-                    Err(_) => m.to_json_str().unwrap_or_else(|_| format!("{m:?}")),
-                })
-                .collect()),
-            regorus::Value::Undefined => Err(format!(
-                "{VERDICT_RULE} is undefined: no loaded policy defines `deny` in package salve"
-            )),
-            other => Err(format!(
-                "{VERDICT_RULE} must be a set of messages, got {other}"
-            )),
-        }
+            .map_err(|e| e.to_string())
+    }
+
+    /// Debug builds (so every test) check each compiled verdict against the interpreter.
+    #[cfg(debug_assertions)]
+    fn assert_same_as_interpreter(&self, input: &Value, compiled: &regorus::Value) {
+        let interpreted = self.interpret(input);
+        assert!(
+            interpreted.as_ref() == Ok(compiled),
+            "the compiled verdict differs from the interpreter's for input {input}: \
+             compiled {compiled:?}, interpreted {interpreted:?}"
+        );
     }
 
     /// Adds a data document at the root of `data` (for `salve policy eval --data`).
@@ -194,13 +312,13 @@ impl PolicySet {
     /// Evaluates any Rego query against `input`, as `opa eval` does.
     pub fn query(&self, query: &str, input: &Value) -> Result<regorus::QueryResults, String> {
         let mut engine = self.engine.clone();
-        engine.set_input(regorus::Value::from(input.clone()));
+        engine.set_input(evaluator::rego_value(input));
         engine
             .eval_query(query.to_owned(), false)
             .map_err(|e| e.to_string())
     }
 
-    /// A clone of the compiled engine, for callers that query other rules (the test runner).
+    /// A clone of the interpreter, for callers that query other rules (the test runner).
     pub fn engine(&self) -> regorus::Engine {
         self.engine.clone()
     }
@@ -216,9 +334,102 @@ pub enum Syntax {
     V0,
 }
 
-fn new_engine(syntax: Syntax) -> regorus::Engine {
+/// The verdict rule's value as messages: a set, and nothing else, is a verdict.
+fn messages(value: regorus::Value) -> Result<Vec<String>, String> {
+    match value {
+        regorus::Value::Set(set) => Ok(set
+            .iter()
+            .map(|m| match m.as_string() {
+                Ok(s) => s.to_string(),
+                Err(_) => m.to_json_str().unwrap_or_else(|_| format!("{m:?}")),
+            })
+            .collect()),
+        regorus::Value::Undefined => Err(format!(
+            "{VERDICT_RULE} is undefined: no loaded policy defines `deny` in package salve"
+        )),
+        other => Err(format!(
+            "{VERDICT_RULE} must be a set of messages, got {other}"
+        )),
+    }
+}
+
+/// Refuses a bundle whose verdict rule is missing or is not a set, naming the place:
+/// both load fine and would then deny every change, which the author should learn now.
+fn check_verdict_shape(engine: &regorus::Engine, bundle: &Bundle) -> Result<(), PolicyError> {
+    let mut probe = engine.clone();
+    probe.set_input(regorus::Value::new_object());
+    let value = match probe.eval_rule(VERDICT_RULE.to_owned()) {
+        Ok(value) => value,
+        Err(e) => {
+            let text = e.to_string();
+            if text.contains("not a valid rule path") || text.contains("not found") {
+                return Err(PolicyError::NoVerdict {
+                    packages: package_lines(bundle),
+                });
+            }
+            // Analysis errors (unsafe variables, bad references) surface on first
+            // evaluation: a set that cannot be evaluated is refused at load.
+            return Err(PolicyError::Rego(text));
+        }
+    };
+    let got = match &value {
+        regorus::Value::Set(_) => return Ok(()),
+        // A complete rule (`deny := …`) undefined for an empty input may still be a set
+        // for a real one; the verdict check at evaluation denies if it is not.
+        regorus::Value::Undefined => return Ok(()),
+        regorus::Value::Object(_) => "an object".to_owned(),
+        regorus::Value::Array(_) => "an array".to_owned(),
+        regorus::Value::String(_) => "a string".to_owned(),
+        regorus::Value::Bool(_) => "a boolean".to_owned(),
+        regorus::Value::Number(_) => "a number".to_owned(),
+        regorus::Value::Null => "null".to_owned(),
+    };
+    Err(PolicyError::VerdictNotASet {
+        at: deny_rule_place(bundle).unwrap_or_else(|| "data.salve.deny".to_owned()),
+        got,
+    })
+}
+
+/// `file:line: package name` of each module, one per line.
+fn package_lines(bundle: &Bundle) -> String {
+    bundle
+        .of_kind(FileKind::Rego)
+        .filter_map(|f| {
+            let (line, text) = f
+                .text
+                .lines()
+                .enumerate()
+                .find(|(_, l)| l.trim_start().starts_with("package "))?;
+            Some(format!("{}:{}: {}", f.relative, line + 1, text.trim()))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `file:line` of the first rule named `deny` in a module of package salve.
+fn deny_rule_place(bundle: &Bundle) -> Option<String> {
+    bundle.of_kind(FileKind::Rego).find_map(|f| {
+        let in_salve = f.text.lines().any(|l| l.trim() == "package salve");
+        if !in_salve {
+            return None;
+        }
+        let line = f.text.lines().position(|l| {
+            l.strip_prefix("deny")
+                .is_some_and(|rest| rest.starts_with([' ', '[', '\t', ':', '=']))
+        })?;
+        Some(format!("{}:{}", f.relative, line + 1))
+    })
+}
+
+fn new_engine(options: RegoOptions) -> regorus::Engine {
     let mut engine = regorus::Engine::new();
-    engine.set_rego_v0(syntax == Syntax::V0);
+    engine.set_rego_v0(options.syntax == Syntax::V0);
+    engine.set_strict_builtin_errors(options.strict_builtin_errors);
+    // OPA's sprintf (Go's fmt) in place of regorus's, which errors where Go prints
+    // `%!v(MISSING)`; with strict built-in errors, regorus's own stays.
+    if !options.strict_builtin_errors {
+        sprintf::install(&mut engine);
+    }
     engine.set_execution_timer_config(ExecutionTimerConfig {
         limit: EVALUATION_TIME_LIMIT,
         // Reading the clock every 64 units of work keeps the limit's overshoot tiny
@@ -237,8 +448,12 @@ fn add_module(
     let Err(e) = engine.add_policy(file.relative.clone(), file.text.clone()) else {
         return Ok(());
     };
+    // A module that uses v1's keywords is not a v0 module (and a v0 parse of it would
+    // only print regorus's warnings about them).
+    let uses_v1_keywords = file.text.contains(" if ") || file.text.contains(" contains ");
     let parses_as_v0 = syntax == Syntax::V1
-        && new_engine(Syntax::V0)
+        && !uses_v1_keywords
+        && new_engine(Syntax::V0.into())
             .add_policy(file.relative.clone(), file.text.clone())
             .is_ok();
     if parses_as_v0 {
@@ -311,26 +526,171 @@ deny contains msg if {
     }
 
     #[test]
-    fn fails_closed_when_deny_is_undefined_or_evaluation_errors() {
-        let none = set_of(&[("other.rego", "package other\nallow := true\n")]).unwrap();
-        let v = none.evaluate(&json!({}));
-        assert!(!v.allowed);
+    fn the_shipped_guardrails_are_judged_compiled() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        let policy = PolicySet::load(&Bundle::read(&dir).unwrap(), RegoOptions::default()).unwrap();
+        assert_eq!(policy.evaluator(), "compiled (regorus RVM)");
+        let strict = PolicySet::load(
+            &Bundle::read(&dir).unwrap(),
+            RegoOptions {
+                strict_builtin_errors: true,
+                ..RegoOptions::default()
+            },
+        )
+        .unwrap();
         assert!(
-            v.error.is_some(),
-            "the missing verdict rule is recorded as the error: {v:?}"
+            strict.evaluator().starts_with("interpreted (strict"),
+            "{}",
+            strict.evaluator()
         );
+    }
+
+    #[test]
+    fn a_message_built_from_odd_input_denies_with_opas_text_not_silence() {
+        // regorus's own sprintf errors on each of these, which without strict built-in
+        // errors would make the message, and so the denial, undefined: a change allowed
+        // that OPA denies.
+        let p = set_of(&[(
+            "p.rego",
+            "package salve\ndeny contains msg if {\n  input.n > 1\n  msg := sprintf(input.format, [input.n])\n}\n",
+        )])
+        .unwrap();
+        // A computed format could fail compiled, where OPA prints: this one is interpreted.
+        assert!(
+            p.evaluator()
+                .starts_with("interpreted (p.rego:4: this sprintf"),
+            "{}",
+            p.evaluator()
+        );
+        for (format, n, want) in [
+            ("%v and %v", json!(2), "2 and %!v(MISSING)"),
+            ("%d replicas", json!(2.5), "%!d(float64=2.5) replicas"),
+            ("%d replicas", json!(3), "3 replicas"),
+        ] {
+            let v = p.evaluate(&json!({"n": n, "format": format}));
+            assert!(!v.allowed, "{v:?}");
+            assert_eq!(v.reasons, vec![want]);
+        }
+    }
+
+    #[test]
+    fn only_sprintf_calls_that_never_fail_compile() {
+        let with = |call: &str| {
+            set_of(&[(
+                "p.rego",
+                &format!(
+                    "package salve\ndeny contains msg if {{\n  input.n > 1\n  msg := {call}\n}}\n"
+                ),
+            )])
+            .unwrap()
+            .evaluator()
+        };
+        assert_eq!(
+            with("sprintf(\"%v of %s (100%%)\", [input.n, \"x\"])"),
+            "compiled (regorus RVM)"
+        );
+        for risky in [
+            "sprintf(\"%d\", [input.n])",
+            "sprintf(\"%v %v\", [input.n])",
+            "sprintf(\"%v\", input.list)",
+        ] {
+            assert!(
+                with(risky).starts_with("interpreted (p.rego:4: this sprintf"),
+                "{risky}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bundle_without_the_verdict_rule_is_refused_naming_its_packages() {
+        let err = set_of(&[("other.rego", "package main\nallow := true\n")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "other.rego:1: package main: no module defines `deny` in package salve"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("Fix: declare `package salve`"), "{err}");
+    }
+
+    #[test]
+    fn a_deny_that_is_an_object_is_refused_with_file_and_line() {
+        let err = set_of(&[(
+            "p.rego",
+            "package salve\n\n# an object in Rego v1\ndeny[msg] if {\n  input.x\n  msg := \"x\"\n}\n",
+        )])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("p.rego:4: data.salve.deny must be a set of messages, but this rule makes it an object"),
+            "{err}"
+        );
+        let boolean = set_of(&[("p.rego", "package salve\n\ndeny := true\n")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            boolean.starts_with("p.rego:3:") && boolean.contains("a boolean"),
+            "{boolean}"
+        );
+    }
+
+    #[test]
+    fn a_call_to_an_undefined_function_is_refused_with_file_and_line() {
+        let err = set_of(&[(
+            "p.rego",
+            "package salve\n\ndeny contains msg if {\n  input.x\n  msg := sprintf_typo(\"a\", [])\n}\n",
+        )])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("p.rego:5: undefined function sprintf_typo"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn evaluation_errors_deny_and_builtin_errors_are_undefined_unless_strict() {
+        // Two values for one complete rule is an error in OPA too: fail closed.
+        let conflict = set_of(&[(
+            "c.rego",
+            "package salve\nlimit := 1 if input.a\nlimit := 2 if input.a\ndeny contains \"over\" if input.n > limit\n",
+        )])
+        .unwrap();
+        assert!(
+            conflict
+                .evaluator()
+                .starts_with("interpreted (salve.limit could take two values"),
+            "{}",
+            conflict.evaluator()
+        );
+        let v = conflict.evaluate(&json!({"a": true, "n": 5}));
+        assert!(!v.allowed, "an erroring policy must deny: {v:?}");
+        assert!(v.error.is_some());
         assert!(
             v.reasons[0].starts_with("policy evaluation failed"),
             "{v:?}"
         );
-        let erroring = set_of(&[(
-            "boom.rego",
-            "package salve\ndeny contains msg if { x := 1 / input.zero; msg := sprintf(\"%v\", [x]) }\n",
-        )])
+
+        // A divide by zero: undefined as in OPA (this rule does not fire), an error
+        // (so a denial) with strict built-in errors.
+        let divide = "package salve\ndeny contains msg if { x := 1 / input.zero; msg := sprintf(\"%v\", [x]) }\n";
+        let lenient = set_of(&[("d.rego", divide)]).unwrap();
+        let v = lenient.evaluate(&json!({"zero": 0}));
+        assert!(v.allowed && v.error.is_none(), "{v:?}");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("d.rego"), divide).unwrap();
+        let strict = PolicySet::load(
+            &Bundle::read(dir.path()).unwrap(),
+            RegoOptions {
+                strict_builtin_errors: true,
+                ..RegoOptions::default()
+            },
+        )
         .unwrap();
-        let v = erroring.evaluate(&json!({"zero": 0}));
-        assert!(!v.allowed, "an erroring policy must deny: {v:?}");
-        assert!(v.error.is_some());
+        let v = strict.evaluate(&json!({"zero": 0}));
+        assert!(!v.allowed && v.error.is_some(), "{v:?}");
     }
 
     #[test]

@@ -114,6 +114,21 @@ pub fn component_missing(missing: &str, skipped: &str) {
     eprintln!("\n*** SKIPPED: {missing}; {skipped} did not run ***\n");
 }
 
+/// The real `opa` v1.9.0 (`SALVE_TEST_OPA`), the reference for salve's Rego semantics
+/// and policy tools; when it is missing, says which check (`skipped`) did not run.
+pub fn opa(skipped: &str) -> Option<String> {
+    let found = std::env::var("SALVE_TEST_OPA")
+        .ok()
+        .filter(|path| installed(path, &["version"]));
+    if found.is_none() {
+        component_missing(
+            "the real opa (SALVE_TEST_OPA=path/to/opa; ../shared/opa/unpack.sh unpacks it)",
+            skipped,
+        );
+    }
+    found
+}
+
 /// Polls `check` every 50 ms until it gives `Ok`, and returns that value. Past `within`
 /// the test fails, naming `what` it waited for and the last `Err` (what it saw instead).
 pub async fn eventually<T>(
@@ -285,7 +300,7 @@ pub async fn spawn_salve(opts: Options) -> TestSalve {
         auth: opts.auth,
         max_body_bytes: 1024 * 1024,
         limits: opts.limits,
-        syntax: salve::policy::Syntax::V1,
+        rego: salve::policy::RegoOptions::default(),
         watch_policies: opts.watch_policies,
         admin_token: opts.admin_token.map(salve::config::Secret),
         read_token: opts.read_token.map(salve::config::Secret),
