@@ -306,3 +306,33 @@ async fn an_emptied_rules_file_is_refused_and_metrics_say_what_is_in_force() {
     assert_eq!(answer["rules"], 0);
     assert_eq!(metric(&s, "salve_rules_loaded").await, 0.0);
 }
+
+#[tokio::test]
+async fn a_policy_that_would_deny_every_change_is_refused_at_reload_with_file_and_line() {
+    let s = spawn_salve(Options::default()).await;
+    let policies = s.dir.path().join("policies");
+    let hash = policy_hash(&s).await;
+    // Each replaces the guardrails (and their tests) with one mistake that compiles.
+    std::fs::remove_file(policies.join("guardrails_test.rego")).unwrap();
+    for (mistake, said) in [
+        (
+            "package salve\n\nimport rego.v1\n\ndeny[msg] if {\n\tinput.x\n\tmsg := \"x\"\n}\n",
+            "guardrails.rego:5: data.salve.deny must be a set of messages, but this rule makes it an object",
+        ),
+        (
+            "package main\n\ndeny contains msg if {\n\tinput.x\n\tmsg := \"x\"\n}\n",
+            "guardrails.rego:1: package main: no module defines `deny` in package salve",
+        ),
+        (
+            "package salve\n\ndeny contains msg if {\n\tinput.x\n\tmsg := sprintf_typo(\"%v\", [input.x])\n}\n",
+            "guardrails.rego:5: undefined function sprintf_typo",
+        ),
+    ] {
+        std::fs::write(policies.join("guardrails.rego"), mistake).unwrap();
+        let (status, answer) = reload(&s).await;
+        assert_eq!(status, 400, "{answer}");
+        let error = answer["error"].as_str().unwrap();
+        assert!(error.contains(said), "{error}");
+        assert_eq!(policy_hash(&s).await, hash, "the running set is kept");
+    }
+}
