@@ -146,9 +146,11 @@ pub enum TestFormat {
 /// The options of `salve policy test`, named after `opa test`'s flags.
 #[derive(Debug, Clone, Default)]
 pub struct TestOptions {
+    /// List every test, passed ones too, as `opa test -v`.
     pub verbose: bool,
     /// Only tests whose full name matches this regex.
     pub run: Option<String>,
+    /// Lines for people or one JSON document.
     pub format: TestFormat,
     /// Print the line coverage report instead of the results.
     pub coverage: bool,

@@ -165,7 +165,6 @@ impl PolicySet {
             return Err(error);
         }
         check_verdict_shape(&engine, bundle)?;
-        let mut engine = engine;
         // The RVM differs from the interpreter (and OPA) in two known ways; where either
         // could matter, the verdict stays with the interpreter.
         let modules_risk = {
@@ -186,8 +185,10 @@ impl PolicySet {
         };
         // Analyse the modules once, here: each evaluation clones this engine, and a clone
         // of an engine never evaluated would analyse them again (most of a verdict's cost).
+        // The input goes back to undefined, as a test without `with input` expects it.
         engine.set_input(regorus::Value::new_object());
         let _ = engine.eval_rule(VERDICT_RULE.to_owned());
+        engine.set_input(regorus::Value::Undefined);
         Ok(PolicySet {
             engine,
             evaluator,

@@ -84,6 +84,7 @@ pub fn run(policy: &PolicySet, bundle: &Bundle) -> Vec<TestResult> {
 
 /// The results of a test run, and which policy lines the tests evaluated when asked.
 pub struct TestRun {
+    /// Each test that ran, in file order.
     pub results: Vec<TestResult>,
     /// Present when coverage was asked for: the union over every test run.
     pub coverage: Option<Coverage>,
@@ -245,7 +246,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("t_test.rego"),
-            "package t\n\ntest_true if { true }\ntest_false if { false }\ntest_undefined if { input.nothing == 1 }\nconflict := 1 if input.a\nconflict := 2 if input.a\ntest_error if { conflict with input as {\"a\": true} }\n",
+            "package t\n\ntest_true if { true }\ntest_false if { false }\ntest_undefined if { input.nothing == 1 }\ntest_no_input_is_undefined if { not input }\nconflict := 1 if input.a\nconflict := 2 if input.a\ntest_error if { conflict with input as {\"a\": true} }\n",
         )
         .unwrap();
         std::fs::write(
@@ -265,6 +266,8 @@ mod tests {
                 .clone()
         };
         assert_eq!(outcome("data.t.test_true"), Outcome::Pass);
+        // No `with input`: the input is undefined, as in opa test.
+        assert_eq!(outcome("data.t.test_no_input_is_undefined"), Outcome::Pass);
         assert_eq!(outcome("data.t.test_false"), Outcome::Fail);
         assert_eq!(outcome("data.t.test_undefined"), Outcome::Fail);
         assert!(
