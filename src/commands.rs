@@ -64,11 +64,8 @@ const RULE_LINE: &str =
 /// Reads and compiles a policy directory, or the load errors as `opa` prints them.
 fn load_policy(dir: &Path, rego: RegoOptions) -> Result<(PolicySet, Bundle), Vec<String>> {
     let bundle = Bundle::read(dir).map_err(|e| vec![e.to_string()])?;
-    let errors = PolicySet::check(&bundle, rego);
-    if !errors.is_empty() {
-        return Err(errors.iter().map(ToString::to_string).collect());
-    }
-    let policy = PolicySet::load(&bundle, rego).map_err(|e| vec![e.to_string()])?;
+    let policy = PolicySet::load_checked(&bundle, rego)
+        .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
     Ok((policy, bundle))
 }
 
@@ -99,9 +96,9 @@ fn loading_errors(errors: &[String]) -> String {
 fn opa_error(error: &str) -> String {
     // salve's own messages (file:line first, regorus's text after) stay as they are.
     let regorus_text = error.trim_start().starts_with("-->");
-    let Some((file, row, _)) = error_place(error).filter(|_| regorus_text) else {
+    if !regorus_text || error_place(error).is_none() {
         return error.trim().to_owned();
-    };
+    }
     let excerpt: Vec<&str> = error
         .lines()
         .filter(|l| {
@@ -112,7 +109,7 @@ fn opa_error(error: &str) -> String {
         .map(|l| l.split_once('|').map_or(l, |(_, code)| code))
         .filter(|code| !code.trim().is_empty())
         .collect();
-    let mut text = format!("{file}:{row}: {}", error_message(error));
+    let mut text = error_line(error);
     for line in excerpt {
         let _ = write!(text, "\n\t{}", line.strip_prefix(' ').unwrap_or(line));
     }
@@ -201,13 +198,7 @@ fn pretty_results(results: &[TestResult], verbose: bool) -> String {
             let _ = writeln!(out, "{}:", r.file);
             file = &r.file;
         }
-        let _ = writeln!(
-            out,
-            "{}: {} ({})",
-            r.name,
-            verdict_word(r),
-            go_duration(r.duration)
-        );
+        let _ = writeln!(out, "{}", test_line(r));
         if let Outcome::Error(e) = &r.outcome {
             let _ = writeln!(out, "  {}", error_line(e));
         }
@@ -253,13 +244,7 @@ fn coverage_output(
                     let _ = writeln!(stderr, "{}", error_line(e));
                 }
                 _ => {
-                    let _ = writeln!(
-                        stderr,
-                        "{}: {} ({})",
-                        r.name,
-                        verdict_word(r),
-                        go_duration(r.duration)
-                    );
+                    let _ = writeln!(stderr, "{}", test_line(r));
                 }
             }
         }
@@ -333,6 +318,16 @@ fn error_line(error: &str) -> String {
     }
 }
 
+/// `data.pkg.test_x: FAIL (1.2ms)`, as `opa test` lists a test.
+fn test_line(r: &TestResult) -> String {
+    format!(
+        "{}: {} ({})",
+        r.name,
+        verdict_word(r),
+        go_duration(r.duration)
+    )
+}
+
 fn verdict_word(r: &TestResult) -> &'static str {
     match r.outcome {
         Outcome::Pass => "PASS",
@@ -348,18 +343,21 @@ pub fn policy_check(dir: &Path, rego: RegoOptions, strict: bool) -> Output {
         Ok(b) => b,
         Err(e) => return Output::to_stderr(format!("error: {e}\n"), 1),
     };
-    let mut errors = PolicySet::check(&bundle, rego);
+    let (policy, mut errors) = match PolicySet::load_checked(&bundle, rego) {
+        Ok(policy) => (Some(policy), Vec::new()),
+        Err(errors) => (None, errors),
+    };
     if strict {
         errors.extend(PolicySet::strict_problems(&bundle, rego));
     }
-    if errors.is_empty() {
+    if let (Some(policy), true) = (policy, errors.is_empty()) {
         let modules = bundle.of_kind(FileKind::Rego).count();
         let data = bundle.of_kind(FileKind::Data).count();
-        let evaluator = PolicySet::load(&bundle, rego)
-            .map(|p| p.evaluator())
-            .unwrap_or_default();
         return Output::new(
-            format!("ok: {modules} modules, {data} data documents; verdicts {evaluator}\n"),
+            format!(
+                "ok: {modules} modules, {data} data documents; verdicts {}\n",
+                policy.evaluator()
+            ),
             0,
         );
     }

@@ -441,6 +441,29 @@ fn eval_prints_the_verdict_or_a_query_as_json() {
     ]);
     let v: serde_json::Value = serde_json::from_str(&with_data.stdout).unwrap();
     assert_eq!(v["allowed"], true, "{}", with_data.stdout);
+    // The verdict judges with the added data, compiled too (`%v` compiles, `%d` does
+    // not): a lower cap from --data denies.
+    let compiled = dir_with(&[("p.rego", &POLICY.replace("%d", "%v"))]);
+    let lower = dir.path().join("lower.json");
+    std::fs::write(&lower, r#"{"limits": {"max": 3}}"#).unwrap();
+    let denied = salve(&[
+        "policy",
+        "eval",
+        "--policies",
+        s(compiled.path()),
+        "--input",
+        s(&input),
+        "--data",
+        s(&lower),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&denied.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}{}", denied.stdout, denied.stderr));
+    assert_eq!(
+        v["reasons"],
+        serde_json::json!(["7 is above 3"]),
+        "{}",
+        denied.stdout
+    );
     let conflict = salve(&[
         "policy",
         "eval",

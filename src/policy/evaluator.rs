@@ -12,17 +12,15 @@
 //! a call to a function that does not exist is refused when the policy is loaded, as
 //! `opa check` refuses it, rather than denying every change that reaches it.
 
-use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 
 use regorus::languages::rego::compiler::Compiler;
 use regorus::rvm::RegoVM;
 use regorus::rvm::program::Program;
-use regorus::utils::limits::ExecutionTimerConfig;
 use serde_json::Value;
 
 use super::lint::InputShape;
-use super::{EVALUATION_TIME_LIMIT, PolicyError, VERDICT_RULE};
+use super::{PolicyError, VERDICT_RULE, execution_timer};
 
 /// How many idle machines a policy keeps for reuse (one per policy thread is enough).
 const SPARE_MACHINES: usize = 8;
@@ -114,10 +112,7 @@ impl Machines {
         // The clock is the limit, as for the interpreter, not a count of instructions:
         // a policy looping over a long history is slow, not wrong.
         vm.set_max_instructions(usize::MAX);
-        vm.set_execution_timer_config(Some(ExecutionTimerConfig {
-            limit: EVALUATION_TIME_LIMIT,
-            check_interval: NonZeroU32::new(64).unwrap_or(NonZeroU32::MIN),
-        }));
+        vm.set_execution_timer_config(Some(execution_timer()));
         Ok(vm)
     }
 

@@ -91,6 +91,8 @@ impl From<Syntax> for RegoOptions {
 pub struct PolicySet {
     engine: regorus::Engine,
     evaluator: Evaluator,
+    /// Whether built-ins fail strictly; the evaluator is chosen anew when data is added.
+    strict_builtin_errors: bool,
     /// SHA-256 of every module and data document: which policy produced a verdict.
     pub hash: String,
     /// The modules' paths, relative to the policy directory.
@@ -165,33 +167,11 @@ impl PolicySet {
             return Err(error);
         }
         check_verdict_shape(&engine, bundle)?;
-        // The RVM differs from the interpreter (and OPA) in two known ways; where either
-        // could matter, the verdict stays with the interpreter.
-        let modules_risk = {
-            let modules = engine.get_modules();
-            lint::conflict_risk(modules).or_else(|| lint::sprintf_risk(modules))
-        };
-        let evaluator = match modules_risk {
-            Some(reason) => Evaluator::Interpreter { reason },
-            None if options.strict_builtin_errors => Evaluator::Interpreter {
-                reason: "strict built-in errors (the compiled form makes a failing built-in \
-                         undefined)"
-                    .to_owned(),
-            },
-            None => {
-                let shape = lint::input_shape(engine.get_modules());
-                Evaluator::compile(&engine, shape)?
-            }
-        };
-        // Analyse the modules once, here: each evaluation clones this engine, and a clone
-        // of an engine never evaluated would analyse them again (most of a verdict's cost).
-        // The input goes back to undefined, as a test without `with input` expects it.
-        engine.set_input(regorus::Value::new_object());
-        let _ = engine.eval_rule(VERDICT_RULE.to_owned());
-        engine.set_input(regorus::Value::Undefined);
+        let evaluator = prepare(&mut engine, options.strict_builtin_errors)?;
         Ok(PolicySet {
             engine,
             evaluator,
+            strict_builtin_errors: options.strict_builtin_errors,
             hash: bundle.hash(&[FileKind::Rego, FileKind::Data]),
             modules,
         })
@@ -202,9 +182,13 @@ impl PolicySet {
         self.evaluator.describe()
     }
 
-    /// Every problem of the bundle's modules and data, each with its file (and line),
-    /// rather than only the first: what `salve policy check` reports.
-    pub fn check(bundle: &Bundle, options: impl Into<RegoOptions>) -> Vec<PolicyError> {
+    /// The compiled set, or every problem of the bundle's modules and data that keeps it
+    /// from loading, each with its file (and line), rather than only the first: what
+    /// `salve policy check` reports, and what the other policy commands need, in one pass.
+    pub fn load_checked(
+        bundle: &Bundle,
+        options: impl Into<RegoOptions>,
+    ) -> Result<PolicySet, Vec<PolicyError>> {
         let options = options.into();
         let mut errors: Vec<PolicyError> = bundle
             .of_kind(FileKind::Rego)
@@ -223,17 +207,15 @@ impl PolicySet {
             }
             errors.extend(lint::undefined_functions(engine.get_modules()));
         }
-        if errors.is_empty() {
-            if let Err(e) = PolicySet::load(bundle, options) {
-                errors.push(e);
-            }
+        if !errors.is_empty() {
+            return Err(errors);
         }
-        errors
+        PolicySet::load(bundle, options).map_err(|e| vec![e])
     }
 
     /// What `opa check --strict` adds: variables assigned and never used, and function
     /// arguments never used, each with file:line. Empty when the modules do not parse
-    /// (`check` reports that).
+    /// (`load_checked` reports that).
     pub fn strict_problems(bundle: &Bundle, options: impl Into<RegoOptions>) -> Vec<PolicyError> {
         let options = options.into();
         let mut engine = new_engine(options);
@@ -270,8 +252,8 @@ impl PolicySet {
                     value
                 }
                 Err(MachineError::Limit(e)) => return Err(e),
-                // A built-in failed (the RVM runs strict) or the RVM could not run: the
-                // interpreter, with OPA's semantics, gives the verdict.
+                // The RVM stopped on an error of its own: the interpreter, the reference
+                // semantics, gives the verdict.
                 Err(MachineError::Other(e)) => {
                     tracing::debug!(error = %e, "the compiled verdict stopped; the interpreter gives it");
                     self.interpret(input)?
@@ -307,7 +289,10 @@ impl PolicySet {
     pub fn add_data(&mut self, doc: Value) -> Result<(), String> {
         self.engine
             .add_data(regorus::Value::from(doc))
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        self.evaluator =
+            prepare(&mut self.engine, self.strict_builtin_errors).map_err(|e| e.to_string())?;
+        Ok(())
     }
 
     /// Evaluates any Rego query against `input`, as `opa eval` does.
@@ -391,6 +376,50 @@ fn check_verdict_shape(engine: &regorus::Engine, bundle: &Bundle) -> Result<(), 
     })
 }
 
+/// Chooses how the verdict of `engine` (modules and data added) is computed, and
+/// prepares the engine for cheap clones. Called at load and whenever data is added,
+/// since a compiled program carries its own copy of the data.
+fn prepare(
+    engine: &mut regorus::Engine,
+    strict_builtin_errors: bool,
+) -> Result<Evaluator, PolicyError> {
+    // The RVM differs from the interpreter (and OPA) in two known ways; where either
+    // could matter, the verdict stays with the interpreter.
+    let modules_risk = {
+        let modules = engine.get_modules();
+        lint::conflict_risk(modules).or_else(|| lint::sprintf_risk(modules))
+    };
+    let evaluator = match modules_risk {
+        Some(reason) => Evaluator::Interpreter { reason },
+        None if strict_builtin_errors => Evaluator::Interpreter {
+            reason: "strict built-in errors (the compiled form makes a failing built-in \
+                     undefined)"
+                .to_owned(),
+        },
+        None => {
+            let shape = lint::input_shape(engine.get_modules());
+            Evaluator::compile(engine, shape)?
+        }
+    };
+    // Analyse the modules once, here: each evaluation clones this engine, and a clone
+    // of an engine never evaluated would analyse them again (most of a verdict's cost).
+    // The input goes back to undefined, as a test without `with input` expects it.
+    engine.set_input(regorus::Value::new_object());
+    let _ = engine.eval_rule(VERDICT_RULE.to_owned());
+    engine.set_input(regorus::Value::Undefined);
+    Ok(evaluator)
+}
+
+/// The evaluation time limit as regorus's timer takes it, for the interpreter and the RVM.
+fn execution_timer() -> ExecutionTimerConfig {
+    ExecutionTimerConfig {
+        limit: EVALUATION_TIME_LIMIT,
+        // Reading the clock every 64 units of work keeps the limit's overshoot tiny
+        // without paying for a clock read on every step.
+        check_interval: NonZeroU32::new(64).unwrap_or(NonZeroU32::MIN),
+    }
+}
+
 /// `file:line: package name` of each module, one per line.
 fn package_lines(bundle: &Bundle) -> String {
     bundle
@@ -431,12 +460,7 @@ fn new_engine(options: RegoOptions) -> regorus::Engine {
     if !options.strict_builtin_errors {
         sprintf::install(&mut engine);
     }
-    engine.set_execution_timer_config(ExecutionTimerConfig {
-        limit: EVALUATION_TIME_LIMIT,
-        // Reading the clock every 64 units of work keeps the limit's overshoot tiny
-        // without paying for a clock read on every step.
-        check_interval: NonZeroU32::new(64).unwrap_or(NonZeroU32::MIN),
-    });
+    engine.set_execution_timer_config(execution_timer());
     engine
 }
 
@@ -764,7 +788,8 @@ deny contains msg if {
         )
         .unwrap();
         std::fs::write(dir.path().join("data.json"), "{not json").unwrap();
-        let errors = PolicySet::check(&Bundle::read(dir.path()).unwrap(), Syntax::V1);
+        let errors =
+            PolicySet::load_checked(&Bundle::read(dir.path()).unwrap(), Syntax::V1).unwrap_err();
         assert_eq!(errors.len(), 3, "{errors:#?}");
         let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         assert!(
