@@ -12,7 +12,8 @@
 //! On SQLite, and on PostgreSQL when `SALVE_TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`) answers. Also prints the raw SQLite
 //! reference: one connection, one transaction per insert, `synchronous=FULL`.
-//! Run: `cargo bench --bench ingest` (`SALVE_BENCH_SECONDS` sets each phase's length).
+//! Run: `cargo bench --bench ingest` (`SALVE_BENCH_SECONDS` sets each phase's length,
+//! `SALVE_BENCH_ONLY=sqlite` or `postgres` benches one backend).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -380,9 +381,15 @@ async fn main() {
         raw_sqlite_commits(seconds.min(3.0)).await
     );
 
+    let only = std::env::var("SALVE_BENCH_ONLY").unwrap_or_default();
     // SAFETY: set before any other thread reads the environment for it.
     unsafe { std::env::remove_var("SALVE_TEST_DATABASE") };
-    bench_backend("SQLite", &bare_single, &bare_batch, seconds).await;
+    if only != "postgres" {
+        bench_backend("SQLite", &bare_single, &bare_batch, seconds).await;
+    }
+    if only == "sqlite" {
+        return;
+    }
     if postgres_reachable().await {
         // SAFETY: as above; spawn_salve reads it to pick the backend.
         unsafe { std::env::set_var("SALVE_TEST_DATABASE", "postgres") };

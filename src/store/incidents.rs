@@ -7,6 +7,9 @@
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
+use futures::future::BoxFuture;
+
+use super::writer::{Coalesced, WriteTx};
 use super::{Store, StoreError, new_id, timestamp};
 use crate::alert::{Alert, AlertStatus, Delivery};
 
@@ -139,9 +142,7 @@ impl Store {
         d: &Delivery,
         now: DateTime<Utc>,
     ) -> Result<NewIncidents, StoreError> {
-        let d = d.clone();
-        self.write(move |tx| Box::pin(async move { record_delivery_in(tx, &d, now).await }))
-            .await
+        self.writes.store((d.clone(), now), None).await
     }
 
     /// [`Store::record_delivery`] for the webhook: the new incidents go to `sink` once the
@@ -157,8 +158,8 @@ impl Store {
         let orphan_sink = sink.clone();
         let stored = self
             .writes
-            .write(
-                move |tx| Box::pin(async move { record_delivery_in(tx, &d, now).await }),
+            .store(
+                (d, now),
                 Some(Box::new(move |stored: NewIncidents| {
                     orphan_sink.submit(stored.to_decide)
                 })),
@@ -257,112 +258,269 @@ impl Store {
     }
 }
 
-/// [`Store::record_delivery`]'s statements, inside the writer's transaction.
-async fn record_delivery_in(
-    tx: &mut super::writer::WriteTx,
-    d: &Delivery,
-    now: DateTime<Utc>,
-) -> Result<NewIncidents, StoreError> {
-    let delivery_id = new_id();
-    let now_s = timestamp(now);
-    sqlx::query(
-        "INSERT INTO deliveries (id, received_at, receiver, status, group_key, alert_count, truncated_alerts, payload)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(&delivery_id)
-    .bind(&now_s)
-    .bind(&d.receiver)
-    .bind(d.status.as_str())
-    .bind(&d.group_key)
-    .bind(d.alerts.len() as i64)
-    .bind(d.truncated_alerts as i64)
-    .bind(&d.raw)
-    .execute(tx.conn())
-    .await?;
+/// The webhook's deliveries, stored together: the writer gathers the deliveries that wait
+/// at once and [`record_deliveries_in`] stores them with a few multi-row statements.
+pub struct Deliveries;
 
-    let mut out = NewIncidents {
-        delivery_id: delivery_id.clone(),
-        ..NewIncidents::default()
-    };
-    for alert in &d.alerts {
-        let id = new_id();
-        let alert_json =
-            serde_json::to_string(alert).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let starts_at = timestamp(alert.starts_at);
-        let resolved_at = (alert.status == AlertStatus::Resolved)
-            .then(|| timestamp(alert.ends_at.unwrap_or(now)));
+impl Coalesced for Deliveries {
+    type Item = (Delivery, DateTime<Utc>);
+    type Stored = NewIncidents;
+
+    fn store<'c>(
+        tx: &'c mut WriteTx,
+        items: &'c [Self::Item],
+    ) -> BoxFuture<'c, Result<Vec<NewIncidents>, StoreError>> {
+        Box::pin(record_deliveries_in(tx, items))
+    }
+}
+
+/// Rows in one multi-row INSERT at most: well under either backend's limit of bound values.
+const ROWS_PER_INSERT: usize = 64;
+
+/// Bytes of bound values in one multi-row INSERT at most (unless one row holds more).
+/// sqlx's PostgreSQL connections do not set TCP_NODELAY: a statement larger than the
+/// socket's first send (measured on loopback: 7 KB went at once, 25 KB did not) waits
+/// for the server's delayed ACK, 40 ms, on its last part.
+const BYTES_PER_INSERT: usize = 16 * 1024;
+
+/// Splits `0..sizes.len()` into runs of at most [`ROWS_PER_INSERT`] rows and
+/// [`BYTES_PER_INSERT`] bytes (a row larger than that is a run of its own).
+fn insert_runs(sizes: impl IntoIterator<Item = usize>) -> Vec<std::ops::Range<usize>> {
+    let mut runs = Vec::new();
+    let (mut start, mut bytes, mut end) = (0, 0, 0);
+    for size in sizes {
+        if end > start && (end - start == ROWS_PER_INSERT || bytes + size > BYTES_PER_INSERT) {
+            runs.push(start..end);
+            (start, bytes) = (end, 0);
+        }
+        bytes += size;
+        end += 1;
+    }
+    if end > start {
+        runs.push(start..end);
+    }
+    runs
+}
+
+/// One alert of a delivery in the batch, in arrival order.
+struct Sighting<'a> {
+    delivery: usize,
+    alert: &'a Alert,
+    starts_at: String,
+    /// The incident's id if this sighting creates it.
+    id: String,
+    /// The alert as its incident stores it.
+    json: String,
+}
+
+/// Stores deliveries (each with the time it was received) as if one after the other: the
+/// raw payloads, then each alert folded into its incident. A firing seen for the first
+/// time becomes an incident to decide; a later sighting, in this batch or a later one, is
+/// a repeat (and a resolved one settles its incident).
+async fn record_deliveries_in(
+    tx: &mut WriteTx,
+    items: &[(Delivery, DateTime<Utc>)],
+) -> Result<Vec<NewIncidents>, StoreError> {
+    let mut out: Vec<NewIncidents> = items
+        .iter()
+        .map(|_| NewIncidents {
+            delivery_id: new_id(),
+            ..NewIncidents::default()
+        })
+        .collect();
+    let received: Vec<String> = items.iter().map(|(_, now)| timestamp(*now)).collect();
+    let indexes: Vec<usize> = (0..items.len()).collect();
+    let runs = insert_runs(
+        items
+            .iter()
+            .map(|(d, _)| d.raw.len() + d.group_key.len() + 128),
+    );
+    for chunk in runs.into_iter().map(|run| &indexes[run]) {
+        let sql = format!(
+            "INSERT INTO deliveries (id, received_at, receiver, status, group_key, alert_count, truncated_alerts, payload)
+             VALUES {}",
+            placeholders(chunk.len(), 8, |p| p.to_vec())
+        );
+        let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for &i in chunk {
+            let d = &items[i].0;
+            insert = insert
+                .bind(&out[i].delivery_id)
+                .bind(&received[i])
+                .bind(&d.receiver)
+                .bind(d.status.as_str())
+                .bind(&d.group_key)
+                .bind(d.alerts.len() as i64)
+                .bind(d.truncated_alerts as i64)
+                .bind(&d.raw);
+        }
+        insert.execute(tx.conn()).await?;
+    }
+
+    let sightings = items
+        .iter()
+        .enumerate()
+        .flat_map(|(delivery, (d, _))| {
+            d.alerts.iter().map(move |alert| {
+                Ok(Sighting {
+                    delivery,
+                    alert,
+                    starts_at: timestamp(alert.starts_at),
+                    id: new_id(),
+                    json: serde_json::to_string(alert)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                })
+            })
+        })
+        .collect::<Result<Vec<Sighting>, StoreError>>()?;
+    // The first sighting of each firing in the batch may create its incident.
+    let mut first = std::collections::HashMap::new();
+    for (k, s) in sightings.iter().enumerate() {
+        first
+            .entry((s.alert.fingerprint.as_str(), s.starts_at.as_str()))
+            .or_insert(k);
+    }
+    let mut creating: Vec<usize> = first.into_values().collect();
+    creating.sort_unstable();
+    let mut created = std::collections::HashSet::new();
+    let sizes = creating.iter().map(|&k| sightings[k].json.len() + 256);
+    for run in insert_runs(sizes) {
+        created.extend(insert_incidents(tx, items, &out, &sightings, &creating[run]).await?);
+    }
+
+    for s in &sightings {
+        let stored = &mut out[s.delivery];
+        if created.contains(&s.id) {
+            if s.alert.status == AlertStatus::Firing {
+                stored.to_decide.push(s.id.clone());
+            }
+            continue;
+        }
+        stored.repeated += 1;
+        if fold_repeat(tx, s, &received[s.delivery], items[s.delivery].1).await? {
+            stored.resolved += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// `rows` parenthesised groups of `$N` placeholders, `per_row` numbers each; `row` maps a
+/// row's numbers to the placeholders it writes (it may repeat one or add literals).
+fn placeholders(rows: usize, per_row: usize, row: impl Fn(&[String]) -> Vec<String>) -> String {
+    (0..rows)
+        .map(|r| {
+            let numbers: Vec<String> = (1..=per_row)
+                .map(|k| format!("${}", r * per_row + k))
+                .collect();
+            format!("({})", row(&numbers).join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Creates the incidents of `creating` (indexes into `sightings`) that do not exist yet;
+/// the ids of those it created.
+async fn insert_incidents(
+    tx: &mut WriteTx,
+    items: &[(Delivery, DateTime<Utc>)],
+    out: &[NewIncidents],
+    sightings: &[Sighting<'_>],
+    creating: &[usize],
+) -> Result<Vec<String>, StoreError> {
+    let sql = format!(
+        "INSERT INTO incidents (id, fingerprint, starts_at, alertname, status, alert, first_seen_at,
+             last_seen_at, resolved_at, delivery_count, first_delivery_id, decision, decision_reason)
+         VALUES {}
+         ON CONFLICT (fingerprint, starts_at) DO NOTHING
+         RETURNING id",
+        placeholders(creating.len(), 11, |p| {
+            let mut row = p[..7].to_vec();
+            row.push(p[6].clone()); // last_seen_at = first_seen_at
+            row.push(p[7].clone());
+            row.push("1".into());
+            row.extend_from_slice(&p[8..]);
+            row
+        })
+    );
+    let mut rows = Vec::with_capacity(creating.len());
+    for &k in creating {
+        let s = &sightings[k];
+        let now = items[s.delivery].1;
+        let resolved_at = (s.alert.status == AlertStatus::Resolved)
+            .then(|| timestamp(s.alert.ends_at.unwrap_or(now)));
         // First seen already resolved (salve was down while it fired): nothing to decide.
-        let (first_decision, first_reason) = match alert.status {
+        let (decision, reason) = match s.alert.status {
             AlertStatus::Firing => ("undecided", ""),
             AlertStatus::Resolved => (
                 Decision::ResolvedBeforeDecision.as_str(),
                 RESOLVED_BEFORE_DECISION,
             ),
         };
-        let inserted = sqlx::query(
-            "INSERT INTO incidents (id, fingerprint, starts_at, alertname, status, alert, first_seen_at,
-                 last_seen_at, resolved_at, delivery_count, first_delivery_id, decision, decision_reason)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, 1, $9, $10, $11)
-             ON CONFLICT (fingerprint, starts_at) DO NOTHING",
-        )
-        .bind(&id)
-        .bind(alert.fingerprint.as_str())
-        .bind(&starts_at)
-        .bind(alert.alertname())
-        .bind(alert.status.as_str())
-        .bind(&alert_json)
-        .bind(&now_s)
-        .bind(resolved_at.clone())
-        .bind(&delivery_id)
-        .bind(first_decision)
-        .bind(first_reason)
-        .execute(tx.conn())
-        .await?
-        .rows_affected()
-            == 1;
-        if inserted {
-            if alert.status == AlertStatus::Firing {
-                out.to_decide.push(id);
-            }
-            continue;
-        }
-        out.repeated += 1;
-        // A firing re-send never re-opens a resolved incident: Alertmanager gives a
-        // re-fire a new startsAt, so a late firing copy is stale news.
-        // An incident that resolves while still undecided is settled here and now: the
-        // engine decides only firing incidents, so it would otherwise stay undecided.
-        let resolved = sqlx::query(
-            "UPDATE incidents SET last_seen_at = $1, delivery_count = delivery_count + 1,
-                 status = CASE WHEN $2 = 'resolved' THEN 'resolved' ELSE status END,
-                 decision = CASE WHEN $2 = 'resolved' AND decision = 'undecided'
-                                 THEN 'resolved_before_decision' ELSE decision END,
-                 decision_reason = CASE WHEN $2 = 'resolved' AND decision = 'undecided'
-                                 THEN $6 ELSE decision_reason END,
-                 resolved_at = CASE WHEN $2 = 'resolved' AND resolved_at IS NULL THEN $3 ELSE resolved_at END
-             WHERE fingerprint = $4 AND starts_at = $5 AND status = 'firing'",
-        )
-        .bind(&now_s)
-        .bind(alert.status.as_str())
-        .bind(resolved_at)
-        .bind(alert.fingerprint.as_str())
-        .bind(&starts_at)
-        .bind(RESOLVED_BEFORE_DECISION)
-        .execute(tx.conn())
-        .await?
-        .rows_affected();
-        if resolved == 0 {
-            sqlx::query(
-                "UPDATE incidents SET last_seen_at = $1, delivery_count = delivery_count + 1
-                 WHERE fingerprint = $2 AND starts_at = $3",
-            )
-            .bind(&now_s)
-            .bind(alert.fingerprint.as_str())
-            .bind(&starts_at)
-            .execute(tx.conn())
-            .await?;
-        } else if alert.status == AlertStatus::Resolved {
-            out.resolved += 1;
-        }
+        rows.push((s, timestamp(now), resolved_at, decision, reason));
     }
-    Ok(out)
+    let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for (s, now_s, resolved_at, decision, reason) in &rows {
+        insert = insert
+            .bind(&s.id)
+            .bind(s.alert.fingerprint.as_str())
+            .bind(&s.starts_at)
+            .bind(s.alert.alertname())
+            .bind(s.alert.status.as_str())
+            .bind(&s.json)
+            .bind(now_s)
+            .bind(resolved_at.clone())
+            .bind(&out[s.delivery].delivery_id)
+            .bind(*decision)
+            .bind(*reason);
+    }
+    let created = insert.fetch_all(tx.conn()).await?;
+    created.iter().map(|r| Ok(r.try_get("id")?)).collect()
+}
+
+/// Folds a re-sent alert into its incident; whether this settled the incident resolved.
+/// A firing re-send never re-opens a resolved incident: Alertmanager gives a re-fire a new
+/// startsAt, so a late firing copy is stale news. An incident that resolves while still
+/// undecided is settled here and now: the engine decides only firing incidents, so it
+/// would otherwise stay undecided.
+async fn fold_repeat(
+    tx: &mut WriteTx,
+    s: &Sighting<'_>,
+    now_s: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let alert = s.alert;
+    let resolved_at =
+        (alert.status == AlertStatus::Resolved).then(|| timestamp(alert.ends_at.unwrap_or(now)));
+    let was_firing = sqlx::query(
+        "UPDATE incidents SET last_seen_at = $1, delivery_count = delivery_count + 1,
+             status = CASE WHEN $2 = 'resolved' THEN 'resolved' ELSE status END,
+             decision = CASE WHEN $2 = 'resolved' AND decision = 'undecided'
+                             THEN 'resolved_before_decision' ELSE decision END,
+             decision_reason = CASE WHEN $2 = 'resolved' AND decision = 'undecided'
+                             THEN $6 ELSE decision_reason END,
+             resolved_at = CASE WHEN $2 = 'resolved' AND resolved_at IS NULL THEN $3 ELSE resolved_at END
+         WHERE fingerprint = $4 AND starts_at = $5 AND status = 'firing'",
+    )
+    .bind(now_s)
+    .bind(alert.status.as_str())
+    .bind(resolved_at)
+    .bind(alert.fingerprint.as_str())
+    .bind(&s.starts_at)
+    .bind(RESOLVED_BEFORE_DECISION)
+    .execute(tx.conn())
+    .await?
+    .rows_affected()
+        > 0;
+    if !was_firing {
+        sqlx::query(
+            "UPDATE incidents SET last_seen_at = $1, delivery_count = delivery_count + 1
+             WHERE fingerprint = $2 AND starts_at = $3",
+        )
+        .bind(now_s)
+        .bind(alert.fingerprint.as_str())
+        .bind(&s.starts_at)
+        .execute(tx.conn())
+        .await?;
+    }
+    Ok(was_firing && alert.status == AlertStatus::Resolved)
 }

@@ -106,7 +106,7 @@ pub struct Store {
     /// The writer's pool: one connection on SQLite; migrations run on it too.
     writer: AnyPool,
     /// Group commit: every write of this replica goes through it.
-    pub(crate) writes: writer::Writer,
+    pub(crate) writes: writer::Writer<incidents::Deliveries>,
     reader: AnyPool,
     wait: Duration,
 }
@@ -137,7 +137,7 @@ impl Store {
             // PostgreSQL connections are kept open ahead of need: opening one (connect,
             // authenticate) on a webhook's path cost it up to 100 ms when the engine's
             // work had taken every open connection.
-            let pool = pool_options(Backend::Postgres, wait, 10, 4)
+            let pool = pool_options(Backend::Postgres, wait, 10, 10)
                 .connect_with(AnyConnectOptions::from_str(&url)?)
                 .await?;
             return Ok(Store {

@@ -94,21 +94,72 @@ struct Job {
     orphaned: Option<Orphaned>,
 }
 
+/// Writes of one kind that arrive in floods (the webhook's deliveries), stored together:
+/// a batch of them is a few multi-row statements, not a savepoint and a round trip or two
+/// per item.
+pub trait Coalesced: Send + Sync + 'static {
+    /// What one caller asks to store.
+    type Item: Send + Sync + 'static;
+    /// What the caller learns once it is stored.
+    type Stored: Send + 'static;
+
+    /// Stores `items` in this order, as if one after the other: one result per item. An
+    /// error fails them all; the writer then stores each alone, so one bad item cannot
+    /// refuse the others.
+    fn store<'c>(
+        tx: &'c mut WriteTx,
+        items: &'c [Self::Item],
+    ) -> BoxFuture<'c, Result<Vec<Self::Stored>, StoreError>>;
+}
+
+struct Flood<C: Coalesced> {
+    item: C::Item,
+    answer: oneshot::Sender<Result<C::Stored, StoreError>>,
+    orphaned: Option<Box<dyn FnOnce(C::Stored) + Send>>,
+}
+
 /// Hands writes to the writer task; cheap to clone. The task ends with the last handle.
-#[derive(Clone, Debug)]
-pub struct Writer {
+pub struct Writer<C: Coalesced> {
     jobs: mpsc::Sender<Job>,
+    floods: mpsc::Sender<Flood<C>>,
     /// Transactions committed so far (each one a batch of writes).
     batches: Arc<AtomicU64>,
 }
 
-impl Writer {
+impl<C: Coalesced> Clone for Writer<C> {
+    fn clone(&self) -> Self {
+        Writer {
+            jobs: self.jobs.clone(),
+            floods: self.floods.clone(),
+            batches: self.batches.clone(),
+        }
+    }
+}
+
+impl<C: Coalesced> std::fmt::Debug for Writer<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("batches", &self.batches())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: Coalesced> Writer<C> {
     /// Starts the writer task on `pool` (it uses one connection of it at a time).
-    pub fn start(pool: AnyPool, postgres: bool) -> Writer {
-        let (jobs, queue) = mpsc::channel(4 * MAX_BATCH);
+    pub fn start(pool: AnyPool, postgres: bool) -> Writer<C> {
+        let (jobs, job_queue) = mpsc::channel(4 * MAX_BATCH);
+        let (floods, flood_queue) = mpsc::channel(4 * MAX_BATCH);
         let batches = Arc::new(AtomicU64::new(0));
-        tokio::spawn(write_batches(pool, postgres, queue, batches.clone()));
-        Writer { jobs, batches }
+        let queues = Queues {
+            jobs: job_queue,
+            floods: flood_queue,
+        };
+        tokio::spawn(write_batches(pool, postgres, queues, batches.clone()));
+        Writer {
+            jobs,
+            floods,
+            batches,
+        }
     }
 
     /// How many batches were committed so far.
@@ -153,6 +204,26 @@ impl Writer {
             .map(|t| *t)
             .map_err(|_| StoreError::Corrupt("a write answered with the wrong type".into()))
     }
+
+    /// Stores `item` with the others of its kind waiting now (see [`Coalesced`]); returns
+    /// once they are committed. Like [`Writer::write`]: not stored if the caller stopped
+    /// waiting before its batch began, and handed to `orphaned` if it stopped later.
+    pub async fn store(
+        &self,
+        item: C::Item,
+        orphaned: Option<Box<dyn FnOnce(C::Stored) + Send>>,
+    ) -> Result<C::Stored, StoreError> {
+        let (answer, answered) = oneshot::channel();
+        let flood = Flood {
+            item,
+            answer,
+            orphaned,
+        };
+        if self.floods.send(flood).await.is_err() {
+            return Err(stopped());
+        }
+        answered.await.unwrap_or_else(|_| Err(stopped()))
+    }
 }
 
 /// The writer is gone (salve is stopping): a retryable answer.
@@ -160,48 +231,153 @@ fn stopped() -> StoreError {
     StoreError::Unavailable(sqlx::Error::PoolClosed)
 }
 
-async fn write_batches(
+/// The writer task's two queues: coalesced items (webhook deliveries) and other writes.
+struct Queues<C: Coalesced> {
+    jobs: mpsc::Receiver<Job>,
+    floods: mpsc::Receiver<Flood<C>>,
+}
+
+/// Other writes committed in one transaction at most, between two batches of coalesced
+/// items: a webhook's answer waits for at most this much of the engine's work.
+const MAX_JOBS: usize = 32;
+
+async fn write_batches<C: Coalesced>(
     pool: AnyPool,
     postgres: bool,
-    mut queue: mpsc::Receiver<Job>,
+    mut queues: Queues<C>,
     batches: Arc<AtomicU64>,
 ) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    let mut floods = Vec::with_capacity(MAX_BATCH);
+    let mut jobs = Vec::with_capacity(MAX_JOBS);
+    loop {
+        // Wait for the first write, then take what else waits without waiting for more.
+        tokio::select! {
+            biased;
+            n = queues.floods.recv_many(&mut floods, MAX_BATCH) => if n == 0 { break },
+            n = queues.jobs.recv_many(&mut jobs, MAX_JOBS) => if n == 0 { break },
+        }
+        while floods.len() < MAX_BATCH {
+            match queues.floods.try_recv() {
+                Ok(f) => floods.push(f),
+                Err(_) => break,
+            }
+        }
+        while jobs.len() < MAX_JOBS {
+            match queues.jobs.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
         // A caller that stopped waiting before its batch began (a webhook answered 503, a
         // task cancelled at shutdown) is not written: it will be sent, or decided, again.
-        batch.retain(|job| !job.answer.is_closed());
-        if batch.is_empty() {
-            continue;
+        floods.retain(|f| !f.answer.is_closed());
+        jobs.retain(|job| !job.answer.is_closed());
+        // The deliveries first, in a transaction of their own: a webhook's answer waits
+        // for its batch's commit, not for the engine's records behind it.
+        if !floods.is_empty() {
+            store_floods(&pool, postgres, &mut floods, &batches).await;
         }
-        let answers = match pool.acquire().await {
-            Ok(conn) => commit_batch(conn, postgres, &mut batch).await,
-            Err(e) => Err(StoreError::from(e)),
-        };
-        match answers {
-            Ok(results) => {
-                batches.fetch_add(1, Ordering::Relaxed);
-                for (job, result) in batch.drain(..).zip(results) {
-                    if let Err(Ok(out)) = job.answer.send(result) {
-                        if let Some(then) = job.orphaned {
-                            then(out);
-                        }
+        if !jobs.is_empty() {
+            let answers = match pool.acquire().await {
+                Ok(conn) => commit_batch(conn, postgres, &mut jobs).await,
+                Err(e) => Err(StoreError::from(e)),
+            };
+            answer_jobs(&mut jobs, answers, &batches);
+        }
+    }
+}
+
+/// Stores a batch of coalesced items in one transaction and answers each. If that fails
+/// for a reason that is not transient, each is stored alone, so that one bad item is
+/// refused alone.
+async fn store_floods<C: Coalesced>(
+    pool: &AnyPool,
+    postgres: bool,
+    floods: &mut Vec<Flood<C>>,
+    batches: &AtomicU64,
+) {
+    let (items, callers): (Vec<C::Item>, Vec<_>) = floods
+        .drain(..)
+        .map(|f| (f.item, (f.answer, f.orphaned)))
+        .unzip();
+    let answers = match store_together::<C>(pool, postgres, &items).await {
+        Ok(stored) => {
+            batches.fetch_add(1, Ordering::Relaxed);
+            stored.into_iter().map(Ok).collect()
+        }
+        Err(e) if e.is_transient() || items.len() == 1 => {
+            items.iter().map(|_| Err(batch_failed(&e))).collect()
+        }
+        Err(_) => {
+            let mut answers = Vec::with_capacity(items.len());
+            for item in &items {
+                let alone = store_together::<C>(pool, postgres, std::slice::from_ref(item)).await;
+                if alone.is_ok() {
+                    batches.fetch_add(1, Ordering::Relaxed);
+                }
+                answers.push(alone.and_then(|mut stored| {
+                    stored
+                        .pop()
+                        .ok_or_else(|| StoreError::Corrupt("a stored item had no result".into()))
+                }));
+            }
+            answers
+        }
+    };
+    for ((answer, orphaned), result) in callers.into_iter().zip(answers) {
+        if let Err(Ok(stored)) = answer.send(result) {
+            if let Some(then) = orphaned {
+                then(stored);
+            }
+        }
+    }
+}
+
+/// One transaction storing `items`, committed; one result per item.
+async fn store_together<C: Coalesced>(
+    pool: &AnyPool,
+    postgres: bool,
+    items: &[C::Item],
+) -> Result<Vec<C::Stored>, StoreError> {
+    let mut tx = begin(pool.acquire().await?, postgres).await?;
+    match C::store(&mut tx, items).await {
+        Ok(stored) if stored.len() == items.len() => end(tx, Ending::Commit).await.map(|()| stored),
+        Ok(_) => {
+            let wrong = "a batch answered for the wrong number of items";
+            Err(abort(tx, StoreError::Corrupt(wrong.into())).await)
+        }
+        Err(e) => Err(abort(tx, e).await),
+    }
+}
+
+/// Answers each write of a batch with its result, or all with the batch's failure.
+fn answer_jobs(jobs: &mut Vec<Job>, answers: Result<Results, StoreError>, batches: &AtomicU64) {
+    match answers {
+        Ok(results) => {
+            batches.fetch_add(1, Ordering::Relaxed);
+            for (job, result) in jobs.drain(..).zip(results) {
+                if let Err(Ok(out)) = job.answer.send(result) {
+                    if let Some(then) = job.orphaned {
+                        then(out);
                     }
                 }
             }
-            Err(e) => {
-                let transient = e.is_transient();
-                for job in batch.drain(..) {
-                    let cause =
-                        sqlx::Error::Protocol(format!("the batch holding this write failed: {e}"));
-                    let _ = job.answer.send(Err(if transient {
-                        StoreError::Unavailable(cause)
-                    } else {
-                        StoreError::Query(cause)
-                    }));
-                }
+        }
+        Err(e) => {
+            for job in jobs.drain(..) {
+                let _ = job.answer.send(Err(batch_failed(&e)));
             }
         }
+    }
+}
+
+/// What each write of a failed batch is told: retryable if the failure was.
+fn batch_failed(e: &StoreError) -> StoreError {
+    let cause = sqlx::Error::Protocol(format!("the batch holding this write failed: {e}"));
+    if e.is_transient() {
+        StoreError::Unavailable(cause)
+    } else {
+        StoreError::Query(cause)
     }
 }
 
@@ -211,7 +387,16 @@ async fn commit_batch(
     conn: PoolConnection<AnyDb>,
     postgres: bool,
     batch: &mut [Job],
-) -> Result<Vec<Result<Box<dyn Any + Send>, StoreError>>, StoreError> {
+) -> Result<Results, StoreError> {
+    let mut tx = begin(conn, postgres).await?;
+    match run_jobs(&mut tx, batch).await {
+        Ok((results, ending)) => end(tx, ending).await.map(|()| results),
+        Err(e) => Err(abort(tx, e).await),
+    }
+}
+
+/// Opens a batch's transaction.
+async fn begin(conn: PoolConnection<AnyDb>, postgres: bool) -> Result<WriteTx, StoreError> {
     let mut tx = WriteTx {
         conn,
         postgres,
@@ -225,19 +410,33 @@ async fn commit_batch(
         .await?;
     if postgres {
         // Every batch locks the chain's head first: one lock, one order, no deadlock.
-        tx.chain_head().await?;
+        if let Err(e) = tx.chain_head().await {
+            return Err(abort(tx, e).await);
+        }
     }
-    let outcome = match run_jobs(&mut tx, batch).await {
-        Ok((results, Ending::Commit)) => finish(&mut tx).await.map(|()| results),
+    Ok(tx)
+}
+
+/// Ends a batch's transaction as its writes asked.
+async fn end(mut tx: WriteTx, ending: Ending) -> Result<(), StoreError> {
+    let ended = match ending {
+        Ending::Commit => finish(&mut tx).await,
         // A lone write that failed or asked to be discarded: its transaction was its own.
-        Ok((results, Ending::RollBack)) => tx.run("ROLLBACK").await.map(|()| results),
-        Err(e) => Err(e),
+        Ending::RollBack => tx.run("ROLLBACK").await,
     };
-    if outcome.is_err() && tx.run("ROLLBACK").await.is_err() {
-        // The connection's state is unknown: it must not go back to the pool.
+    match ended {
+        Ok(()) => Ok(()),
+        Err(e) => Err(abort(tx, e).await),
+    }
+}
+
+/// Rolls a failed batch back and returns why it failed. A connection whose rollback
+/// failed is closed: its state is unknown, so it must not go back to the pool.
+async fn abort(mut tx: WriteTx, why: StoreError) -> StoreError {
+    if tx.run("ROLLBACK").await.is_err() {
         let _ = tx.conn.close().await;
     }
-    outcome
+    why
 }
 
 /// How a batch's transaction ends once its writes ran.
@@ -354,7 +553,7 @@ mod tests {
         let (d1, d2) = (d.clone(), d.clone());
         let first = tokio::spawn(async move { a.record_delivery(&d1, Utc::now()).await });
         let second = tokio::spawn(async move { b.record_delivery(&d2, Utc::now()).await });
-        while store.writes.jobs.capacity() > store.writes.jobs.max_capacity() - 2 {
+        while store.writes.floods.capacity() > store.writes.floods.max_capacity() - 2 {
             tokio::task::yield_now().await;
         }
         release.send(()).unwrap();
@@ -456,5 +655,190 @@ mod tests {
         assert_eq!(details[1..], [json!({"n": 1}), json!({"n": 2})]);
         let report = store.verify_chain().await.unwrap();
         assert_eq!((report.events, report.first_break), (3, None));
+    }
+
+    /// A copy of the fixture's alert with `fingerprint`, firing or resolved.
+    fn delivery(fingerprint: &str, resolved: bool) -> crate::alert::Delivery {
+        let mut v: serde_json::Value = serde_json::from_str(FIRING).unwrap();
+        let alert = &mut v["alerts"][0];
+        alert["fingerprint"] = json!(fingerprint);
+        if resolved {
+            alert["status"] = json!("resolved");
+            alert["endsAt"] = json!("2026-11-24T15:47:49Z");
+            v["status"] = json!("resolved");
+        }
+        crate::alert::Delivery::parse(v.to_string().as_bytes()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn deliveries_stored_together_fold_as_if_one_after_the_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let (release, held) = hold(&store).await;
+        let before = store.writes.batches();
+        // Alert a fires, resolves, and a stale firing copy follows; alert b's resolved copy
+        // comes first, then a late firing copy; c is a plain repeat of a firing.
+        let sent = [
+            ("a", false),
+            ("b", true),
+            ("c", false),
+            ("a", true),
+            ("b", false),
+            ("a", false),
+            ("c", false),
+        ];
+        let mut stored = Vec::new();
+        for (k, (fingerprint, resolved)) in sent.iter().enumerate() {
+            let (sender, d) = (store.clone(), delivery(fingerprint, *resolved));
+            stored.push(tokio::spawn(async move {
+                sender.record_delivery(&d, Utc::now()).await
+            }));
+            // Queued in this order.
+            while store.writes.floods.capacity() > store.writes.floods.max_capacity() - k - 1 {
+                tokio::task::yield_now().await;
+            }
+        }
+        release.send(()).unwrap();
+        held.await;
+        let mut seen = Vec::new();
+        for s in stored {
+            let s = s.await.unwrap().unwrap();
+            seen.push((s.to_decide.len(), s.repeated, s.resolved));
+        }
+        assert_eq!(
+            store.writes.batches() - before,
+            2,
+            "one batch for all seven"
+        );
+        assert_eq!(
+            seen,
+            [
+                (1, 0, 0), // a: new firing, to decide
+                (0, 0, 0), // b: first seen resolved, nothing to decide
+                (1, 0, 0), // c: new firing
+                (0, 1, 1), // a resolves
+                (0, 1, 0), // b's late firing copy does not re-open it
+                (0, 1, 0), // nor does a's
+                (0, 1, 0), // c repeated
+            ]
+        );
+        let incidents = store.list_incidents(10, None, None, None).await.unwrap();
+        let mut states: Vec<_> = incidents
+            .iter()
+            .map(|i| {
+                (
+                    i.fingerprint.clone(),
+                    i.status.clone(),
+                    i.decision.clone(),
+                    i.deliveries,
+                )
+            })
+            .collect();
+        states.sort();
+        assert_eq!(
+            states,
+            [
+                (
+                    "a".into(),
+                    "resolved".into(),
+                    "resolved_before_decision".into(),
+                    3
+                ),
+                (
+                    "b".into(),
+                    "resolved".into(),
+                    "resolved_before_decision".into(),
+                    2
+                ),
+                ("c".into(), "firing".into(), "undecided".into(), 2),
+            ]
+        );
+        assert_eq!(store.delivery_count().await.unwrap(), 7);
+    }
+
+    /// Numbers stored together; a negative one fails its whole batch.
+    struct Numbers;
+
+    impl super::Coalesced for Numbers {
+        type Item = i64;
+        type Stored = i64;
+
+        fn store<'c>(
+            tx: &'c mut super::WriteTx,
+            items: &'c [i64],
+        ) -> futures::future::BoxFuture<'c, Result<Vec<i64>, StoreError>> {
+            Box::pin(async move {
+                for n in items {
+                    sqlx::query("INSERT INTO numbers (n) VALUES ($1)")
+                        .bind(*n)
+                        .execute(tx.conn())
+                        .await?;
+                }
+                if items.iter().any(|n| *n < 0) {
+                    return Err(StoreError::Corrupt("a negative number".into()));
+                }
+                Ok(items.to_vec())
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bad_item_fails_alone_and_the_others_of_its_batch_are_stored() {
+        sqlx::any::install_default_drivers();
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("n.db").display());
+        let pool = sqlx::any::AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(&url)
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE numbers (n BIGINT)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let writer = super::Writer::<Numbers>::start(pool.clone(), false);
+        // Hold the writer so that the three numbers queue up for one batch.
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let (started, running) = tokio::sync::oneshot::channel::<()>();
+        let held = {
+            let writer = writer.clone();
+            tokio::spawn(async move {
+                writer
+                    .write(
+                        move |_tx| {
+                            Box::pin(async move {
+                                let _ = started.send(());
+                                let _ = released.await;
+                                Ok(())
+                            })
+                        },
+                        None,
+                    )
+                    .await
+            })
+        };
+        running.await.unwrap();
+        let mut answers = Vec::new();
+        for (k, n) in [1i64, -1, 2].into_iter().enumerate() {
+            let sender = writer.clone();
+            answers.push(tokio::spawn(async move { sender.store(n, None).await }));
+            while writer.floods.capacity() > writer.floods.max_capacity() - k - 1 {
+                tokio::task::yield_now().await;
+            }
+        }
+        release.send(()).unwrap();
+        held.await.unwrap().unwrap();
+        let mut got = Vec::new();
+        for a in answers {
+            got.push(a.await.unwrap().map_err(|e| e.to_string()));
+        }
+        assert_eq!(got[0], Ok(1));
+        assert!(got[1].as_ref().unwrap_err().contains("a negative number"));
+        assert_eq!(got[2], Ok(2));
+        let stored: Vec<(i64,)> = sqlx::query_as("SELECT n FROM numbers ORDER BY n")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        assert_eq!(stored, [(1,), (2,)]);
     }
 }
