@@ -404,6 +404,8 @@ async fn create_in(
         .bind(&r.incident_id)
         .execute(tx.conn())
         .await?;
+    // A remediation created just now has no timeline yet.
+    tx.seq_written(&id, 0);
     append(tx, &id, EventKind::RuleMatched, rule_matched, &now_s).await?;
     Ok(Some(id))
 }
@@ -468,38 +470,51 @@ async fn append(
 ) -> Result<(), StoreError> {
     let (last_seq, prev) = tx.chain_head().await?;
     let chain_seq = last_seq + 1;
-    let seq: i64 = sqlx::query("SELECT COALESCE(MAX(seq), 0) + 1 AS next FROM remediation_events WHERE remediation_id = $1")
-        .bind(remediation_id)
-        .fetch_one(tx.conn())
-        .await?
-        .try_get("next")?;
     let detail = detail.to_string();
-    let hash = super::chain::event_hash(
-        &prev,
-        chain_seq,
-        remediation_id,
-        seq,
-        at,
-        kind.as_str(),
-        &detail,
-    );
-    sqlx::query(
-        "INSERT INTO remediation_events (id, remediation_id, seq, at, kind, detail, chain_seq, prev_hash, hash)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(new_id())
-    .bind(remediation_id)
-    .bind(seq)
-    .bind(at)
-    .bind(kind.as_str())
-    .bind(&detail)
-    .bind(chain_seq)
-    .bind(&prev)
-    .bind(&hash)
-    .execute(tx.conn())
-    .await?;
-    tx.chain_moved_to(chain_seq, hash);
-    Ok(())
+    // The number this writer expects next; if another replica took it meanwhile (it
+    // adopted the remediation), the insert finds it taken and the number is read.
+    for first_try in [true, false] {
+        let seq = tx.next_seq(remediation_id).await?;
+        let hash = super::chain::event_hash(
+            &prev,
+            chain_seq,
+            remediation_id,
+            seq,
+            at,
+            kind.as_str(),
+            &detail,
+        );
+        let inserted = sqlx::query(
+            "INSERT INTO remediation_events (id, remediation_id, seq, at, kind, detail, chain_seq, prev_hash, hash)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (remediation_id, seq) DO NOTHING",
+        )
+        .bind(new_id())
+        .bind(remediation_id)
+        .bind(seq)
+        .bind(at)
+        .bind(kind.as_str())
+        .bind(&detail)
+        .bind(chain_seq)
+        .bind(&prev)
+        .bind(&hash)
+        .execute(tx.conn())
+        .await?
+        .rows_affected()
+            == 1;
+        if inserted {
+            tx.seq_written(remediation_id, seq);
+            tx.chain_moved_to(chain_seq, hash);
+            return Ok(());
+        }
+        if !first_try {
+            break;
+        }
+        tx.seq_stale(remediation_id);
+    }
+    Err(StoreError::Corrupt(format!(
+        "remediation {remediation_id}: its next timeline number was taken as it was read"
+    )))
 }
 
 /// A test's way to append inside a write it controls (see `writer`'s tests).

@@ -17,6 +17,7 @@
 //! queue on one lock in one order and cannot deadlock over the rows they touch after it.
 
 use std::any::Any;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -30,6 +31,16 @@ use super::StoreError;
 /// Writes committed in one transaction at most.
 const MAX_BATCH: usize = 256;
 
+/// Other writes committed in one transaction at most while deliveries wait: a webhook's
+/// answer waits for at most this much of the engine's work (a few hundred µs), and the
+/// engine still moves on between two batches of deliveries.
+const MAX_JOBS_BESIDE_DELIVERIES: usize = 8;
+
+/// Other writes committed in one transaction at most when no delivery waits: enough to
+/// spread a commit's cost, few enough (a few ms) that a delivery arriving meanwhile is
+/// answered soon.
+const MAX_JOBS: usize = 32;
+
 /// The open transaction a write runs in, with the batch's view of the audit chain's head.
 pub struct WriteTx {
     conn: PoolConnection<AnyDb>,
@@ -38,6 +49,56 @@ pub struct WriteTx {
     chain: Option<(i64, String)>,
     chain_moved: bool,
     discard: bool,
+    seqs: Seqs,
+}
+
+/// Each remediation's last timeline number, so that an append need not read it first.
+/// What committed batches wrote is kept across batches (`known`, shared with the writer
+/// task); what this batch and this write wrote so far count only once they are kept. A
+/// number another replica moved on since is found stale by the append that collides
+/// with it, which then reads it.
+#[derive(Default)]
+struct Seqs {
+    known: Arc<std::sync::Mutex<HashMap<String, i64>>>,
+    batch: HashMap<String, i64>,
+    write: HashMap<String, i64>,
+}
+
+/// Remediations whose last number `Seqs::known` keeps at most (a miss costs one read).
+const KNOWN_SEQS: usize = 4096;
+
+impl Seqs {
+    fn last(&self, remediation_id: &str) -> Option<i64> {
+        self.write
+            .get(remediation_id)
+            .or_else(|| self.batch.get(remediation_id))
+            .copied()
+            .or_else(|| {
+                let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+                known.get(remediation_id).copied()
+            })
+    }
+
+    /// The write's numbers are kept (it was).
+    fn keep_write(&mut self) {
+        self.batch.extend(self.write.drain());
+    }
+
+    /// The batch committed: its numbers are known.
+    fn keep_batch(&mut self) {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if known.len() + self.batch.len() > KNOWN_SEQS {
+            known.clear();
+        }
+        known.extend(self.batch.drain());
+    }
+
+    fn forget(&mut self, remediation_id: &str) {
+        self.write.remove(remediation_id);
+        self.batch.remove(remediation_id);
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        known.remove(remediation_id);
+    }
 }
 
 impl WriteTx {
@@ -65,6 +126,33 @@ impl WriteTx {
         let head: (i64, String) = (row.try_get("seq")?, row.try_get("hash")?);
         self.chain = Some(head.clone());
         Ok(head)
+    }
+
+    /// The number of a remediation's next timeline event: one after its last, as this
+    /// writer last wrote it, or as read.
+    pub async fn next_seq(&mut self, remediation_id: &str) -> Result<i64, StoreError> {
+        if let Some(last) = self.seqs.last(remediation_id) {
+            return Ok(last + 1);
+        }
+        let last: i64 = sqlx::query(
+            "SELECT COALESCE(MAX(seq), 0) AS last FROM remediation_events WHERE remediation_id = $1",
+        )
+        .bind(remediation_id)
+        .fetch_one(&mut *self.conn)
+        .await?
+        .try_get("last")?;
+        Ok(last + 1)
+    }
+
+    /// Records that `seq` is now the remediation's last timeline number (0: it has none).
+    pub fn seq_written(&mut self, remediation_id: &str, seq: i64) {
+        self.seqs.write.insert(remediation_id.to_owned(), seq);
+    }
+
+    /// The remediation's last number as this writer knew it was taken by someone else:
+    /// the next [`WriteTx::next_seq`] reads it.
+    pub fn seq_stale(&mut self, remediation_id: &str) {
+        self.seqs.forget(remediation_id);
     }
 
     /// Moves the chain's head to the event just appended (written at the batch's end).
@@ -231,15 +319,18 @@ fn stopped() -> StoreError {
     StoreError::Unavailable(sqlx::Error::PoolClosed)
 }
 
+/// Where the writer task writes, and what it keeps between batches.
+struct Db {
+    pool: AnyPool,
+    postgres: bool,
+    seqs: Arc<std::sync::Mutex<HashMap<String, i64>>>,
+}
+
 /// The writer task's two queues: coalesced items (webhook deliveries) and other writes.
 struct Queues<C: Coalesced> {
     jobs: mpsc::Receiver<Job>,
     floods: mpsc::Receiver<Flood<C>>,
 }
-
-/// Other writes committed in one transaction at most, between two batches of coalesced
-/// items: a webhook's answer waits for at most this much of the engine's work.
-const MAX_JOBS: usize = 32;
 
 async fn write_batches<C: Coalesced>(
     pool: AnyPool,
@@ -247,6 +338,11 @@ async fn write_batches<C: Coalesced>(
     mut queues: Queues<C>,
     batches: Arc<AtomicU64>,
 ) {
+    let db = Db {
+        pool,
+        postgres,
+        seqs: Arc::default(),
+    };
     let mut floods = Vec::with_capacity(MAX_BATCH);
     let mut jobs = Vec::with_capacity(MAX_JOBS);
     loop {
@@ -262,7 +358,13 @@ async fn write_batches<C: Coalesced>(
                 Err(_) => break,
             }
         }
-        while jobs.len() < MAX_JOBS {
+        // When deliveries wait, the engine's records take a short turn between them.
+        let max_jobs = if floods.is_empty() {
+            MAX_JOBS
+        } else {
+            MAX_JOBS_BESIDE_DELIVERIES
+        };
+        while jobs.len() < max_jobs {
             match queues.jobs.try_recv() {
                 Ok(j) => jobs.push(j),
                 Err(_) => break,
@@ -275,13 +377,10 @@ async fn write_batches<C: Coalesced>(
         // The deliveries first, in a transaction of their own: a webhook's answer waits
         // for its batch's commit, not for the engine's records behind it.
         if !floods.is_empty() {
-            store_floods(&pool, postgres, &mut floods, &batches).await;
+            store_floods(&db, &mut floods, &batches).await;
         }
         if !jobs.is_empty() {
-            let answers = match pool.acquire().await {
-                Ok(conn) => commit_batch(conn, postgres, &mut jobs).await,
-                Err(e) => Err(StoreError::from(e)),
-            };
+            let answers = commit_batch(&db, &mut jobs).await;
             answer_jobs(&mut jobs, answers, &batches);
         }
     }
@@ -290,17 +389,12 @@ async fn write_batches<C: Coalesced>(
 /// Stores a batch of coalesced items in one transaction and answers each. If that fails
 /// for a reason that is not transient, each is stored alone, so that one bad item is
 /// refused alone.
-async fn store_floods<C: Coalesced>(
-    pool: &AnyPool,
-    postgres: bool,
-    floods: &mut Vec<Flood<C>>,
-    batches: &AtomicU64,
-) {
+async fn store_floods<C: Coalesced>(db: &Db, floods: &mut Vec<Flood<C>>, batches: &AtomicU64) {
     let (items, callers): (Vec<C::Item>, Vec<_>) = floods
         .drain(..)
         .map(|f| (f.item, (f.answer, f.orphaned)))
         .unzip();
-    let answers = match store_together::<C>(pool, postgres, &items).await {
+    let answers = match store_together::<C>(db, &items).await {
         Ok(stored) => {
             batches.fetch_add(1, Ordering::Relaxed);
             stored.into_iter().map(Ok).collect()
@@ -311,7 +405,7 @@ async fn store_floods<C: Coalesced>(
         Err(_) => {
             let mut answers = Vec::with_capacity(items.len());
             for item in &items {
-                let alone = store_together::<C>(pool, postgres, std::slice::from_ref(item)).await;
+                let alone = store_together::<C>(db, std::slice::from_ref(item)).await;
                 if alone.is_ok() {
                     batches.fetch_add(1, Ordering::Relaxed);
                 }
@@ -335,11 +429,10 @@ async fn store_floods<C: Coalesced>(
 
 /// One transaction storing `items`, committed; one result per item.
 async fn store_together<C: Coalesced>(
-    pool: &AnyPool,
-    postgres: bool,
+    db: &Db,
     items: &[C::Item],
 ) -> Result<Vec<C::Stored>, StoreError> {
-    let mut tx = begin(pool.acquire().await?, postgres).await?;
+    let mut tx = begin(db).await?;
     match C::store(&mut tx, items).await {
         Ok(stored) if stored.len() == items.len() => end(tx, Ending::Commit).await.map(|()| stored),
         Ok(_) => {
@@ -383,12 +476,8 @@ fn batch_failed(e: &StoreError) -> StoreError {
 
 /// Runs the batch's writes in one transaction and commits it; each write's own result, or
 /// `Err` when the transaction as a whole failed (nothing of it is stored).
-async fn commit_batch(
-    conn: PoolConnection<AnyDb>,
-    postgres: bool,
-    batch: &mut [Job],
-) -> Result<Results, StoreError> {
-    let mut tx = begin(conn, postgres).await?;
+async fn commit_batch(db: &Db, batch: &mut [Job]) -> Result<Results, StoreError> {
+    let mut tx = begin(db).await?;
     match run_jobs(&mut tx, batch).await {
         Ok((results, ending)) => end(tx, ending).await.map(|()| results),
         Err(e) => Err(abort(tx, e).await),
@@ -396,13 +485,18 @@ async fn commit_batch(
 }
 
 /// Opens a batch's transaction.
-async fn begin(conn: PoolConnection<AnyDb>, postgres: bool) -> Result<WriteTx, StoreError> {
+async fn begin(db: &Db) -> Result<WriteTx, StoreError> {
+    let postgres = db.postgres;
     let mut tx = WriteTx {
-        conn,
+        conn: db.pool.acquire().await?,
         postgres,
         chain: None,
         chain_moved: false,
         discard: false,
+        seqs: Seqs {
+            known: db.seqs.clone(),
+            ..Seqs::default()
+        },
     };
     // SQLite: take the write lock at once (another process, `salve migrate` say, may hold
     // it: busy_timeout waits), rather than fail to upgrade a read later.
@@ -466,7 +560,10 @@ async fn run_jobs(tx: &mut WriteTx, batch: &mut [Job]) -> Result<(Results, Endin
         let result = work(tx).await;
         let keep = result.is_ok() && !tx.discard;
         results.push(result);
-        if !keep {
+        if keep {
+            tx.seqs.keep_write();
+        } else {
+            tx.seqs.write.clear();
             (tx.chain, tx.chain_moved) = chain_before;
             if alone {
                 return Ok((results, Ending::RollBack));
@@ -497,7 +594,9 @@ async fn finish(tx: &mut WriteTx) -> Result<(), StoreError> {
             .execute(&mut *tx.conn)
             .await?;
     }
-    tx.run("COMMIT").await
+    tx.run("COMMIT").await?;
+    tx.seqs.keep_batch();
+    Ok(())
 }
 
 #[cfg(test)]
@@ -513,6 +612,38 @@ mod tests {
     async fn store(dir: &tempfile::TempDir) -> Store {
         Store::open(&format!("sqlite://{}", dir.path().join("s.db").display()))
             .await
+            .unwrap()
+    }
+
+    /// A remediation of a new incident, with its first timeline event.
+    async fn remediation(store: &Store) -> String {
+        let d = crate::alert::Delivery::parse(FIRING.as_bytes()).unwrap();
+        let incident = store
+            .record_delivery(&d, Utc::now())
+            .await
+            .unwrap()
+            .to_decide[0]
+            .clone();
+        let new = crate::store::NewRemediation {
+            incident_id: incident,
+            alertname: "A".into(),
+            rule_name: "r".into(),
+            rule_file: "rules.yaml".into(),
+            action: "scale",
+            target: crate::cluster::TargetRef::new(
+                crate::cluster::WorkloadKind::Deployment,
+                "ns",
+                "web",
+            )
+            .unwrap(),
+            mode: crate::remediation::Mode::Offline,
+            summary: "pending".into(),
+            owner: "me".into(),
+        };
+        store
+            .create_remediation(&new, &json!({}), Utc::now())
+            .await
+            .unwrap()
             .unwrap()
     }
 
@@ -578,34 +709,7 @@ mod tests {
     async fn a_failed_or_discarded_write_is_rolled_back_alone_and_the_chain_holds() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir).await;
-        let d = crate::alert::Delivery::parse(FIRING.as_bytes()).unwrap();
-        let incident = store
-            .record_delivery(&d, Utc::now())
-            .await
-            .unwrap()
-            .to_decide[0]
-            .clone();
-        let new = crate::store::NewRemediation {
-            incident_id: incident,
-            alertname: "A".into(),
-            rule_name: "r".into(),
-            rule_file: "rules.yaml".into(),
-            action: "scale",
-            target: crate::cluster::TargetRef::new(
-                crate::cluster::WorkloadKind::Deployment,
-                "ns",
-                "web",
-            )
-            .unwrap(),
-            mode: crate::remediation::Mode::Offline,
-            summary: "pending".into(),
-            owner: "me".into(),
-        };
-        let id = store
-            .create_remediation(&new, &json!({}), Utc::now())
-            .await
-            .unwrap()
-            .unwrap();
+        let id = remediation(&store).await;
 
         let (release, held) = hold(&store).await;
         let event = |n: i64| {
@@ -653,6 +757,9 @@ mod tests {
         let timeline = store.timeline(&id).await.unwrap();
         let details: Vec<_> = timeline.iter().map(|e| e.detail.clone()).collect();
         assert_eq!(details[1..], [json!({"n": 1}), json!({"n": 2})]);
+        // Numbered without a gap: what the rolled-back writes took is given again.
+        let seqs: Vec<i64> = timeline.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [1, 2, 3]);
         let report = store.verify_chain().await.unwrap();
         assert_eq!((report.events, report.first_break), (3, None));
     }
@@ -840,5 +947,39 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(stored, [(1,), (2,)]);
+    }
+
+    #[tokio::test]
+    async fn an_append_after_another_writer_appended_reads_the_number_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mine, theirs) = (store(&dir).await, store(&dir).await);
+        let id = remediation(&mine).await;
+        let append = |store: &Store, n: i64| {
+            let (store, id) = (store.clone(), id.clone());
+            async move {
+                store
+                    .append_event(&id, EventKind::StepStarted, &json!({ "n": n }), Utc::now())
+                    .await
+                    .unwrap()
+            }
+        };
+        append(&mine, 1).await;
+        // Another replica (its own writer) appends: the number mine knows is taken.
+        append(&theirs, 2).await;
+        append(&mine, 3).await;
+        append(&theirs, 4).await;
+        let timeline = mine.timeline(&id).await.unwrap();
+        let seen: Vec<_> = timeline.iter().map(|e| (e.seq, e.detail.clone())).collect();
+        assert_eq!(
+            seen[1..],
+            [
+                (2, json!({"n": 1})),
+                (3, json!({"n": 2})),
+                (4, json!({"n": 3})),
+                (5, json!({"n": 4}))
+            ]
+        );
+        let report = mine.verify_chain().await.unwrap();
+        assert_eq!((report.events, report.first_break), (5, None));
     }
 }
