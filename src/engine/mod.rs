@@ -122,7 +122,7 @@ impl Default for Limits {
             escalation_refresh: Duration::from_secs(60),
             conflict_retries: 3,
             call_timeout: Duration::from_secs(30),
-            concurrency: 32,
+            concurrency: 64,
             policy: PoolLimits::default(),
             redaction: crate::redact::Redaction::default(),
         }

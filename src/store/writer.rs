@@ -6,15 +6,27 @@
 //! be a transaction of its own. On SQLite they queued for its single write lock in its busy
 //! handler (sleeps of milliseconds) and each paid an `fsync`; on PostgreSQL each paid a
 //! WAL flush and took the audit chain's head row in turn. The writer takes every write
-//! waiting when it is free and runs them in one transaction, each in a savepoint (one that
-//! fails, or asks to be discarded, is rolled back alone), then commits once and only then
-//! answers each caller: a returned write is durable, as before.
+//! waiting when it is free and runs them in one transaction, then commits once and only
+//! then answers each caller: a returned write is durable, as before.
+//!
+//! Two queues feed it. Webhook deliveries ([`Coalesced`]) are stored together: all that
+//! wait go in one transaction of a few multi-row statements, first, so that a webhook's
+//! answer waits for its own batch and not for the engine's records. Every other write (the
+//! engine's) runs in a savepoint of its own (one that fails, or asks to be discarded, is
+//! rolled back alone), in a batch of its own after the deliveries': a short one (a few
+//! writes) while deliveries wait, so the engine keeps moving during a flood of webhooks,
+//! a longer one when none wait.
 //!
 //! The audit chain's head is read once per batch and written once at its end ("chain per
 //! batch"): events still form one unbroken line that `salve audit verify` checks link by
 //! link, and unrelated writes no longer update the same row one after another. On
 //! PostgreSQL the head row is locked first in every batch, so batches of several replicas
 //! queue on one lock in one order and cannot deadlock over the rows they touch after it.
+//! Each remediation's last timeline number is remembered from committed batches, so an
+//! append need not read it first (see [`WriteTx::next_seq`]).
+//!
+//! Every statement is a round trip to the database (on SQLite, to sqlx's worker thread),
+//! and the writer is one line of them: fewer statements per alert is what makes it faster.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -34,7 +46,7 @@ const MAX_BATCH: usize = 256;
 /// Other writes committed in one transaction at most while deliveries wait: a webhook's
 /// answer waits for at most this much of the engine's work (a few hundred µs), and the
 /// engine still moves on between two batches of deliveries.
-const MAX_JOBS_BESIDE_DELIVERIES: usize = 8;
+const MAX_JOBS_BESIDE_DELIVERIES: usize = 4;
 
 /// Other writes committed in one transaction at most when no delivery waits: enough to
 /// spread a commit's cost, few enough (a few ms) that a delivery arriving meanwhile is
