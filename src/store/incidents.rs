@@ -307,10 +307,10 @@ struct Sighting<'a> {
     delivery: usize,
     alert: &'a Alert,
     starts_at: String,
+    /// When it resolved, if it did (its end, or when it was received).
+    resolved_at: Option<String>,
     /// The incident's id if this sighting creates it.
     id: String,
-    /// The alert as its incident stores it.
-    json: String,
 }
 
 /// Stores deliveries (each with the time it was received) as if one after the other: the
@@ -329,20 +329,17 @@ async fn record_deliveries_in(
         })
         .collect();
     let received: Vec<String> = items.iter().map(|(_, now)| timestamp(*now)).collect();
-    let indexes: Vec<usize> = (0..items.len()).collect();
-    let runs = insert_runs(
-        items
-            .iter()
-            .map(|(d, _)| d.raw.len() + d.group_key.len() + 128),
-    );
-    for chunk in runs.into_iter().map(|run| &indexes[run]) {
+    let sizes = items
+        .iter()
+        .map(|(d, _)| d.raw.len() + d.group_key.len() + 128);
+    for run in insert_runs(sizes) {
         let sql = format!(
             "INSERT INTO deliveries (id, received_at, receiver, status, group_key, alert_count, truncated_alerts, payload)
              VALUES {}",
-            placeholders(chunk.len(), 8, |p| p.to_vec())
+            placeholders(run.len(), 8, |p| p.to_vec())
         );
         let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for &i in chunk {
+        for i in run {
             let d = &items[i].0;
             insert = insert
                 .bind(&out[i].delivery_id)
@@ -357,22 +354,20 @@ async fn record_deliveries_in(
         insert.execute(tx.conn()).await?;
     }
 
-    let sightings = items
+    let sightings: Vec<Sighting> = items
         .iter()
         .enumerate()
-        .flat_map(|(delivery, (d, _))| {
-            d.alerts.iter().map(move |alert| {
-                Ok(Sighting {
-                    delivery,
-                    alert,
-                    starts_at: timestamp(alert.starts_at),
-                    id: new_id(),
-                    json: serde_json::to_string(alert)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                })
+        .flat_map(|(delivery, (d, now))| {
+            d.alerts.iter().map(move |alert| Sighting {
+                delivery,
+                alert,
+                starts_at: timestamp(alert.starts_at),
+                resolved_at: (alert.status == AlertStatus::Resolved)
+                    .then(|| timestamp(alert.ends_at.unwrap_or(*now))),
+                id: new_id(),
             })
         })
-        .collect::<Result<Vec<Sighting>, StoreError>>()?;
+        .collect();
     // The first sighting of each firing in the batch may create its incident.
     let mut first = std::collections::HashMap::new();
     for (k, s) in sightings.iter().enumerate() {
@@ -382,10 +377,18 @@ async fn record_deliveries_in(
     }
     let mut creating: Vec<usize> = first.into_values().collect();
     creating.sort_unstable();
+    // Only an incident being created stores its alert; a re-send's is not serialised.
+    let creating = creating
+        .into_iter()
+        .map(|k| {
+            let json = serde_json::to_string(sightings[k].alert)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            Ok((&sightings[k], json))
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
     let mut created = std::collections::HashSet::new();
-    let sizes = creating.iter().map(|&k| sightings[k].json.len() + 256);
-    for run in insert_runs(sizes) {
-        created.extend(insert_incidents(tx, items, &out, &sightings, &creating[run]).await?);
+    for run in insert_runs(creating.iter().map(|(_, json)| json.len() + 256)) {
+        created.extend(insert_incidents(tx, &received, &out, &creating[run]).await?);
     }
 
     for s in &sightings {
@@ -397,7 +400,7 @@ async fn record_deliveries_in(
             continue;
         }
         stored.repeated += 1;
-        if fold_repeat(tx, s, &received[s.delivery], items[s.delivery].1).await? {
+        if fold_repeat(tx, s, &received[s.delivery]).await? {
             stored.resolved += 1;
         }
     }
@@ -418,14 +421,13 @@ fn placeholders(rows: usize, per_row: usize, row: impl Fn(&[String]) -> Vec<Stri
         .join(", ")
 }
 
-/// Creates the incidents of `creating` (indexes into `sightings`) that do not exist yet;
-/// the ids of those it created.
+/// Creates the incidents of `creating` (each sighting with its alert as stored) that do
+/// not exist yet; the ids of those it created.
 async fn insert_incidents(
     tx: &mut WriteTx,
-    items: &[(Delivery, DateTime<Utc>)],
+    received: &[String],
     out: &[NewIncidents],
-    sightings: &[Sighting<'_>],
-    creating: &[usize],
+    creating: &[(&Sighting<'_>, String)],
 ) -> Result<Vec<String>, StoreError> {
     let sql = format!(
         "INSERT INTO incidents (id, fingerprint, starts_at, alertname, status, alert, first_seen_at,
@@ -442,12 +444,8 @@ async fn insert_incidents(
             row
         })
     );
-    let mut rows = Vec::with_capacity(creating.len());
-    for &k in creating {
-        let s = &sightings[k];
-        let now = items[s.delivery].1;
-        let resolved_at = (s.alert.status == AlertStatus::Resolved)
-            .then(|| timestamp(s.alert.ends_at.unwrap_or(now)));
+    let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for (s, json) in creating {
         // First seen already resolved (salve was down while it fired): nothing to decide.
         let (decision, reason) = match s.alert.status {
             AlertStatus::Firing => ("undecided", ""),
@@ -456,22 +454,18 @@ async fn insert_incidents(
                 RESOLVED_BEFORE_DECISION,
             ),
         };
-        rows.push((s, timestamp(now), resolved_at, decision, reason));
-    }
-    let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for (s, now_s, resolved_at, decision, reason) in &rows {
         insert = insert
             .bind(&s.id)
             .bind(s.alert.fingerprint.as_str())
             .bind(&s.starts_at)
             .bind(s.alert.alertname())
             .bind(s.alert.status.as_str())
-            .bind(&s.json)
-            .bind(now_s)
-            .bind(resolved_at.clone())
+            .bind(json)
+            .bind(&received[s.delivery])
+            .bind(&s.resolved_at)
             .bind(&out[s.delivery].delivery_id)
-            .bind(*decision)
-            .bind(*reason);
+            .bind(decision)
+            .bind(reason);
     }
     let created = insert.fetch_all(tx.conn()).await?;
     created.iter().map(|r| Ok(r.try_get("id")?)).collect()
@@ -482,15 +476,8 @@ async fn insert_incidents(
 /// startsAt, so a late firing copy is stale news. An incident that resolves while still
 /// undecided is settled here and now: the engine decides only firing incidents, so it
 /// would otherwise stay undecided.
-async fn fold_repeat(
-    tx: &mut WriteTx,
-    s: &Sighting<'_>,
-    now_s: &str,
-    now: DateTime<Utc>,
-) -> Result<bool, StoreError> {
+async fn fold_repeat(tx: &mut WriteTx, s: &Sighting<'_>, now_s: &str) -> Result<bool, StoreError> {
     let alert = s.alert;
-    let resolved_at =
-        (alert.status == AlertStatus::Resolved).then(|| timestamp(alert.ends_at.unwrap_or(now)));
     let was_firing = sqlx::query(
         "UPDATE incidents SET last_seen_at = $1, delivery_count = delivery_count + 1,
              status = CASE WHEN $2 = 'resolved' THEN 'resolved' ELSE status END,
@@ -503,7 +490,7 @@ async fn fold_repeat(
     )
     .bind(now_s)
     .bind(alert.status.as_str())
-    .bind(resolved_at)
+    .bind(&s.resolved_at)
     .bind(alert.fingerprint.as_str())
     .bind(&s.starts_at)
     .bind(RESOLVED_BEFORE_DECISION)

@@ -296,10 +296,7 @@ impl<C: Coalesced> Writer<C> {
             answer,
             orphaned,
         };
-        if self.jobs.send(job).await.is_err() {
-            return Err(stopped());
-        }
-        let out = answered.await.unwrap_or_else(|_| Err(stopped()))?;
+        let out = ask(&self.jobs, job, answered).await?;
         out.downcast::<T>()
             .map(|t| *t)
             .map_err(|_| StoreError::Corrupt("a write answered with the wrong type".into()))
@@ -319,10 +316,34 @@ impl<C: Coalesced> Writer<C> {
             answer,
             orphaned,
         };
-        if self.floods.send(flood).await.is_err() {
-            return Err(stopped());
+        ask(&self.floods, flood, answered).await
+    }
+}
+
+/// Queues `request` for the writer task and waits for its answer (`stopped` if the task
+/// is gone first).
+async fn ask<R, T>(
+    queue: &mpsc::Sender<R>,
+    request: R,
+    answered: oneshot::Receiver<Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    if queue.send(request).await.is_err() {
+        return Err(stopped());
+    }
+    answered.await.unwrap_or_else(|_| Err(stopped()))
+}
+
+/// Answers a caller with its committed write's result; if the caller stopped waiting,
+/// the result goes to `orphaned` (what must follow the commit still happens).
+fn answer<T>(
+    caller: oneshot::Sender<Result<T, StoreError>>,
+    result: Result<T, StoreError>,
+    orphaned: Option<impl FnOnce(T)>,
+) {
+    if let Err(Ok(out)) = caller.send(result) {
+        if let Some(then) = orphaned {
+            then(out);
         }
-        answered.await.unwrap_or_else(|_| Err(stopped()))
     }
 }
 
@@ -430,12 +451,8 @@ async fn store_floods<C: Coalesced>(db: &Db, floods: &mut Vec<Flood<C>>, batches
             answers
         }
     };
-    for ((answer, orphaned), result) in callers.into_iter().zip(answers) {
-        if let Err(Ok(stored)) = answer.send(result) {
-            if let Some(then) = orphaned {
-                then(stored);
-            }
-        }
+    for ((caller, orphaned), result) in callers.into_iter().zip(answers) {
+        answer(caller, result, orphaned);
     }
 }
 
@@ -461,11 +478,7 @@ fn answer_jobs(jobs: &mut Vec<Job>, answers: Result<Results, StoreError>, batche
         Ok(results) => {
             batches.fetch_add(1, Ordering::Relaxed);
             for (job, result) in jobs.drain(..).zip(results) {
-                if let Err(Ok(out)) = job.answer.send(result) {
-                    if let Some(then) = job.orphaned {
-                        then(out);
-                    }
-                }
+                answer(job.answer, result, job.orphaned);
             }
         }
         Err(e) => {
