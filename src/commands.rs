@@ -565,6 +565,130 @@ pub async fn audit_prune(database: &str, older_than: Duration) -> Output {
     }
 }
 
+/// Where a CLI order was given, for the audit trail: the command and the host.
+fn via(command: &str) -> String {
+    format!("{command} on {}", crate::engine::host_name())
+}
+
+/// The user running the command, when the CLI is not told who.
+fn user() -> Option<String> {
+    ["SUDO_USER", "USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+}
+
+/// `salve pause`: records the pause (every replica honours it from its next write) and
+/// lists what is in force.
+pub async fn pause(args: &crate::config::PauseArgs) -> Output {
+    let order = crate::controls::PauseOrder {
+        namespace: args.namespace.clone(),
+        reason: args.reason.clone(),
+        lasting: args.lasting,
+        by: args.by.clone().or_else(user),
+    };
+    let now = chrono::Utc::now();
+    let new = match crate::controls::pause(&order, &via("salve pause"), now) {
+        Ok(n) => n,
+        Err(e) => return Output::to_stderr(format!("salve pause: {e}\n"), EXIT_LOAD),
+    };
+    let store = match open(&args.database.url).await {
+        Ok(s) => s,
+        Err(out) => return out,
+    };
+    let paused = match store.pause(&new, now).await {
+        Ok(p) => p,
+        Err(e) => return Output::to_stderr(format!("salve pause: {e}\n"), 1),
+    };
+    let mut text = format!("{}.\n", paused.describe());
+    text.push_str("Incidents are still recorded and decided; each change salve would make there is recorded as paused.\n");
+    Output::new(text, 0)
+}
+
+/// `salve resume`: ends the pauses of the asked scope and says which it ended.
+pub async fn resume(args: &crate::config::ResumeArgs) -> Output {
+    let scope = match crate::controls::resume_scope(args.namespace.as_deref(), args.all) {
+        Ok(s) => s,
+        Err(e) => return Output::to_stderr(format!("salve resume: {e}\n"), EXIT_LOAD),
+    };
+    let store = match open(&args.database.url).await {
+        Ok(s) => s,
+        Err(out) => return out,
+    };
+    let by = crate::controls::who(
+        args.by.clone().or_else(user).as_deref(),
+        &via("salve resume"),
+    );
+    let now = chrono::Utc::now();
+    let ended = match store.resume(&scope, &by, now).await {
+        Ok(e) => e,
+        Err(e) => return Output::to_stderr(format!("salve resume: {e}\n"), 1),
+    };
+    let mut text = String::new();
+    if ended.is_empty() {
+        let what = match &scope {
+            crate::store::pauses::ResumeScope::Everywhere => "of every namespace".to_owned(),
+            crate::store::pauses::ResumeScope::Namespace(ns) => format!("of namespace {ns}"),
+            crate::store::pauses::ResumeScope::All => "at all".to_owned(),
+        };
+        let _ = writeln!(text, "No pause {what} was in force; nothing changed.");
+    }
+    for p in &ended {
+        let _ = writeln!(text, "Ended: {}.", p.describe());
+    }
+    match store.active_pauses(now).await {
+        Ok(left) if !left.is_empty() => {
+            let _ = writeln!(text, "Still in force:");
+            for p in &left {
+                let _ = writeln!(text, "  {}", p.describe());
+            }
+        }
+        Ok(_) => text.push_str("salve is not paused anywhere (a namespace annotated salve.io/paused=\"true\" still is).\n"),
+        Err(e) => return Output::to_stderr(format!("salve resume: {e}\n"), 1),
+    }
+    Output::new(text, 0)
+}
+
+/// `salve pauses`: the pauses in force.
+pub async fn pauses(database: &str, format: OutputFormat) -> Output {
+    let store = match open(database).await {
+        Ok(s) => s,
+        Err(out) => return out,
+    };
+    let pauses = match store.active_pauses(chrono::Utc::now()).await {
+        Ok(p) => p,
+        Err(e) => return Output::to_stderr(format!("salve pauses: {e}\n"), 1),
+    };
+    let text = match format {
+        OutputFormat::Json => serde_json::to_string_pretty(&pauses).unwrap_or_default() + "\n",
+        OutputFormat::Table | OutputFormat::Csv => {
+            let table = matches!(format, OutputFormat::Table);
+            if table && pauses.is_empty() {
+                return Output::new("(no pause in force)\n".into(), 0);
+            }
+            let rows = pauses.iter().map(|p| {
+                [
+                    p.namespace
+                        .clone()
+                        .unwrap_or_else(|| "(every namespace)".into()),
+                    p.paused_by.clone(),
+                    p.paused_at.clone().unwrap_or_default(),
+                    p.expires_at
+                        .clone()
+                        .unwrap_or_else(|| "(until resumed)".into()),
+                    p.reason.clone(),
+                ]
+            });
+            let header = ["NAMESPACE", "PAUSED BY", "SINCE", "UNTIL", "REASON"];
+            if table {
+                crate::report::table(&header, rows)
+            } else {
+                crate::report::csv(&header, rows)
+            }
+        }
+    };
+    Output::new(text, 0)
+}
+
 /// `salve migrate`: applies the migrations and says how many there are.
 pub async fn migrate(database: &str) -> Output {
     match open(database).await {

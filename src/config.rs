@@ -56,6 +56,55 @@ pub enum Command {
     Replay(ReplayArgs),
     /// What worked: per alert and workload, each step's attempts, heals and time to heal.
     Stats(StatsArgs),
+    /// Stop salve's writes (everywhere, or in one namespace) on every replica, until
+    /// resumed or for a while; incidents are still recorded and decided, and each
+    /// would-be change is recorded as `paused`.
+    Pause(PauseArgs),
+    /// End pauses: those of every namespace (default), one namespace's, or all.
+    Resume(ResumeArgs),
+    /// List the pauses in force.
+    Pauses {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+}
+
+/// `salve pause`.
+#[derive(Debug, Args)]
+pub struct PauseArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Pause only this namespace (default: every namespace).
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Why, for the record and for whoever wonders at 3 a.m.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// End the pause by itself after this long (`30m`, `2h`); default: until resumed.
+    #[arg(long = "for", value_parser = humantime::parse_duration)]
+    pub lasting: Option<Duration>,
+    /// Who pauses (a person or a ticket); default: the user running the command.
+    #[arg(long)]
+    pub by: Option<String>,
+}
+
+/// `salve resume`.
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// End this namespace's pauses.
+    #[arg(long, conflicts_with = "all")]
+    pub namespace: Option<String>,
+    /// End every pause in force.
+    #[arg(long)]
+    pub all: bool,
+    /// Who resumes; default: the user running the command.
+    #[arg(long)]
+    pub by: Option<String>,
 }
 
 /// `salve stats`.

@@ -23,6 +23,7 @@ pub mod bundle;
 pub mod cluster;
 pub mod commands;
 pub mod config;
+pub mod controls;
 pub mod crash;
 pub mod engine;
 pub mod http;

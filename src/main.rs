@@ -104,6 +104,11 @@ async fn main() -> ExitCode {
             )
             .await,
         ),
+        Command::Pause(args) => print_output(commands::pause(&args).await),
+        Command::Resume(args) => print_output(commands::resume(&args).await),
+        Command::Pauses { database, output } => {
+            print_output(commands::pauses(&database.url, output).await)
+        }
         Command::Replay(args) => print_output(
             commands::replay(
                 &args.database.url,

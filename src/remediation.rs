@@ -17,6 +17,7 @@
 //!    ├──► dry_run   (would have acted: dry-run or offline mode)
 //!    ├──► denied    (policy denied every step, or could not be evaluated; escalated)
 //!    ├──► skipped   (cooldown, target busy, rate limit, nothing to change, resolved)
+//!    ├──► paused    (an operator paused salve; from verifying too: the next write waits)
 //!    └──► failed    (target missing or forbidden, dry-run rejected; escalated)
 //! ```
 
@@ -48,11 +49,14 @@ pub enum RemediationState {
     Failed,
     /// salve stopped while executing; whether the write landed is for a human to check.
     Interrupted,
+    /// An operator paused salve (everywhere, or in the workload's namespace) when it was
+    /// about to write: what it would have done is recorded, with who paused it and why.
+    Paused,
 }
 
 impl RemediationState {
     /// Every state, for listings and validation.
-    pub const ALL: [RemediationState; 10] = [
+    pub const ALL: [RemediationState; 11] = [
         RemediationState::Pending,
         RemediationState::Executing,
         RemediationState::Verifying,
@@ -63,6 +67,7 @@ impl RemediationState {
         RemediationState::Skipped,
         RemediationState::Failed,
         RemediationState::Interrupted,
+        RemediationState::Paused,
     ];
 
     /// The name stored in the database and shown in the API.
@@ -78,6 +83,7 @@ impl RemediationState {
             RemediationState::Skipped => "skipped",
             RemediationState::Failed => "failed",
             RemediationState::Interrupted => "interrupted",
+            RemediationState::Paused => "paused",
         }
     }
 
@@ -125,6 +131,9 @@ impl RemediationState {
             (Pending | Verifying, Escalate) => Escalated,
             (Pending | Executing | Verifying, Fail) => Failed,
             (Executing, Interrupt) => Interrupted,
+            // The next write would have been made while salve is paused: it is not made.
+            // A write already reserved (`executing`) is past this point.
+            (Pending | Verifying, Pause) => Paused,
             _ => return None,
         })
     }
@@ -160,11 +169,13 @@ pub enum Event {
     Fail,
     /// salve stopped while a write was in flight.
     Interrupt,
+    /// An operator paused salve before the next write.
+    Pause,
 }
 
 impl Event {
     /// Every event, for [`RemediationState::can_become`] and exhaustive tests.
-    pub const ALL: [Event; 11] = [
+    pub const ALL: [Event; 12] = [
         Event::Skip,
         Event::Deny,
         Event::WouldAct,
@@ -180,6 +191,7 @@ impl Event {
         Event::Escalate,
         Event::Fail,
         Event::Interrupt,
+        Event::Pause,
     ];
 }
 

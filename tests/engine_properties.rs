@@ -139,6 +139,13 @@ impl Cluster for Scripted {
         Ok(Vec::new())
     }
 
+    async fn namespace_annotations(
+        &self,
+        _namespace: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, ClusterError> {
+        Ok(Default::default())
+    }
+
     async fn autoscaler(&self, _t: &TargetRef) -> Result<Option<Autoscaler>, ClusterError> {
         Ok(None)
     }

@@ -120,7 +120,7 @@ async fn a_latency_alert_scales_a_real_deployment_and_heals_once_rolled_out_and_
     let calls: Vec<(String, bool, Value)> = events(&detail, "kube_call")
         .iter()
         .filter(|c| c["detail"]["verb"] != "LIST")
-        .take(3)
+        .take(4)
         .map(|c| {
             (
                 c["detail"]["verb"].as_str().unwrap().to_owned(),
@@ -132,6 +132,8 @@ async fn a_latency_alert_scales_a_real_deployment_and_heals_once_rolled_out_and_
     assert_eq!(
         calls,
         vec![
+            ("GET".into(), false, json!(200)),
+            // The namespace: is it annotated salve.io/paused?
             ("GET".into(), false, json!(200)),
             ("PATCH".into(), true, json!(200)),
             ("PATCH".into(), false, json!(200))

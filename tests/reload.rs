@@ -19,19 +19,8 @@ async fn reload(s: &TestSalve) -> (u16, serde_json::Value) {
     s.reload().await
 }
 
-async fn metrics_text(s: &TestSalve) -> String {
-    s.http
-        .get(format!("{}/metrics", s.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 async fn metric(s: &TestSalve, name: &str) -> f64 {
-    let text = metrics_text(s).await;
+    let text = s.metrics().await;
     text.lines()
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next())
@@ -278,7 +267,7 @@ async fn an_emptied_rules_file_is_refused_and_metrics_say_what_is_in_force() {
     let rules = metric(&s, "salve_rules_loaded").await;
     assert!(rules >= 1.0, "the shipped rules are loaded: {rules}");
     let hash = policy_hash(&s).await;
-    let text = metrics_text(&s).await;
+    let text = s.metrics().await;
     assert!(
         text.contains(&format!("salve_policy{{policy_hash=\"{hash}\"")),
         "{text}"

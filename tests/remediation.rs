@@ -94,7 +94,7 @@ async fn a_firing_alert_scales_the_deployment_by_the_rules_step() {
                     )
                 })
                 .collect();
-            if described.len() >= 6 {
+            if described.len() >= 7 {
                 Ok(described)
             } else {
                 Err(format!("{described:?}"))
@@ -107,6 +107,8 @@ async fn a_firing_alert_scales_the_deployment_by_the_rules_step() {
         vec![
             ("GET".into(), false, Value::from(200)),
             ("LIST".into(), false, Value::from(200)),
+            // The namespace: is it annotated salve.io/paused?
+            ("GET".into(), false, Value::from(200)),
             ("PATCH".into(), true, Value::from(200)),
             ("PATCH".into(), false, Value::from(200)),
             ("POST".into(), false, Value::from(404)),

@@ -5,37 +5,11 @@
 
 mod support;
 
-use sqlx::Connection;
 use support::{FakeKube, Options, fixture, spawn_salve};
-
-async fn postgres_database() -> Option<String> {
-    let admin = std::env::var("SALVE_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-    let mut conn = match sqlx::PgConnection::connect(&admin).await {
-        Ok(c) => c,
-        Err(e) => {
-            support::component_missing(
-                &format!("PostgreSQL at {admin} ({e})"),
-                "the multi-replica test",
-            );
-            return None;
-        }
-    };
-    let name = format!("salve_replicas_{}", uuid::Uuid::now_v7().simple());
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let base = admin
-        .rsplit_once('/')
-        .map(|(b, _)| b.to_owned())
-        .unwrap_or(admin);
-    Some(format!("{base}/{name}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_on_one_postgres_act_once_for_an_ha_pairs_duplicates() {
-    let Some(database) = postgres_database().await else {
+    let Some(database) = support::postgres_database("the multi-replica test").await else {
         return;
     };
     let kube = FakeKube::start().await;
@@ -71,7 +45,7 @@ async fn two_replicas_on_one_postgres_act_once_for_an_ha_pairs_duplicates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_that_restarts_leaves_a_live_replicas_remediation_alone() {
-    let Some(database) = postgres_database().await else {
+    let Some(database) = support::postgres_database("the multi-replica test").await else {
         return;
     };
     let kube = FakeKube::start().await;

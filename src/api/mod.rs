@@ -189,6 +189,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/remediations", get(list))
         .route("/api/v1/remediations/{id}", get(show))
         .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/pause", get(pauses))
         .route("/api/v1/openapi.json", get(openapi))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -213,6 +214,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics))
         .route("/-/reload", post(reload))
         .route("/api/v1/remediations/{id}/handled", post(handled))
+        .route("/api/v1/pause", post(pause).delete(resume))
         .with_state(state)
 }
 
@@ -330,9 +332,11 @@ async fn ready(State(state): State<ApiState>) -> Result<Json<serde_json::Value>,
         .await
         .map_err(HttpError::Unavailable)?;
     let decisions = state.reloader.current();
+    let paused = state.store.active_pauses(chrono::Utc::now()).await?;
     Ok(Json(serde_json::json!({
         "status": "ready",
         "mode": state.mode,
+        "paused": paused,
         "policy_hash": decisions.policy.hash,
         "version": decisions.version,
         "rules": decisions.rules.rules.len(),
@@ -346,11 +350,15 @@ async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> impl Into
     let now = chrono::Utc::now();
     let snapshot = async {
         let in_flight = state.store.remediations_in_flight().await?;
-        let (live, lapsed) = state.store.replica_counts(now).await?;
-        Ok::<_, crate::store::StoreError>((in_flight, live, lapsed))
+        let replicas = state.store.replica_counts(now).await?;
+        let pauses = state.store.active_pauses(now).await?;
+        Ok::<_, crate::store::StoreError>((in_flight, replicas, pauses))
     };
     match state.store.within_wait(snapshot).await {
-        Ok((in_flight, live, lapsed)) => state.metrics.observe_store(&in_flight, live, lapsed),
+        Ok((in_flight, replicas, pauses)) => {
+            let scopes: Vec<Option<String>> = pauses.into_iter().map(|p| p.namespace).collect();
+            state.metrics.observe_store(&in_flight, replicas, &scopes)
+        }
         Err(e) => {
             state.metrics.database_error("scrape");
             tracing::warn!(error = %e, "metrics: the knowledge base did not answer");
@@ -477,6 +485,99 @@ async fn handled(
     Ok(Json(
         serde_json::json!({"remediation_id": id, "handled": true, "by": by}),
     ))
+}
+
+/// The body of `POST /api/v1/pause`: every field may be left out (a pause of every
+/// namespace, until resumed, with no reason, by "an operator").
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PauseBody {
+    pub namespace: Option<String>,
+    pub reason: Option<String>,
+    /// How long it holds, as `salve pause --for` takes it (`30m`, `2h`).
+    #[serde(rename = "for")]
+    pub lasting: Option<String>,
+    /// A person or a ticket, for the audit trail.
+    pub by: Option<String>,
+}
+
+/// Pauses salve (admin token): from now on no replica writes where the pause holds;
+/// incidents are still recorded and decided, and each would-be change is recorded as
+/// `paused`.
+async fn pause(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Option<Json<PauseBody>>,
+) -> Result<(axum::http::StatusCode, Json<serde_json::Value>), HttpError> {
+    authorize(&[state.admin_token.as_deref()], peer, &headers)?;
+    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let lasting = body
+        .lasting
+        .as_deref()
+        .map(|d| {
+            humantime::parse_duration(d).map_err(|e| {
+                HttpError::BadRequest(format!("for={d:?} is not a duration like 2h: {e}"))
+            })
+        })
+        .transpose()?;
+    let order = crate::controls::PauseOrder {
+        namespace: body.namespace,
+        reason: body.reason,
+        lasting,
+        by: body.by,
+    };
+    let now = chrono::Utc::now();
+    let new = crate::controls::pause(&order, &format!("API from {}", peer.ip()), now)
+        .map_err(HttpError::BadRequest)?;
+    let paused = state.store.pause(&new, now).await?;
+    tracing::warn!(pause = %paused.describe(), "salve paused");
+    let in_force = state.store.active_pauses(now).await?;
+    Ok((
+        axum::http::StatusCode::CREATED,
+        Json(serde_json::json!({"pause": paused, "in_force": in_force})),
+    ))
+}
+
+/// What `DELETE /api/v1/pause` ends: `?namespace=NS`, `?all=true`, or (neither) the
+/// pauses of every namespace.
+#[derive(Debug, Deserialize, Default)]
+pub struct ResumeQuery {
+    #[serde(default, deserialize_with = "blank_is_absent")]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub all: bool,
+    #[serde(default, deserialize_with = "blank_is_absent")]
+    pub by: Option<String>,
+}
+
+/// Resumes salve (admin token): ends the pauses in force in the asked scope and says
+/// which (none: the list is empty, and nothing changed).
+async fn resume(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<ResumeQuery>,
+) -> Result<Json<serde_json::Value>, HttpError> {
+    authorize(&[state.admin_token.as_deref()], peer, &headers)?;
+    let scope = crate::controls::resume_scope(q.namespace.as_deref(), q.all)
+        .map_err(HttpError::BadRequest)?;
+    let by = crate::controls::who(q.by.as_deref(), &format!("API from {}", peer.ip()));
+    let now = chrono::Utc::now();
+    let resumed = state.store.resume(&scope, &by, now).await?;
+    for p in &resumed {
+        tracing::warn!(pause = %p.describe(), resumed_by = %by, "salve resumed");
+    }
+    let in_force = state.store.active_pauses(now).await?;
+    Ok(Json(
+        serde_json::json!({"resumed": resumed, "resumed_by": by, "in_force": in_force}),
+    ))
+}
+
+/// The pauses in force (read token).
+async fn pauses(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, HttpError> {
+    let in_force = state.store.active_pauses(chrono::Utc::now()).await?;
+    Ok(Json(serde_json::json!({"in_force": in_force})))
 }
 
 async fn reload(

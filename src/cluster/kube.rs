@@ -8,6 +8,7 @@
 use async_trait::async_trait;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::events::v1::Event;
 use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
@@ -128,6 +129,17 @@ impl Cluster for KubeCluster {
         let value =
             serde_json::to_value(&obj).map_err(|e| ClusterError::Transport(e.to_string()))?;
         Ok(Workload::from_object(target.clone(), &value))
+    }
+
+    async fn namespace_annotations(
+        &self,
+        namespace: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, ClusterError> {
+        let ns = Api::<Namespace>::all(self.client.clone())
+            .get(namespace)
+            .await
+            .map_err(cluster_error)?;
+        Ok(ns.metadata.annotations.unwrap_or_default())
     }
 
     async fn autoscaler(&self, target: &TargetRef) -> Result<Option<Autoscaler>, ClusterError> {

@@ -183,6 +183,15 @@ impl ApiCall {
         }
     }
 
+    /// The GET of the workload's namespace (is it annotated `salve.io/paused`?).
+    pub fn read_namespace(target: &TargetRef) -> ApiCall {
+        ApiCall {
+            verb: "GET",
+            path: format!("/api/v1/namespaces/{}", target.namespace),
+            dry_run: false,
+        }
+    }
+
     /// The POST of an Event about the workload.
     pub fn record_event(target: &TargetRef) -> ApiCall {
         ApiCall {
@@ -317,6 +326,13 @@ pub trait Cluster: Send + Sync {
     /// LIST the namespace's HorizontalPodAutoscalers and return the one whose
     /// `scaleTargetRef` is the workload, if any.
     async fn autoscaler(&self, target: &TargetRef) -> Result<Option<Autoscaler>, ClusterError>;
+
+    /// GET the namespace and return its annotations: an operator pauses salve in a
+    /// namespace by annotating it `salve.io/paused: "true"`.
+    async fn namespace_annotations(
+        &self,
+        namespace: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, ClusterError>;
 
     /// LIST the Deployment's ReplicaSets (its revisions), oldest first.
     async fn revisions(&self, workload: &Workload) -> Result<Vec<Revision>, ClusterError>;

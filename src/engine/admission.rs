@@ -3,10 +3,13 @@
 //! Two halves, because they happen at two moments:
 //! - [`Engine::admit`], before the dry-run: the policy verdict on the exact change,
 //!   from the workload as just read (bounds that keep the rule's direction were already
-//!   applied by the plan; a workload past them is a no-op, never a write);
+//!   applied by the plan; a workload past them is a no-op, never a write), then whether
+//!   an operator paused salve (a stored pause, or the namespace's `salve.io/paused`
+//!   annotation, read fresh): a paused write is recorded with the verdict it had;
 //! - [`Engine::reserve`], right before the real write, in one transaction: the lease on
-//!   the workload is still this holder's (and renewed), a slot in the global hourly budget
-//!   is taken in the actions ledger, and the remediation moves to `executing`.
+//!   the workload is still this holder's (and renewed), no stored pause has landed since,
+//!   a slot in the global hourly budget is taken in the actions ledger, and the
+//!   remediation moves to `executing`.
 //!
 //! A refusal is recorded with its reason; nothing here is re-checked anywhere else.
 
@@ -17,9 +20,10 @@ use super::input::{self, HISTORY_WINDOW};
 use super::ladder::{LEARNING_WINDOW, Run};
 use super::plan::Plan;
 use super::{Engine, EngineError};
-use crate::cluster::Workload;
+use crate::cluster::{ApiCall, Workload};
 use crate::rules::ActionSpec;
 use crate::store::EventKind;
+use crate::store::pauses::{PAUSED_ANNOTATION, Pause};
 use crate::store::targets::{ActionKind, WriteSlot};
 
 /// Which write is asking.
@@ -42,6 +46,8 @@ pub(super) enum NotSent {
     Moved,
     /// The global hourly budget of changes is spent.
     OverBudget(String),
+    /// An operator paused salve after the write was admitted.
+    Paused(Pause),
 }
 
 impl NotSent {
@@ -54,15 +60,21 @@ impl NotSent {
             ),
             NotSent::Moved => "another worker claimed this remediation".to_owned(),
             NotSent::OverBudget(why) => why.clone(),
+            NotSent::Paused(pause) => pause.describe(),
         }
     }
 }
 
-/// The policy's answer.
+/// The gate's answer.
 pub(super) enum Admission {
     Allowed,
     /// The reasons (a policy that cannot be evaluated denies, with its error).
     Denied(Vec<String>),
+    /// Policy allowed it, but an operator paused salve where it would write.
+    Paused(Pause),
+    /// salve cannot tell whether it is paused (the namespace could not be read): it
+    /// does not write blind. The reason.
+    Unknown(String),
 }
 
 impl Engine {
@@ -120,11 +132,46 @@ impl Engine {
             json!({"input": doc, "verdict": verdict}),
         )
         .await?;
-        Ok(if verdict.allowed {
-            Admission::Allowed
-        } else {
-            Admission::Denied(verdict.reasons)
+        if !verdict.allowed {
+            return Ok(Admission::Denied(verdict.reasons));
+        }
+        Ok(match self.pause_over(run).await? {
+            Ok(None) => Admission::Allowed,
+            Ok(Some(pause)) => {
+                self.inner.metrics.refused("paused");
+                Admission::Paused(pause)
+            }
+            Err(why) => Admission::Unknown(why),
         })
+    }
+
+    /// The pause that holds the workload's namespace now, if any: a stored one (every
+    /// namespace, or this one), else the namespace's own annotation, read fresh (the
+    /// call is on the timeline). `Err`: the namespace could not be read.
+    async fn pause_over(
+        &self,
+        run: &Run<'_>,
+    ) -> Result<Result<Option<Pause>, String>, EngineError> {
+        let namespace = &run.target.namespace;
+        if let Some(pause) = self.inner.store.pause_over(namespace, Utc::now()).await? {
+            return Ok(Ok(Some(pause)));
+        }
+        let Some(cluster) = &self.inner.cluster else {
+            return Ok(Ok(None));
+        };
+        Ok(
+            match self
+                .call(run, ApiCall::read_namespace(&run.target), || {
+                    cluster.namespace_annotations(namespace)
+                })
+                .await?
+            {
+                Ok(annotations) => Ok(Pause::from_annotations(namespace, &annotations)),
+                Err(e) => Err(format!(
+                    "cannot tell whether namespace {namespace} is paused (its {PAUSED_ANNOTATION} annotation could not be read: {e}); salve does not write blind"
+                )),
+            },
+        )
     }
 
     /// Records the intent to write, or says why it must not happen.
@@ -162,6 +209,10 @@ impl Engine {
             WriteSlot::OverBudget(made) => Err(NotSent::OverBudget(format!(
                 "salve already made {made} changes in the last hour (limit {limit}); a human should look"
             ))),
+            WriteSlot::Paused(pause) => {
+                self.inner.metrics.refused("paused");
+                Err(NotSent::Paused(pause))
+            }
         })
     }
 }

@@ -26,6 +26,7 @@ use crate::rules::{ActionSpec, Rule, StepOrder};
 use crate::store::EventKind;
 use crate::store::incidents::IncidentRecord;
 use crate::store::learning::{AttemptOutcome, StepStats};
+use crate::store::pauses::Pause;
 use crate::store::targets::{Lease, LockAttempt};
 use crate::verify::{self, AlertSignal, Outcome};
 
@@ -290,6 +291,10 @@ impl Engine {
                     Some(AttemptOutcome::Denied),
                     json!({"plan": plan, "reasons": r}),
                 ),
+                Step::Paused(plan, pause) => (
+                    Some(AttemptOutcome::Skipped),
+                    json!({"plan": plan, "paused": pause}),
+                ),
                 Step::NoOp(r) => (Some(AttemptOutcome::Skipped), json!({"reason": r})),
                 Step::Failed(r) => (Some(AttemptOutcome::Failed), json!({"reason": r})),
                 Step::Applied { .. } | Step::WouldAct(_) | Step::Leave(_) | Step::LeaseLost(_) => {
@@ -309,6 +314,9 @@ impl Engine {
                     denials.extend(reasons);
                 }
                 Step::NoOp(reason) => last = reason,
+                Step::Paused(plan, pause) => {
+                    return Ok(Ending::Finish(paused(run, &plan, &pause)));
+                }
                 Step::Failed(reason) => {
                     let f = Finish::new(
                         Event::Fail,
@@ -441,6 +449,25 @@ impl Engine {
         f.reasons.extend(denials);
         f
     }
+}
+
+/// Ends a remediation whose next write an operator's pause held back. When an earlier
+/// step of it did change the workload, that change stands while the alert still fires:
+/// humans are told.
+fn paused(run: &Run<'_>, plan: &str, pause: &Pause) -> Finish {
+    let why = pause.describe();
+    let finish = Finish::new(
+        Event::Pause,
+        format!("paused: would {plan}"),
+        vec![why.clone()],
+    );
+    if run.changed == 0 {
+        return finish;
+    }
+    finish.escalating(format!(
+        "{why}; salve stopped before its next step, and its earlier change to {} stands while the alert still fires",
+        run.target
+    ))
 }
 
 /// How a verified step is remembered for learning. Only evidence counts as a try:

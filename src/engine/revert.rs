@@ -144,16 +144,21 @@ impl Engine {
                 to: plan.from.clone(),
                 description: format!("revert salve's change to {} ({what})", run.target),
             };
-            if let Admission::Denied(reasons) = self
+            let refused = match self
                 .admit(run, Gate::Revert, Some(&now), &revert_plan)
                 .await?
             {
-                return self
-                    .not_reverted(
-                        run,
-                        format!("policy denied the revert: {}", reasons.join("; ")),
-                    )
-                    .await;
+                Admission::Allowed => None,
+                Admission::Denied(reasons) => {
+                    Some(format!("policy denied the revert: {}", reasons.join("; ")))
+                }
+                Admission::Paused(pause) => {
+                    Some(format!("{}, so the revert was not sent", pause.describe()))
+                }
+                Admission::Unknown(why) => Some(why),
+            };
+            if let Some(why) = refused {
+                return self.not_reverted(run, why).await;
             }
             match self
                 .call(run, ApiCall::write(&run.target, &undo, true), || {

@@ -15,6 +15,7 @@ use crate::cluster::{ApiCall, Change, Cluster, LAST_REMEDIATION_ANNOTATION, Noti
 use crate::remediation::{Event, Mode};
 use crate::rules::ActionSpec;
 use crate::store::EventKind;
+use crate::store::pauses::Pause;
 use crate::store::targets::ActionKind;
 use crate::verify::{self, Outcome};
 
@@ -30,6 +31,8 @@ pub(super) enum Step {
     },
     /// Policy said no: the plan's description and the reasons.
     Denied(String, Vec<String>),
+    /// An operator paused salve: the plan's description and the pause.
+    Paused(String, Pause),
     /// Nothing to do, or not allowed now (budget spent): the reason.
     NoOp(String),
     Failed(String),
@@ -75,8 +78,11 @@ impl Engine {
             let gate = Gate::Step { spec, index, total };
             let admission = self.admit(run, gate, workload.as_ref(), &plan).await?;
             crate::crash_point!("step.policy_recorded");
-            if let Admission::Denied(reasons) = admission {
-                return Ok(Step::Denied(plan.description, reasons));
+            match admission {
+                Admission::Allowed => {}
+                Admission::Denied(reasons) => return Ok(Step::Denied(plan.description, reasons)),
+                Admission::Paused(pause) => return Ok(Step::Paused(plan.description, pause)),
+                Admission::Unknown(why) => return Ok(Step::Failed(why)),
             }
             let (Some(cluster), Some(workload), Some(change)) =
                 (&self.inner.cluster, &workload, &plan.change)
@@ -145,6 +151,9 @@ impl Engine {
                 Sent::NotSent(NotSent::OverBudget(why)) => {
                     self.inner.metrics.refused("rate_limit");
                     return Ok(Step::NoOp(why));
+                }
+                Sent::NotSent(NotSent::Paused(pause)) => {
+                    return Ok(Step::Paused(plan.description, pause));
                 }
                 Sent::NotSent(lost @ NotSent::LeaseLost) => {
                     return Ok(Step::LeaseLost(lost.reason(run)));

@@ -15,6 +15,7 @@ pub mod escalations;
 pub mod incidents;
 pub mod learning;
 pub mod owners;
+pub mod pauses;
 pub mod remediations;
 pub mod retention;
 pub mod targets;

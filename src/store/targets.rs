@@ -75,6 +75,8 @@ pub enum WriteSlot {
     OverBudget(i64),
     /// The remediation was no longer in the expected state (claimed elsewhere).
     Moved,
+    /// An operator paused salve (everywhere or in the workload's namespace).
+    Paused(super::pauses::Pause),
 }
 
 impl Store {
@@ -154,9 +156,9 @@ impl Store {
     }
 
     /// The intent to write, admitted or refused in one transaction: the lease must still
-    /// be held (and is renewed), a slot in the global hourly budget is reserved in the
-    /// actions ledger, and the remediation moves to `executing` by compare-and-set. Either
-    /// all of it is committed or none.
+    /// be held (and is renewed), no pause may hold the workload's namespace, a slot in the
+    /// global hourly budget is reserved in the actions ledger, and the remediation moves
+    /// to `executing` by compare-and-set. Either all of it is committed or none.
     #[allow(clippy::too_many_arguments)]
     pub async fn reserve_write(
         &self,
@@ -178,6 +180,10 @@ impl Store {
             Box::pin(async move {
                 if !renew(tx, &target, &lease, now, lease_until).await? {
                     return Ok(WriteSlot::LeaseLost);
+                }
+                if let Some(pause) = super::pauses::pause_over_in(tx, &target.namespace, now).await? {
+                    tx.discard();
+                    return Ok(WriteSlot::Paused(pause));
                 }
                 sqlx::query("UPDATE action_budget SET reservations = reservations + 1 WHERE id = 1")
                     .execute(tx.conn())

@@ -50,6 +50,7 @@ pub struct Metrics {
     workload_busy: Counter,
     refusals: Counters,
     remediations_in_flight: Family<Labels, Gauge>,
+    paused: Family<Labels, Gauge>,
     replicas: Family<Labels, Gauge>,
     database_errors: Counters,
 }
@@ -253,6 +254,12 @@ impl Metrics {
             "Remediations not yet finished, by state, across all replicas (read from the knowledge base at scrape)",
             remediations_in_flight.clone(),
         );
+        let paused = Family::default();
+        r.register(
+            "salve_paused",
+            "Operators' pauses in force (read from the knowledge base at scrape): 1 per pause, by scope (everywhere, namespace) and namespace; a namespace annotated salve.io/paused is not listed",
+            paused.clone(),
+        );
         let replicas = Family::default();
         r.register(
             "salve_replicas",
@@ -287,6 +294,7 @@ impl Metrics {
             workload_busy,
             refusals,
             remediations_in_flight,
+            paused,
             replicas,
             database_errors,
         }
@@ -422,8 +430,28 @@ impl Metrics {
             .inc();
     }
 
-    /// What the knowledge base says now: unfinished remediations by state, replicas.
-    pub fn observe_store(&self, in_flight: &[(String, i64)], live: i64, lapsed: i64) {
+    /// What the knowledge base says now: unfinished remediations by state, replicas, and
+    /// the pauses in force (by namespace; `None` is every namespace).
+    pub fn observe_store(
+        &self,
+        in_flight: &[(String, i64)],
+        (live, lapsed): (i64, i64),
+        pauses: &[Option<String>],
+    ) {
+        self.paused.clear();
+        for namespace in pauses {
+            let scope = if namespace.is_some() {
+                "namespace"
+            } else {
+                "everywhere"
+            };
+            self.paused
+                .get_or_create(&labels([
+                    ("scope", scope),
+                    ("namespace", namespace.as_deref().unwrap_or_default()),
+                ]))
+                .inc();
+        }
         self.remediations_in_flight.clear();
         for (state, n) in in_flight {
             self.remediations_in_flight

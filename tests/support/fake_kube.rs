@@ -85,6 +85,8 @@ struct KubeState {
     scaled_before_next_write: BTreeMap<Key, i64>,
     /// Faults for the next requests: (method, path suffix, dry run, status), first match first.
     faults: Vec<(String, String, bool, u16)>,
+    /// Namespaces' annotations (a namespace not listed exists, without any).
+    namespace_annotations: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// A running fake API server.
@@ -478,6 +480,24 @@ fn apply_patch(content_type: &str, doc: &mut Value, body: &[u8]) -> Result<(), A
 type Shared = State<Arc<Mutex<KubeState>>>;
 type Params = Query<BTreeMap<String, String>>;
 
+/// A namespace exists for every name asked (as one would in a cluster salve is bound in),
+/// with the annotations a test gave it.
+async fn namespace(State(st): Shared, Path(ns): Path<String>) -> Response {
+    let s = st.lock().unwrap();
+    if let Some(denied) = s.forbidden("GET", "namespaces", None, &ns, &ns) {
+        return denied.into_response();
+    }
+    let annotations = s
+        .namespace_annotations
+        .get(&ns)
+        .cloned()
+        .unwrap_or_default();
+    Json(json!({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": ns, "resourceVersion": "1", "annotations": annotations},
+                "status": {"phase": "Active"}}))
+    .into_response()
+}
+
 async fn object(
     State(st): Shared,
     method: Method,
@@ -752,6 +772,7 @@ impl FakeKube {
                         "groups": [{"name": "apps", "versions": [v.clone()], "preferredVersion": v}]}))
                 }),
             )
+            .route("/api/v1/namespaces/{ns}", get(namespace))
             .route("/apis/apps/v1", get(|| async { Json(resource_list()) }))
             // No autoscalers here: salve's question "does an HPA manage it?" gets "no".
             .route(
@@ -770,6 +791,17 @@ impl FakeKube {
             .with_state(state.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         FakeKube { addr, state }
+    }
+
+    /// Sets an annotation on a namespace (`salve.io/paused`, say).
+    pub fn annotate_namespace(&self, ns: &str, key: &str, value: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .namespace_annotations
+            .entry(ns.to_owned())
+            .or_default()
+            .insert(key.to_owned(), value.to_owned());
     }
 
     /// The server URL for a kubeconfig.

@@ -208,6 +208,28 @@ pub async fn fresh_database(dir: &Path) -> String {
     }
 }
 
+/// A fresh database on the real PostgreSQL (`SALVE_TEST_POSTGRES_URL`), for tests that
+/// need one whatever backend the suite runs on (several replicas); `None` after saying
+/// loudly that `test` did not run (under CI a missing PostgreSQL fails).
+pub async fn postgres_database(test: &str) -> Option<String> {
+    let admin = std::env::var("SALVE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let mut conn = match sqlx::PgConnection::connect(&admin).await {
+        Ok(c) => c,
+        Err(e) => {
+            component_missing(&format!("PostgreSQL at {admin} ({e})"), test);
+            return None;
+        }
+    };
+    let name = format!("salve_replicas_{}", uuid::Uuid::now_v7().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+    Some(format!("{base}/{name}"))
+}
+
 /// How a test salve is set up.
 pub struct Options {
     pub kube: Option<FakeKube>,
@@ -362,6 +384,18 @@ impl TestSalve {
         let resp = request.send().await.unwrap();
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The `/metrics` exposition, as text.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     /// The listing, newest first.

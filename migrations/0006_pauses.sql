@@ -1,0 +1,30 @@
+-- Operators stop salve's writes: everywhere (namespace NULL) or in one namespace, until
+-- resumed or until a set time. Rows stay after a pause ends, for the audit trail.
+CREATE TABLE pauses (
+    id          TEXT PRIMARY KEY,
+    namespace   TEXT,
+    reason      TEXT NOT NULL,
+    paused_by   TEXT NOT NULL,
+    paused_at   TEXT NOT NULL,
+    expires_at  TEXT,
+    resumed_by  TEXT,
+    resumed_at  TEXT
+);
+CREATE INDEX pauses_open ON pauses (resumed_at, namespace);
+
+-- A remediation can now end `paused`: salve was paused when it would have written.
+-- The allowed states are a CHECK on the column, which neither backend can edit in place
+-- portably (as in 0004): the column is renamed aside, a new one with the wider CHECK takes
+-- its place, the values move over, and the old column (with its indexes) goes.
+DROP INDEX remediations_state;
+DROP INDEX remediations_state_time;
+DROP INDEX remediations_owner;
+ALTER TABLE remediations RENAME COLUMN state TO state_before_0006;
+ALTER TABLE remediations ADD COLUMN state TEXT NOT NULL DEFAULT 'pending'
+    CHECK (state IN ('pending', 'executing', 'verifying', 'healed', 'escalated',
+                     'dry_run', 'denied', 'skipped', 'failed', 'interrupted', 'paused'));
+UPDATE remediations SET state = state_before_0006;
+ALTER TABLE remediations DROP COLUMN state_before_0006;
+CREATE INDEX remediations_state ON remediations (state);
+CREATE INDEX remediations_state_time ON remediations (state, created_at, id);
+CREATE INDEX remediations_owner ON remediations (state, owner);

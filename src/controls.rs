@@ -1,0 +1,158 @@
+//! Operators' controls over the robot: the kill switch (pause and resume).
+//!
+//! The CLI (`salve pause`, `salve resume`, `salve pauses`) and the admin API
+//! (`POST`/`DELETE /api/v1/pause`) take the same order and check it here, once, so both
+//! refuse the same mistakes with the same words and record the same facts: where the
+//! pause holds, why, who asked (and through what), and until when.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::store::pauses::{NewPause, ResumeScope};
+
+/// What an operator asked for, before it is checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PauseOrder {
+    /// `None`: every namespace.
+    pub namespace: Option<String>,
+    pub reason: Option<String>,
+    /// How long it holds; `None`: until resumed.
+    pub lasting: Option<Duration>,
+    /// A person or a ticket.
+    pub by: Option<String>,
+}
+
+/// Checks an order and makes it a pause from `now`; `via` says where it was asked (the
+/// CLI on a host, the API from an address), for the audit trail. The error is a
+/// sentence for the operator.
+pub fn pause(order: &PauseOrder, via: &str, now: DateTime<Utc>) -> Result<NewPause, String> {
+    let namespace = order
+        .namespace
+        .as_deref()
+        .map(checked_namespace)
+        .transpose()?;
+    let until = match order.lasting {
+        None => None,
+        Some(d) if d.is_zero() => {
+            return Err(
+                "a pause must last longer than 0s (leave --for out to pause until resumed)".into(),
+            );
+        }
+        Some(d) => Some(
+            chrono::Duration::from_std(d)
+                .ok()
+                .and_then(|d| now.checked_add_signed(d))
+                .ok_or_else(|| {
+                    format!("a pause of {} is too long", humantime::format_duration(d))
+                })?,
+        ),
+    };
+    let reason = order
+        .reason
+        .as_deref()
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .unwrap_or("no reason given")
+        .to_owned();
+    Ok(NewPause {
+        namespace,
+        reason,
+        by: who(order.by.as_deref(), via),
+        until,
+    })
+}
+
+/// Which pauses a resume ends: one namespace's, all of them, or (neither asked) the
+/// pauses of every namespace.
+pub fn resume_scope(namespace: Option<&str>, all: bool) -> Result<ResumeScope, String> {
+    match (namespace, all) {
+        (Some(_), true) => Err("give either a namespace or --all, not both".into()),
+        (Some(ns), false) => Ok(ResumeScope::Namespace(checked_namespace(ns)?)),
+        (None, true) => Ok(ResumeScope::All),
+        (None, false) => Ok(ResumeScope::Everywhere),
+    }
+}
+
+/// The name for the audit trail: as given, else "an operator", with where it was asked.
+pub fn who(by: Option<&str>, via: &str) -> String {
+    let by = by
+        .map(str::trim)
+        .filter(|b| !b.is_empty())
+        .unwrap_or("an operator");
+    format!("{by} ({via})")
+}
+
+/// A namespace name as Kubernetes allows it (a DNS label), so a typo is refused rather
+/// than stored as a pause that holds nothing.
+fn checked_namespace(ns: &str) -> Result<String, String> {
+    let ok = !ns.is_empty()
+        && ns.len() <= 63
+        && ns
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !ns.starts_with('-')
+        && !ns.ends_with('-');
+    if ok {
+        Ok(ns.to_owned())
+    } else {
+        Err(format!(
+            "{ns:?} is not a namespace name (lowercase letters, digits and '-', at most 63)"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_order_is_checked_once_for_the_cli_and_the_api() {
+        let now = Utc::now();
+        let order = PauseOrder {
+            namespace: Some("shop".into()),
+            reason: Some("  deploy freeze ".into()),
+            lasting: Some(Duration::from_secs(7200)),
+            by: Some("alice".into()),
+        };
+        let p = pause(&order, "salve pause on host-1", now).unwrap();
+        assert_eq!(p.namespace.as_deref(), Some("shop"));
+        assert_eq!(p.reason, "deploy freeze");
+        assert_eq!(p.by, "alice (salve pause on host-1)");
+        assert_eq!(p.until, Some(now + chrono::Duration::hours(2)));
+
+        let bare = pause(&PauseOrder::default(), "API from 10.0.0.5", now).unwrap();
+        assert_eq!((bare.namespace, bare.until), (None, None));
+        assert_eq!(bare.reason, "no reason given");
+        assert_eq!(bare.by, "an operator (API from 10.0.0.5)");
+
+        let typo = PauseOrder {
+            namespace: Some("Shop_1".into()),
+            ..PauseOrder::default()
+        };
+        assert_eq!(
+            pause(&typo, "x", now).unwrap_err(),
+            "\"Shop_1\" is not a namespace name (lowercase letters, digits and '-', at most 63)"
+        );
+        let zero = PauseOrder {
+            lasting: Some(Duration::ZERO),
+            ..PauseOrder::default()
+        };
+        assert!(
+            pause(&zero, "x", now)
+                .unwrap_err()
+                .contains("longer than 0s")
+        );
+    }
+
+    #[test]
+    fn a_resume_names_its_scope() {
+        assert_eq!(resume_scope(None, false), Ok(ResumeScope::Everywhere));
+        assert_eq!(resume_scope(None, true), Ok(ResumeScope::All));
+        assert_eq!(
+            resume_scope(Some("shop"), false),
+            Ok(ResumeScope::Namespace("shop".into()))
+        );
+        assert!(resume_scope(Some("shop"), true).is_err());
+    }
+}

@@ -1,0 +1,560 @@
+//! Operators' controls: the kill switch. A pause (CLI, API, or a namespace annotation)
+//! stops salve's writes before the next one, on every replica and across a restart,
+//! while incidents are still recorded and decided; each would-be change is recorded as
+//! `paused`, with who paused and why. Behaviour on the real control plane; the
+//! fail-closed read fault on the fake API server.
+
+mod support;
+
+use std::process::Command;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::{Value, json};
+use support::control_plane::ControlPlane;
+use support::workloads::*;
+use support::{Capture, FakeKube, Options, TestSalve, events, firing_for, spawn_salve};
+
+const RULES: &str = r#"
+rules:
+  - name: scale-on-latency
+    matchers: ['alertname="HighRequestLatency"']
+    target: { kind: Deployment, name: "{{ deployment }}" }
+    action: { scale: { by: 1, min: 1, max: 10 } }
+    verify: { within: 20s, every: 200ms }
+    cooldown: 0s
+  - name: scale-ladder
+    matchers: ['alertname="SlowCheckout"']
+    target: { kind: Deployment, name: "{{ deployment }}" }
+    steps:
+      - scale: { by: 1, max: 10 }
+      - scale: { by: 1, max: 10 }
+    verify: { within: 6s, every: 200ms }
+    cooldown: 0s
+"#;
+
+/// Runs the `salve` binary; returns exit code, stdout and stderr.
+fn salve_cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_salve"))
+        .args(args)
+        .env("USER", "alice")
+        .env_remove("SUDO_USER")
+        .env_remove("SALVE_DATABASE_URL")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn host() -> String {
+    salve::engine::host_name()
+}
+
+async fn on_plane(plane: &ControlPlane, database: Option<String>) -> TestSalve {
+    spawn_salve(Options {
+        kubeconfig: Some(plane.admin_kubeconfig.clone()),
+        rules: Some(RULES.to_owned()),
+        database,
+        ..Options::default()
+    })
+    .await
+}
+
+/// The writes (real or dry-run PATCHes) a remediation's timeline records.
+fn patches(detail: &Value) -> Vec<String> {
+    events(detail, "kube_call")
+        .iter()
+        .filter(|c| c["detail"]["verb"] == "PATCH")
+        .map(|c| c["detail"]["path"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn post_pause(s: &TestSalve, token: Option<&str>, body: Value) -> (u16, Value) {
+    let mut req = s.http.post(format!("{}/api/v1/pause", s.url)).json(&body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.unwrap();
+    (
+        resp.status().as_u16(),
+        resp.json().await.unwrap_or(Value::Null),
+    )
+}
+
+async fn delete_pause(s: &TestSalve, query: &str) -> (u16, Value) {
+    let resp = s
+        .http
+        .delete(format!("{}/api/v1/pause{query}", s.url))
+        .send()
+        .await
+        .unwrap();
+    (
+        resp.status().as_u16(),
+        resp.json().await.unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn a_pause_from_the_cli_records_each_would_be_change_and_resume_lets_salve_act() {
+    let Some(plane) = ControlPlane::get() else {
+        return;
+    };
+    let ns = plane.namespace("pause").await;
+    let client = plane.client().await;
+    create_deployment(&client, &ns.name, deployment("checkout", 2, "checkout:1.4")).await;
+    let s = on_plane(plane, None).await;
+
+    let (code, out, err) = salve_cli(&[
+        "pause",
+        "--database",
+        &s.database,
+        "--reason",
+        "deploy freeze",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let first = out.lines().next().unwrap();
+    assert!(
+        first.starts_with(&format!(
+            "salve is paused everywhere by alice (salve pause on {}) since ",
+            host()
+        )) && first.ends_with(" until resumed (reason: deploy freeze)."),
+        "{out}"
+    );
+    assert!(
+        out.contains("each change salve would make there is recorded as paused"),
+        "{out}"
+    );
+
+    let (status, ready) = s.get("/readyz").await;
+    assert_eq!(status, 200, "a paused salve still takes webhooks: {ready}");
+    assert_eq!(ready["paused"][0]["reason"], "deploy freeze", "{ready}");
+    assert_eq!(ready["paused"][0]["namespace"], Value::Null, "{ready}");
+    assert!(
+        s.metrics()
+            .await
+            .contains("salve_paused{scope=\"everywhere\",namespace=\"\"} 1"),
+        "{}",
+        s.metrics().await
+    );
+
+    s.post_alerts(&firing_for(
+        "HighRequestLatency",
+        &ns.name,
+        "checkout",
+        "cc00000000000001",
+    ))
+    .await;
+    let items = s.finished(1).await;
+    let r = &items[0];
+    assert_eq!(r["state"], "paused", "{r:#}");
+    assert!(
+        r["summary"].as_str().unwrap().starts_with(&format!(
+            "paused: would scale Deployment {}/checkout from 2 to 3",
+            ns.name
+        )),
+        "{r:#}"
+    );
+    let reason = r["reasons"][0].as_str().unwrap();
+    assert!(
+        reason.contains("paused everywhere by alice") && reason.contains("deploy freeze"),
+        "{reason}"
+    );
+    let detail = s.detail(r["id"].as_str().unwrap()).await;
+    let verdicts = events(&detail, "policy_evaluated");
+    assert_eq!(verdicts.len(), 1, "decided and judged as usual");
+    assert_eq!(verdicts[0]["detail"]["verdict"]["allowed"], true);
+    assert!(
+        patches(&detail).is_empty(),
+        "not even a dry-run: {:?}",
+        patches(&detail)
+    );
+    assert_eq!(
+        replicas_of(&get_deployment(&client, &ns.name, "checkout").await),
+        2
+    );
+    assert!(
+        s.metrics()
+            .await
+            .contains("salve_refusals_total{reason=\"paused\"} 1"),
+        "{}",
+        s.metrics().await
+    );
+
+    let (code, out, err) = salve_cli(&["resume", "--database", &s.database]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.starts_with("Ended: salve is paused everywhere by alice"),
+        "{out}"
+    );
+    assert!(out.contains("salve is not paused anywhere"), "{out}");
+    let (_, ready) = s.get("/readyz").await;
+    assert_eq!(ready["paused"], json!([]), "{ready}");
+    let (code, out, _) = salve_cli(&["resume", "--database", &s.database]);
+    assert_eq!(
+        (code, out.lines().next().unwrap()),
+        (
+            0,
+            "No pause of every namespace was in force; nothing changed."
+        )
+    );
+
+    s.post_alerts(&firing_for(
+        "HighRequestLatency",
+        &ns.name,
+        "checkout",
+        "cc00000000000002",
+    ))
+    .await;
+    let items = s.settled(2).await;
+    assert_eq!(items[0]["state"], "verifying", "{:#}", items[0]);
+    assert_eq!(
+        replicas_of(&deployment_rolled_out(&client, &ns.name, "checkout").await),
+        3
+    );
+}
+
+#[tokio::test]
+async fn a_namespace_annotated_paused_holds_only_that_namespace() {
+    let Some(plane) = ControlPlane::get() else {
+        return;
+    };
+    let held = plane.namespace("held").await;
+    let free = plane.namespace("free").await;
+    let client = plane.client().await;
+    for ns in [&held.name, &free.name] {
+        create_deployment(&client, ns, deployment("checkout", 2, "checkout:1.4")).await;
+    }
+    let annotations = json!({"metadata": {"annotations": {
+        "salve.io/paused": "true", "salve.io/paused-reason": "migrating the database"}}});
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            &held.name,
+            &PatchParams::default(),
+            &Patch::Merge(&annotations),
+        )
+        .await
+        .unwrap();
+    let s = on_plane(plane, None).await;
+
+    s.post_alerts(&firing_for(
+        "HighRequestLatency",
+        &held.name,
+        "checkout",
+        "cc00000000000011",
+    ))
+    .await;
+    s.post_alerts(&firing_for(
+        "HighRequestLatency",
+        &free.name,
+        "checkout",
+        "cc00000000000012",
+    ))
+    .await;
+    let items = s.settled(2).await;
+    let of = |ns: &str| {
+        items
+            .iter()
+            .find(|r| r["target"]["namespace"] == ns)
+            .unwrap()
+            .clone()
+    };
+    let paused = of(&held.name);
+    assert_eq!(paused["state"], "paused", "{paused:#}");
+    assert_eq!(
+        paused["reasons"][0],
+        format!(
+            "salve is paused in namespace {0} by the annotation salve.io/paused=\"true\" on namespace {0} (reason: migrating the database)",
+            held.name
+        )
+    );
+    let detail = s.detail(paused["id"].as_str().unwrap()).await;
+    let read = events(&detail, "kube_call")
+        .into_iter()
+        .find(|c| c["detail"]["path"] == format!("/api/v1/namespaces/{}", held.name))
+        .expect("the namespace is read before the write, on the record");
+    assert_eq!(read["detail"]["status"], 200);
+    assert!(patches(&detail).is_empty(), "{:?}", patches(&detail));
+    assert_eq!(
+        replicas_of(&get_deployment(&client, &held.name, "checkout").await),
+        2
+    );
+
+    assert_ne!(of(&free.name)["state"], "paused");
+    assert_eq!(
+        replicas_of(&deployment_rolled_out(&client, &free.name, "checkout").await),
+        3
+    );
+}
+
+#[tokio::test]
+async fn a_running_ladder_stops_before_its_next_write_and_tells_humans() {
+    let Some(plane) = ControlPlane::get() else {
+        return;
+    };
+    let ns = plane.namespace("ladder").await;
+    let client = plane.client().await;
+    create_deployment(&client, &ns.name, deployment("checkout", 2, "checkout:1.4")).await;
+    let capture = Capture::start().await;
+    let s = spawn_salve(Options {
+        kubeconfig: Some(plane.admin_kubeconfig.clone()),
+        rules: Some(RULES.to_owned()),
+        escalation_webhook_url: Some(capture.url.clone()),
+        ..Options::default()
+    })
+    .await;
+
+    s.post_alerts(&firing_for(
+        "SlowCheckout",
+        &ns.name,
+        "checkout",
+        "cc00000000000021",
+    ))
+    .await;
+    // Step 1 was written; while it is verified, an operator pulls the switch.
+    s.reached(1, &["verifying"]).await;
+    let (status, body) = post_pause(
+        &s,
+        None,
+        json!({"namespace": ns.name, "reason": "investigating", "by": "bob", "for": "1h"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["pause"]["paused_by"], "bob (API from 127.0.0.1)");
+    assert!(body["pause"]["expires_at"].is_string(), "{body}");
+
+    let items = s.finished(1).await;
+    let r = &items[0];
+    assert_eq!(r["state"], "paused", "{r:#}");
+    assert!(
+        r["summary"].as_str().unwrap().starts_with(&format!(
+            "paused: would scale Deployment {}/checkout from 3 to 4",
+            ns.name
+        )),
+        "{r:#}"
+    );
+    let detail = s.detail(r["id"].as_str().unwrap()).await;
+    let real: Vec<String> = patches(&detail)
+        .into_iter()
+        .filter(|p| !p.contains("dryRun") && p.ends_with("/scale"))
+        .collect();
+    assert_eq!(real.len(), 1, "only step 1 was written: {real:?}");
+    assert_eq!(
+        replicas_of(&get_deployment(&client, &ns.name, "checkout").await),
+        3
+    );
+    // Step 1's change stands while the alert fires: humans hear of it, once.
+    let sent = capture.received(1).await;
+    let reason = sent[0].to_string();
+    assert!(
+        reason.contains("by bob (API from 127.0.0.1)")
+            && reason.contains("investigating")
+            && reason.contains("earlier change"),
+        "{reason}"
+    );
+}
+
+#[tokio::test]
+async fn a_pause_survives_a_restart_and_the_api_guards_it() {
+    let first = spawn_salve(Options {
+        admin_token: Some("adm1n".into()),
+        read_token: Some("r3ad".into()),
+        ..Options::default()
+    })
+    .await;
+    let body = json!({"reason": "game day"});
+    assert_eq!(post_pause(&first, None, body.clone()).await.0, 401);
+    assert_eq!(
+        post_pause(&first, Some("r3ad"), body.clone()).await.0,
+        401,
+        "reads may not pause"
+    );
+    for (bad, says) in [
+        (
+            json!({"for": "soon"}),
+            "for=\"soon\" is not a duration like 2h",
+        ),
+        (
+            json!({"namespace": "Shop"}),
+            "\"Shop\" is not a namespace name",
+        ),
+        (json!({"for": "0s"}), "must last longer than 0s"),
+    ] {
+        let (status, answer) = post_pause(&first, Some("adm1n"), bad.clone()).await;
+        assert_eq!(status, 400, "{bad} -> {answer}");
+        assert!(
+            answer["error"].as_str().unwrap_or_default().contains(says),
+            "{bad} -> {answer}"
+        );
+    }
+    let (status, _) = post_pause(&first, Some("adm1n"), json!({"nope": 1})).await;
+    assert!(
+        (400..500).contains(&status),
+        "an unknown field is refused: {status}"
+    );
+    let (_, listed) = first.get("/api/v1/pause").await;
+    assert_eq!(
+        listed["in_force"],
+        json!([]),
+        "nothing bad was stored: {listed}"
+    );
+
+    let (status, answer) = post_pause(&first, Some("adm1n"), body).await;
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(
+        answer["pause"]["paused_by"],
+        "an operator (API from 127.0.0.1)"
+    );
+
+    let TestSalve {
+        salve,
+        database,
+        dir,
+        ..
+    } = first;
+    salve.stop().await;
+    let again = spawn_salve(Options {
+        database: Some(database),
+        admin_token: Some("adm1n".into()),
+        read_token: Some("r3ad".into()),
+        ..Options::default()
+    })
+    .await;
+    let (_, ready) = again.get("/readyz").await;
+    assert_eq!(ready["paused"][0]["reason"], "game day", "{ready}");
+    again
+        .post_alerts(&support::fixture("firing-from-prometheus-rule.json"))
+        .await;
+    let items = again.finished(1).await;
+    assert_eq!(items[0]["state"], "paused", "offline too: {:#}", items[0]);
+
+    let resp = again
+        .http
+        .delete(format!("{}/api/v1/pause", again.url))
+        .bearer_auth("adm1n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resumed: Value = resp.json().await.unwrap();
+    assert_eq!(resumed["resumed"][0]["reason"], "game day", "{resumed}");
+    assert_eq!(resumed["in_force"], json!([]));
+    drop(dir);
+}
+
+#[tokio::test]
+async fn salve_does_not_write_when_it_cannot_read_whether_the_namespace_is_paused() {
+    let kube = FakeKube::start().await;
+    kube.add_deployment("shop", "checkout", 2, "checkout:1.4");
+    kube.fail_next("GET", "/api/v1/namespaces/shop", false, 403);
+    let s = spawn_salve(Options {
+        kube: Some(kube.clone()),
+        rules: Some(RULES.to_owned()),
+        ..Options::default()
+    })
+    .await;
+    s.post_alerts(&firing_for(
+        "HighRequestLatency",
+        "shop",
+        "checkout",
+        "cc00000000000031",
+    ))
+    .await;
+    let items = s.finished(1).await;
+    assert_eq!(items[0]["state"], "failed", "{:#}", items[0]);
+    let reason = items[0]["reasons"][0].as_str().unwrap();
+    assert!(
+        reason.starts_with("cannot tell whether namespace shop is paused")
+            && reason.contains("403")
+            && reason.ends_with("salve does not write blind"),
+        "{reason}"
+    );
+    assert!(kube.writes().is_empty(), "{:?}", kube.writes());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pause_through_one_replica_holds_the_other_on_postgres() {
+    let Some(plane) = ControlPlane::get() else {
+        return;
+    };
+    let Some(database) = support::postgres_database("the pause-across-replicas test").await else {
+        return;
+    };
+    let ns = plane.namespace("replicas").await;
+    let client = plane.client().await;
+    create_deployment(&client, &ns.name, deployment("checkout", 2, "checkout:1.4")).await;
+    let a = on_plane(plane, Some(database.clone())).await;
+    let b = on_plane(plane, Some(database)).await;
+
+    let (status, body) =
+        post_pause(&a, None, json!({"reason": "change freeze", "by": "carol"})).await;
+    assert_eq!(status, 201, "{body}");
+    let (_, ready) = b.get("/readyz").await;
+    assert_eq!(
+        ready["paused"][0]["paused_by"], "carol (API from 127.0.0.1)",
+        "{ready}"
+    );
+    assert!(
+        b.metrics()
+            .await
+            .contains("salve_paused{scope=\"everywhere\",namespace=\"\"} 1")
+    );
+
+    b.post_alerts(&firing_for(
+        "HighRequestLatency",
+        &ns.name,
+        "checkout",
+        "cc00000000000041",
+    ))
+    .await;
+    let items = b.finished(1).await;
+    assert_eq!(items[0]["state"], "paused", "{:#}", items[0]);
+    assert!(
+        items[0]["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("by carol")
+    );
+    assert_eq!(
+        replicas_of(&get_deployment(&client, &ns.name, "checkout").await),
+        2
+    );
+
+    let (status, body) = delete_pause(&b, "?by=dave").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["resumed_by"], "dave (API from 127.0.0.1)");
+    let (_, ready) = a.get("/readyz").await;
+    assert_eq!(ready["paused"], json!([]), "{ready}");
+    a.post_alerts(&firing_for(
+        "HighRequestLatency",
+        &ns.name,
+        "checkout",
+        "cc00000000000042",
+    ))
+    .await;
+    a.settled(2).await;
+    assert_eq!(
+        replicas_of(&deployment_rolled_out(&client, &ns.name, "checkout").await),
+        3
+    );
+}
+
+#[test]
+fn salve_help_lists_the_controls() {
+    let (code, out, err) = salve_cli(&["--help"]);
+    assert_eq!(code, 0, "{err}");
+    for command in ["pause", "resume", "pauses"] {
+        assert!(
+            out.lines()
+                .any(|l| l.trim_start().starts_with(&format!("{command} "))),
+            "{command} missing from:\n{out}"
+        );
+    }
+    let (code, out, _) = salve_cli(&["pause", "--help"]);
+    assert_eq!(code, 0);
+    for flag in ["--namespace", "--reason", "--for", "--by"] {
+        assert!(out.contains(flag), "{flag} missing from:\n{out}");
+    }
+}
