@@ -61,3 +61,14 @@ deny contains msg if {
 	input.history.actions_last_hour >= data.guardrails.max_actions_per_target_per_hour
 	msg := sprintf("%v actions on this target in the last hour (limit %v): a human should look", [input.history.actions_last_hour, data.guardrails.max_actions_per_target_per_hour])
 }
+
+# A GitOps controller (Argo CD, Flux) puts the workload back to what Git says at its next
+# sync, undoing salve's change while salve verifies it. A rule opts in with `gitops: allow`
+# once the controller leaves salve's field alone (README, "Controls"). A revert puts back
+# salve's own change and passes.
+deny contains msg if {
+	input.action.type != "revert"
+	input.target.managed_by
+	not input.rule.gitops == "allow"
+	msg := sprintf("%s %s/%s is managed by %s (%s, %s): its next sync would undo the change; give rule %s `gitops: allow` once %s leaves this field to salve", [input.target.kind, input.target.namespace, input.target.name, input.target.managed_by.tool, input.target.managed_by.name, input.target.managed_by.evidence, input.rule.name, input.target.managed_by.tool])
+}

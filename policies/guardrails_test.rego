@@ -92,3 +92,19 @@ test_a_revert_in_a_protected_namespace_is_denied if {
 	some msg in salve.deny with input as object.union(revert, {"action": {"target": {"namespace": "kube-system"}}})
 	contains(msg, "kube-system is protected")
 }
+
+managed := {"target": {"managed_by": {"tool": "argocd", "name": "shop", "evidence": "label argocd.argoproj.io/instance"}}}
+
+test_gitops_managed_workload_is_denied_by_default if {
+	some msg in salve.deny with input as object.union(base, managed)
+	contains(msg, "is managed by argocd (shop, label argocd.argoproj.io/instance)")
+	contains(msg, "give rule checkout-latency `gitops: allow`")
+}
+
+test_gitops_managed_workload_is_allowed_when_the_rule_opts_in if {
+	count(salve.deny) == 0 with input as object.union(object.union(base, managed), {"rule": {"gitops": "allow"}})
+}
+
+test_gitops_revert_of_salves_own_change_passes if {
+	count(salve.deny) == 0 with input as object.union(object.union(base, managed), {"action": {"type": "revert"}})
+}

@@ -31,6 +31,13 @@ rules:
       - scale: { by: 1, max: 10 }
     verify: { within: 6s, every: 200ms }
     cooldown: 0s
+  - name: scale-gitops-opted-in
+    matchers: ['alertname="GitOpsLatency"']
+    target: { kind: Deployment, name: "{{ deployment }}" }
+    action: { scale: { by: 1, max: 10 } }
+    verify: { within: 20s, every: 200ms }
+    gitops: allow
+    cooldown: 0s
 "#;
 
 /// Runs the `salve` binary; returns exit code, stdout and stderr.
@@ -537,6 +544,78 @@ async fn a_pause_through_one_replica_holds_the_other_on_postgres() {
     a.settled(2).await;
     assert_eq!(
         replicas_of(&deployment_rolled_out(&client, &ns.name, "checkout").await),
+        3
+    );
+}
+
+#[tokio::test]
+async fn a_workload_argo_cd_manages_is_left_alone_unless_the_rule_opts_in() {
+    let Some(plane) = ControlPlane::get() else {
+        return;
+    };
+    let ns = plane.namespace("gitops").await;
+    let client = plane.client().await;
+    let mut argo = deployment("checkout", 2, "checkout:1.4");
+    argo["metadata"]["labels"] = json!({"argocd.argoproj.io/instance": "shop"});
+    create_deployment(&client, &ns.name, argo).await;
+    let mut flux = deployment("cart", 2, "cart:2.0");
+    flux["metadata"]["labels"] = json!({
+        "kustomize.toolkit.fluxcd.io/name": "apps",
+        "kustomize.toolkit.fluxcd.io/namespace": "flux-system"});
+    create_deployment(&client, &ns.name, flux).await;
+    let s = on_plane(plane, None).await;
+
+    s.post_alerts(&firing_for(
+        "HighRequestLatency",
+        &ns.name,
+        "checkout",
+        "cc00000000000051",
+    ))
+    .await;
+    let items = s.finished(1).await;
+    let r = &items[0];
+    assert_eq!(r["state"], "denied", "{r:#}");
+    assert_eq!(
+        r["reasons"][0],
+        format!(
+            "Deployment {}/checkout is managed by argocd (shop, label argocd.argoproj.io/instance): its next sync would undo the change; give rule scale-on-latency `gitops: allow` once argocd leaves this field to salve",
+            ns.name
+        )
+    );
+    let detail = s.detail(r["id"].as_str().unwrap()).await;
+    let input = &events(&detail, "policy_evaluated")[0]["detail"]["input"];
+    assert_eq!(input["rule"]["gitops"], "deny");
+    assert_eq!(
+        input["target"]["managed_by"],
+        json!({"tool": "argocd", "name": "shop", "evidence": "label argocd.argoproj.io/instance"})
+    );
+    assert_eq!(
+        replicas_of(&get_deployment(&client, &ns.name, "checkout").await),
+        2
+    );
+
+    s.post_alerts(&firing_for(
+        "GitOpsLatency",
+        &ns.name,
+        "cart",
+        "cc00000000000052",
+    ))
+    .await;
+    let items = s.settled(2).await;
+    let cart = items
+        .iter()
+        .find(|r| r["target"]["name"] == "cart")
+        .unwrap();
+    assert_eq!(cart["state"], "verifying", "{cart:#}");
+    let detail = s.detail(cart["id"].as_str().unwrap()).await;
+    let input = &events(&detail, "policy_evaluated")[0]["detail"]["input"];
+    assert_eq!(input["rule"]["gitops"], "allow");
+    assert_eq!(
+        input["target"]["managed_by"]["name"],
+        "Kustomization flux-system/apps"
+    );
+    assert_eq!(
+        replicas_of(&deployment_rolled_out(&client, &ns.name, "cart").await),
         3
     );
 }

@@ -5,6 +5,7 @@
 //! remediation's timeline exactly as it happened. [`KubeCluster`] is the kube-rs
 //! implementation; tests run it against a stateful fake API server over HTTP.
 
+pub mod gitops;
 mod kube;
 pub mod rollback;
 mod workload;

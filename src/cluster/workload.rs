@@ -56,6 +56,9 @@ pub struct Workload {
     /// The HorizontalPodAutoscaler managing the workload, when salve looked (for scale
     /// steps); `None` when there is none or it was not asked.
     pub autoscaler: Option<super::Autoscaler>,
+    /// The GitOps controller (Argo CD, Flux) that puts the spec back to what Git says, if
+    /// its labels or annotations name one.
+    pub managed_by: Option<super::gitops::ManagedBy>,
 }
 
 /// One entry of `status.conditions`.
@@ -111,6 +114,7 @@ impl Workload {
         let spec = &obj["spec"];
         let status = &obj["status"];
         let annotations = str_map(&meta["annotations"]);
+        let labels = str_map(&meta["labels"]);
         let conditions = status["conditions"]
             .as_array()
             .map(|cs| {
@@ -140,7 +144,8 @@ impl Workload {
                 .get(REVISION_ANNOTATION)
                 .and_then(|r| r.parse().ok()),
             paused: spec["paused"].as_bool().unwrap_or(false),
-            labels: str_map(&meta["labels"]),
+            managed_by: super::gitops::managed_by(&labels, &annotations),
+            labels,
             selector: str_map(&spec["selector"]["matchLabels"]),
             restarted_at: spec["template"]["metadata"]["annotations"][RESTARTED_AT_ANNOTATION]
                 .as_str()

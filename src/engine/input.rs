@@ -77,6 +77,7 @@ pub fn build(p: &InputParts<'_>) -> Value {
             "matchers": p.rule.matchers.iter().map(|m| m.to_string()).collect::<Vec<_>>(),
             "cooldown_seconds": p.rule.cooldown.as_secs(),
             "max_attempts": p.rule.max_attempts,
+            "gitops": p.rule.gitops.as_str(),
         },
         "action": {
             "type": p.plan.action,

@@ -30,6 +30,9 @@ pub struct Rule {
     pub cooldown: Duration,
     /// The most actions one incident (one firing of one alert) may cause.
     pub max_attempts: u32,
+    /// Whether this rule may change a workload a GitOps controller manages (policy sees
+    /// it as `input.rule.gitops`; the shipped guardrails deny unless `allow`).
+    pub gitops: GitOps,
     /// The file the rule came from, for the audit trail; set by the loader.
     #[serde(skip)]
     pub file: String,
@@ -237,6 +240,28 @@ impl ScaleSpec {
     }
 }
 
+/// A rule's stance on workloads Argo CD or Flux manage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GitOps {
+    /// Leave them alone: their controller would undo the change at its next sync.
+    #[default]
+    Deny,
+    /// Change them: the operator told the controller to leave salve's field alone (Argo
+    /// CD `ignoreDifferences`, a suspended sync).
+    Allow,
+}
+
+impl GitOps {
+    /// The name policy sees.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GitOps::Deny => "deny",
+            GitOps::Allow => "allow",
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRule {
@@ -258,6 +283,8 @@ struct RawRule {
     cooldown: Option<String>,
     #[serde(default)]
     max_attempts: Option<u32>,
+    #[serde(default)]
+    gitops: GitOps,
 }
 
 #[derive(Deserialize)]
@@ -349,6 +376,7 @@ impl TryFrom<RawRule> for Rule {
             revert_on_failure: raw.revert_on_failure,
             cooldown,
             max_attempts,
+            gitops: raw.gitops,
             file: String::new(),
         })
     }
