@@ -689,6 +689,58 @@ pub async fn pauses(database: &str, format: OutputFormat) -> Output {
     Output::new(text, 0)
 }
 
+/// `salve rules report RULE`: what the rule did or would have done since `since`.
+pub async fn rules_report(
+    database: &str,
+    rule: &str,
+    since: Duration,
+    format: OutputFormat,
+) -> Output {
+    let store = match open(database).await {
+        Ok(s) => s,
+        Err(out) => return out,
+    };
+    let since =
+        chrono::Utc::now() - chrono::Duration::from_std(since).unwrap_or(chrono::Duration::days(7));
+    let outcomes = match store.rule_outcomes(rule, since).await {
+        Ok(o) => o,
+        Err(e) => return Output::to_stderr(format!("salve rules report: {e}\n"), 1),
+    };
+    let report = crate::report::rule_report(rule, &crate::store::timestamp(since), &outcomes);
+    let text = match format {
+        OutputFormat::Json => serde_json::to_string_pretty(&report).unwrap_or_default() + "\n",
+        OutputFormat::Table => report.text(),
+        OutputFormat::Csv => crate::report::csv(
+            &[
+                "id",
+                "created_at",
+                "state",
+                "shadow_outcome",
+                "seconds",
+                "reasons",
+            ],
+            outcomes.iter().map(|o| {
+                let shadow = o.shadow.as_ref();
+                [
+                    o.id.clone(),
+                    o.created_at.clone(),
+                    o.state.clone(),
+                    shadow
+                        .and_then(|s| s["outcome"].as_str())
+                        .unwrap_or_default()
+                        .to_owned(),
+                    shadow
+                        .and_then(|s| s["seconds"].as_f64())
+                        .map(|s| format!("{s:.1}"))
+                        .unwrap_or_default(),
+                    o.reasons.join("; "),
+                ]
+            }),
+        ),
+    };
+    Output::new(text, 0)
+}
+
 /// `salve migrate`: applies the migrations and says how many there are.
 pub async fn migrate(database: &str) -> Output {
     match open(database).await {

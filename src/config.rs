@@ -231,6 +231,20 @@ pub enum RulesCommand {
         #[arg(default_value = "policies")]
         dir: PathBuf,
     },
+    /// What a rule did or, in shadow mode, would have done: its would-be changes, the
+    /// verdicts, and how often the alert resolved without them (to decide a promotion).
+    Report {
+        /// The rule's name.
+        rule: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// How far back, e.g. `7d`.
+        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+        since: Duration,
+        /// Output format (`table` is the text report).
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
 }
 
 /// `salve replay`.

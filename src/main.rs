@@ -96,6 +96,12 @@ async fn main() -> ExitCode {
             query.as_deref(),
         )),
         Command::Rules(RulesCommand::Check { dir }) => print_output(commands::rules_check(&dir)),
+        Command::Rules(RulesCommand::Report {
+            rule,
+            database,
+            since,
+            output,
+        }) => print_output(commands::rules_report(&database.url, &rule, since, output).await),
         Command::Stats(args) => print_output(
             commands::stats(
                 &args.database.url,

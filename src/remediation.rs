@@ -18,6 +18,7 @@
 //!    ├──► denied    (policy denied every step, or could not be evaluated; escalated)
 //!    ├──► skipped   (cooldown, target busy, rate limit, nothing to change, resolved)
 //!    ├──► paused    (an operator paused salve; from verifying too: the next write waits)
+//!    ├──► shadowed  (a shadow rule: all but the write, then a watch of the alert alone)
 //!    └──► failed    (target missing or forbidden, dry-run rejected; escalated)
 //! ```
 
@@ -52,11 +53,14 @@ pub enum RemediationState {
     /// An operator paused salve (everywhere, or in the workload's namespace) when it was
     /// about to write: what it would have done is recorded, with who paused it and why.
     Paused,
+    /// The rule runs in shadow mode: salve read, judged and dry-ran the change, wrote
+    /// nothing, and watched whether the alert resolved on its own.
+    Shadowed,
 }
 
 impl RemediationState {
     /// Every state, for listings and validation.
-    pub const ALL: [RemediationState; 11] = [
+    pub const ALL: [RemediationState; 12] = [
         RemediationState::Pending,
         RemediationState::Executing,
         RemediationState::Verifying,
@@ -68,6 +72,7 @@ impl RemediationState {
         RemediationState::Failed,
         RemediationState::Interrupted,
         RemediationState::Paused,
+        RemediationState::Shadowed,
     ];
 
     /// The name stored in the database and shown in the API.
@@ -84,6 +89,7 @@ impl RemediationState {
             RemediationState::Failed => "failed",
             RemediationState::Interrupted => "interrupted",
             RemediationState::Paused => "paused",
+            RemediationState::Shadowed => "shadowed",
         }
     }
 
@@ -134,6 +140,7 @@ impl RemediationState {
             // The next write would have been made while salve is paused: it is not made.
             // A write already reserved (`executing`) is past this point.
             (Pending | Verifying, Pause) => Paused,
+            (Pending, Shadow) => Shadowed,
             _ => return None,
         })
     }
@@ -171,11 +178,13 @@ pub enum Event {
     Interrupt,
     /// An operator paused salve before the next write.
     Pause,
+    /// A shadow rule's would-be change was recorded and the alert watched.
+    Shadow,
 }
 
 impl Event {
     /// Every event, for [`RemediationState::can_become`] and exhaustive tests.
-    pub const ALL: [Event; 12] = [
+    pub const ALL: [Event; 13] = [
         Event::Skip,
         Event::Deny,
         Event::WouldAct,
@@ -192,6 +201,7 @@ impl Event {
         Event::Fail,
         Event::Interrupt,
         Event::Pause,
+        Event::Shadow,
     ];
 }
 

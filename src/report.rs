@@ -211,3 +211,122 @@ pub fn describe_event(kind: &str, d: &serde_json::Value) -> String {
         _ => d.to_string(),
     }
 }
+
+/// What `salve rules report` says of a rule: how many remediations, what policy said,
+/// and (for a shadow rule) how often the alert resolved without the change.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RuleReport {
+    pub rule: String,
+    pub since: String,
+    pub remediations: usize,
+    /// Shadow runs that got through policy and the dry-run: the changes it would have made.
+    pub would_have_acted: usize,
+    pub resolved_on_its_own: usize,
+    pub still_firing: usize,
+    /// Median seconds to resolve, of those that resolved on their own.
+    pub median_seconds_to_resolve: Option<f64>,
+    pub denied: usize,
+    /// Denial reasons, most frequent first.
+    pub denial_reasons: Vec<(String, usize)>,
+    /// Every state with its count (the shadowed ones included).
+    pub states: std::collections::BTreeMap<String, usize>,
+}
+
+/// Sums up a rule's remediations.
+pub fn rule_report(
+    rule: &str,
+    since: &str,
+    outcomes: &[crate::store::learning::RuleOutcome],
+) -> RuleReport {
+    let mut states = std::collections::BTreeMap::new();
+    let mut reasons: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut resolved_after = Vec::new();
+    let (mut would, mut still) = (0, 0);
+    for o in outcomes {
+        *states.entry(o.state.clone()).or_insert(0) += 1;
+        if o.state == "denied" {
+            for r in &o.reasons {
+                *reasons.entry(r.clone()).or_insert(0) += 1;
+            }
+        }
+        if o.state != "shadowed" {
+            continue;
+        }
+        would += 1;
+        match o.shadow.as_ref().map(|s| (&s["outcome"], &s["seconds"])) {
+            Some((outcome, seconds)) if outcome == "resolved_on_its_own" => {
+                resolved_after.push(seconds.as_f64().unwrap_or(0.0));
+            }
+            _ => still += 1,
+        }
+    }
+    resolved_after.sort_by(f64::total_cmp);
+    let median = match resolved_after.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(resolved_after[n / 2]),
+        n => Some((resolved_after[n / 2 - 1] + resolved_after[n / 2]) / 2.0),
+    };
+    let mut denial_reasons: Vec<(String, usize)> = reasons.into_iter().collect();
+    denial_reasons.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    RuleReport {
+        rule: rule.to_owned(),
+        since: since.to_owned(),
+        remediations: outcomes.len(),
+        would_have_acted: would,
+        resolved_on_its_own: resolved_after.len(),
+        still_firing: still,
+        median_seconds_to_resolve: median,
+        denied: states.get("denied").copied().unwrap_or(0),
+        denial_reasons,
+        states,
+    }
+}
+
+impl RuleReport {
+    /// The report for a person.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "Rule {} since {}: {} remediation(s).",
+            self.rule, self.since, self.remediations
+        );
+        if self.remediations == 0 {
+            out.push_str("Nothing to report: no alert matched this rule in that time.\n");
+            return out;
+        }
+        let _ = writeln!(
+            out,
+            "Would have acted (shadow; policy allowed it and the API server accepted the dry-run): {}.",
+            self.would_have_acted
+        );
+        if self.would_have_acted > 0 {
+            let pct = 100.0 * self.resolved_on_its_own as f64 / self.would_have_acted as f64;
+            let median = self
+                .median_seconds_to_resolve
+                .map(|m| format!(", after {m:.1}s (median)"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "The alert resolved on its own, with no change made: {} of {} ({pct:.0}%){median}.",
+                self.resolved_on_its_own, self.would_have_acted
+            );
+            let _ = writeln!(
+                out,
+                "The alert still fired when the watch ended: {} of {}.",
+                self.still_firing, self.would_have_acted
+            );
+        }
+        let _ = writeln!(out, "Denied by policy: {}.", self.denied);
+        for (reason, n) in &self.denial_reasons {
+            let _ = writeln!(out, "  {n} × {reason}");
+        }
+        let states: Vec<String> = self
+            .states
+            .iter()
+            .map(|(s, n)| format!("{s} {n}"))
+            .collect();
+        let _ = writeln!(out, "By state: {}.", states.join(", "));
+        out
+    }
+}

@@ -38,6 +38,13 @@ rules:
     verify: { within: 20s, every: 200ms }
     gitops: allow
     cooldown: 0s
+  - name: shadow-scale
+    matchers: ['alertname="ShadowLatency"']
+    target: { kind: Deployment, name: "{{ deployment }}" }
+    action: { scale: { by: 1, max: 10 } }
+    mode: shadow
+    verify: { within: 6s, every: 200ms }
+    cooldown: 0s
 "#;
 
 /// Runs the `salve` binary; returns exit code, stdout and stderr.
@@ -65,6 +72,17 @@ async fn on_plane(plane: &ControlPlane, database: Option<String>) -> TestSalve {
         kubeconfig: Some(plane.admin_kubeconfig.clone()),
         rules: Some(RULES.to_owned()),
         database,
+        ..Options::default()
+    })
+    .await
+}
+
+/// As [`on_plane`], with escalations posted to `capture`.
+async fn on_plane_escalating(plane: &ControlPlane, capture: &Capture) -> TestSalve {
+    spawn_salve(Options {
+        kubeconfig: Some(plane.admin_kubeconfig.clone()),
+        rules: Some(RULES.to_owned()),
+        escalation_webhook_url: Some(capture.url.clone()),
         ..Options::default()
     })
     .await
@@ -305,13 +323,7 @@ async fn a_running_ladder_stops_before_its_next_write_and_tells_humans() {
     let client = plane.client().await;
     create_deployment(&client, &ns.name, deployment("checkout", 2, "checkout:1.4")).await;
     let capture = Capture::start().await;
-    let s = spawn_salve(Options {
-        kubeconfig: Some(plane.admin_kubeconfig.clone()),
-        rules: Some(RULES.to_owned()),
-        escalation_webhook_url: Some(capture.url.clone()),
-        ..Options::default()
-    })
-    .await;
+    let s = on_plane_escalating(plane, &capture).await;
 
     s.post_alerts(&firing_for(
         "SlowCheckout",
@@ -617,6 +629,183 @@ async fn a_workload_argo_cd_manages_is_left_alone_unless_the_rule_opts_in() {
     assert_eq!(
         replicas_of(&deployment_rolled_out(&client, &ns.name, "cart").await),
         3
+    );
+}
+
+#[tokio::test]
+async fn a_shadow_rule_runs_everything_but_the_write_and_its_report_says_what_it_would_have_achieved()
+ {
+    let Some(plane) = ControlPlane::get() else {
+        return;
+    };
+    let ns = plane.namespace("shadow").await;
+    let client = plane.client().await;
+    create_deployment(&client, &ns.name, deployment("checkout", 2, "checkout:1.4")).await;
+    let mut optout = deployment("legacy", 2, "legacy:1");
+    optout["metadata"]["annotations"] = json!({"salve.io/disabled": "true"});
+    create_deployment(&client, &ns.name, optout).await;
+    let capture = Capture::start().await;
+    let s = on_plane_escalating(plane, &capture).await;
+
+    // 1: the alert resolves while the shadow rule watches.
+    let first = firing_for("ShadowLatency", &ns.name, "checkout", "cc00000000000061");
+    s.post_alerts(&first).await;
+    let id = support::eventually(
+        "the shadow rule's dry-run",
+        std::time::Duration::from_secs(30),
+        async || {
+            let items = s.remediations().await;
+            let Some(r) = items.first() else {
+                return Err("no remediation yet".to_owned());
+            };
+            let id = r["id"].as_str().unwrap().to_owned();
+            let dry = patches(&s.detail(&id).await);
+            if dry.iter().any(|p| p.contains("dryRun=All")) {
+                Ok(id)
+            } else {
+                Err(format!("{dry:?}"))
+            }
+        },
+    )
+    .await;
+    // Meanwhile a real rule acts on the same workload: a shadow rule holds no lock.
+    s.post_alerts(&firing_for(
+        "HighRequestLatency",
+        &ns.name,
+        "checkout",
+        "cc00000000000062",
+    ))
+    .await;
+    s.post_alerts(&support::resolved(&first)).await;
+    let items = s.settled(2).await;
+    let shadowed = items.iter().find(|r| r["id"] == id.as_str()).unwrap();
+    assert_eq!(shadowed["state"], "shadowed", "{shadowed:#}");
+    assert!(
+        shadowed["summary"].as_str().unwrap().starts_with(&format!(
+            "shadow: would scale Deployment {}/checkout from 2 to 3 replicas; the alert resolved on its own after ",
+            ns.name
+        )),
+        "{shadowed:#}"
+    );
+    assert_eq!(
+        shadowed["reasons"][0],
+        "the API server accepted the change as a server-side dry-run; the rule is in shadow mode, so nothing was changed"
+    );
+    let detail = s.detail(&id).await;
+    assert_eq!(
+        patches(&detail).len(),
+        1,
+        "one dry-run, no write: {:?}",
+        patches(&detail)
+    );
+    let verdict = &events(&detail, "policy_evaluated")[0]["detail"];
+    assert_eq!(verdict["input"]["rule"]["mode"], "shadow");
+    assert_eq!(verdict["verdict"]["allowed"], true);
+    let watch = &events(&detail, "verification")[0]["detail"];
+    assert_eq!(watch["shadow"], true);
+    assert_eq!(watch["outcome"], "resolved_on_its_own");
+    let real = items.iter().find(|r| r["id"] != id.as_str()).unwrap();
+    assert_eq!(real["state"], "verifying", "not skipped as busy: {real:#}");
+    assert_eq!(
+        replicas_of(&deployment_rolled_out(&client, &ns.name, "checkout").await),
+        3,
+        "only the real rule's change"
+    );
+
+    // 2: the alert keeps firing through the watch. 3: policy denies the would-be change.
+    s.post_alerts(&firing_for(
+        "ShadowLatency",
+        &ns.name,
+        "checkout",
+        "cc00000000000063",
+    ))
+    .await;
+    s.post_alerts(&firing_for(
+        "ShadowLatency",
+        &ns.name,
+        "legacy",
+        "cc00000000000064",
+    ))
+    .await;
+    let items = s.finished(4).await;
+    let still = items
+        .iter()
+        .find(|r| r["summary"].as_str().unwrap().contains("from 3 to 4"))
+        .unwrap();
+    assert_eq!(still["state"], "shadowed", "{still:#}");
+    assert!(
+        still["summary"].as_str().unwrap().ends_with(
+            "the alert still fired 6s later (the rule would then have tried its next step or escalated)"
+        ),
+        "{still:#}"
+    );
+    assert_eq!(
+        replicas_of(&get_deployment(&client, &ns.name, "checkout").await),
+        3
+    );
+
+    let (code, out, err) =
+        salve_cli(&["rules", "report", "shadow-scale", "--database", &s.database]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("Rule shadow-scale since ")
+            && lines[0].ends_with(": 3 remediation(s)."),
+        "{out}"
+    );
+    assert_eq!(
+        lines[1],
+        "Would have acted (shadow; policy allowed it and the API server accepted the dry-run): 2."
+    );
+    assert!(
+        lines[2].starts_with(
+            "The alert resolved on its own, with no change made: 1 of 2 (50%), after "
+        ),
+        "{out}"
+    );
+    assert_eq!(
+        lines[3],
+        "The alert still fired when the watch ended: 1 of 2."
+    );
+    assert_eq!(lines[4], "Denied by policy: 1.");
+    assert_eq!(
+        lines[5],
+        format!(
+            "  1 × Deployment {}/legacy is annotated salve.io/disabled=true",
+            ns.name
+        )
+    );
+    assert_eq!(lines[6], "By state: denied 1, shadowed 2.");
+    let (_, json, _) = salve_cli(&[
+        "rules",
+        "report",
+        "shadow-scale",
+        "--database",
+        &s.database,
+        "-o",
+        "json",
+    ]);
+    let report: Value = serde_json::from_str(&json).unwrap();
+    // A rule on trial pages no one, not even when policy denies it.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let shadow_ids: Vec<&Value> = items
+        .iter()
+        .filter(|r| r["rule"] == "shadow-scale")
+        .map(|r| &r["id"])
+        .collect();
+    assert_eq!(shadow_ids.len(), 3);
+    let paged: Vec<Value> = capture
+        .bodies()
+        .into_iter()
+        .filter(|b| shadow_ids.contains(&&b["remediation_id"]))
+        .collect();
+    assert!(paged.is_empty(), "{paged:#?}");
+    assert_eq!(
+        (
+            report["would_have_acted"].as_u64(),
+            report["resolved_on_its_own"].as_u64()
+        ),
+        (Some(2), Some(1))
     );
 }
 

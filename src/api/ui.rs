@@ -39,7 +39,7 @@ const STYLE: &str = "body{font:16px/1.5 system-ui,sans-serif;margin:1.5rem;backg
 a{color:#8cf}table{border-collapse:collapse;width:100%}td,th{padding:.35rem .6rem;border-bottom:1px solid #333;vertical-align:top;text-align:left}\
 th{color:#aaa;font-weight:600}.state{padding:.1rem .5rem;border-radius:.3rem;font-weight:700}\
 .healed{background:#1b5e20}.escalated,.failed,.interrupted{background:#b71c1c}.denied{background:#e65100}\
-.skipped,.dry_run{background:#444}.paused{background:#6a1b9a}.verifying,.executing,.pending{background:#0d47a1}\
+.skipped,.dry_run{background:#444}.paused{background:#6a1b9a}.shadowed{background:#37474f}.verifying,.executing,.pending{background:#0d47a1}\
 form input,form select{background:#222;color:#eee;border:1px solid #555;padding:.3rem;margin-right:.5rem}\
 pre{background:#1c1c1c;padding:.6rem;overflow:auto;font-size:13px}.reason{color:#fc8}";
 

@@ -78,6 +78,7 @@ pub fn build(p: &InputParts<'_>) -> Value {
             "cooldown_seconds": p.rule.cooldown.as_secs(),
             "max_attempts": p.rule.max_attempts,
             "gitops": p.rule.gitops.as_str(),
+            "mode": p.rule.mode.as_str(),
         },
         "action": {
             "type": p.plan.action,

@@ -22,7 +22,7 @@ use super::{Decisions, Engine, EngineError};
 use crate::alert::AlertStatus;
 use crate::cluster::{TargetRef, Workload};
 use crate::remediation::{Event, RemediationState};
-use crate::rules::{ActionSpec, Rule, StepOrder};
+use crate::rules::{ActionSpec, Rule, RuleMode, StepOrder};
 use crate::store::EventKind;
 use crate::store::incidents::IncidentRecord;
 use crate::store::learning::{AttemptOutcome, StepStats};
@@ -97,6 +97,11 @@ pub(super) enum Ending {
 impl Engine {
     /// Takes the lock, runs the remediation to an end, records it.
     pub(super) async fn drive(&self, mut run: Run<'_>) -> Result<(), EngineError> {
+        if run.rule.mode == RuleMode::Shadow {
+            // A shadow rule writes nothing, so it takes no workload lock: watching an
+            // alert for minutes must not make a real remediation of the workload skip.
+            return self.drive_unlocked(run).await;
+        }
         let store = &self.inner.store;
         let now = Utc::now();
         match store
@@ -119,6 +124,11 @@ impl Engine {
                 return self.finish(&mut run, Finish::skipped(reason)).await;
             }
         }
+        self.drive_unlocked(run).await
+    }
+
+    /// Preconditions, the ladder, the record: the part of [`Engine::drive`] after the lock.
+    async fn drive_unlocked(&self, mut run: Run<'_>) -> Result<(), EngineError> {
         let ending = match self.preconditions(&run).await? {
             Some(skip) => Ending::Finish(skip),
             None => self.ladder(&mut run).await?,
@@ -138,8 +148,13 @@ impl Engine {
             .unwrap_or(chrono::Duration::minutes(2))
     }
 
-    pub(super) async fn finish(&self, run: &mut Run<'_>, f: Finish) -> Result<(), EngineError> {
+    pub(super) async fn finish(&self, run: &mut Run<'_>, mut f: Finish) -> Result<(), EngineError> {
         crate::crash_point!("finish.before_terminal");
+        if run.rule.mode == RuleMode::Shadow {
+            // A rule on trial tells no one at 3 a.m.: its record (and `salve rules
+            // report`) says what it met; it made no change a human must look at.
+            f.escalate = None;
+        }
         let escalation = f
             .escalate
             .as_deref()
@@ -297,9 +312,11 @@ impl Engine {
                 ),
                 Step::NoOp(r) => (Some(AttemptOutcome::Skipped), json!({"reason": r})),
                 Step::Failed(r) => (Some(AttemptOutcome::Failed), json!({"reason": r})),
-                Step::Applied { .. } | Step::WouldAct(_) | Step::Leave(_) | Step::LeaseLost(_) => {
-                    (None, Value::Null)
-                }
+                Step::Applied { .. }
+                | Step::WouldAct(_)
+                | Step::Shadow(..)
+                | Step::Leave(_)
+                | Step::LeaseLost(_) => (None, Value::Null),
             };
             if let Some(outcome) = outcome {
                 self.record_attempt(run, index, spec, started, None, outcome, None, detail)
@@ -309,6 +326,9 @@ impl Engine {
                 Step::Leave(why) => return Ok(Ending::Leave(why)),
                 Step::LeaseLost(why) => return Ok(Ending::Finish(Finish::escalated(why))),
                 Step::WouldAct(f) => return Ok(Ending::Finish(f)),
+                // A shadow rule shows its first would-be step and what the alert did
+                // without it; a later step would be judged on a workload it never saw.
+                Step::Shadow(plan, why) => return self.watch_alone(run, &plan, why).await,
                 Step::Denied(plan, reasons) => {
                     denied_plans.push(plan);
                     denials.extend(reasons);

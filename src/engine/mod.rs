@@ -27,6 +27,7 @@ mod ladder;
 pub mod plan;
 mod record;
 mod revert;
+mod shadow;
 mod step;
 
 use std::collections::HashSet;

@@ -13,7 +13,7 @@ use super::plan::{self, Plan, Planned};
 use super::{Engine, EngineError};
 use crate::cluster::{ApiCall, Change, Cluster, LAST_REMEDIATION_ANNOTATION, Notice, Workload};
 use crate::remediation::{Event, Mode};
-use crate::rules::ActionSpec;
+use crate::rules::{ActionSpec, RuleMode};
 use crate::store::EventKind;
 use crate::store::pauses::Pause;
 use crate::store::targets::ActionKind;
@@ -38,6 +38,8 @@ pub(super) enum Step {
     Failed(String),
     /// Dry-run or offline: salve only records what it would do.
     WouldAct(Finish),
+    /// A shadow rule: everything but the write was done; what was found, for the record.
+    Shadow(Box<Plan>, String),
     /// Stop without touching anything more: shutting down, or another worker claimed
     /// this remediation.
     Leave(&'static str),
@@ -84,12 +86,16 @@ impl Engine {
                 Admission::Paused(pause) => return Ok(Step::Paused(plan.description, pause)),
                 Admission::Unknown(why) => return Ok(Step::Failed(why)),
             }
+            let shadow = run.rule.mode == RuleMode::Shadow;
             let (Some(cluster), Some(workload), Some(change)) =
                 (&self.inner.cluster, &workload, &plan.change)
             else {
                 let why =
                     "offline mode: no Kubernetes configuration was found, so no call was made"
                         .to_owned();
+                if shadow {
+                    return Ok(Step::Shadow(Box::new(plan), why));
+                }
                 return Ok(Step::WouldAct(Finish::new(
                     Event::WouldAct,
                     format!("would {}", plan.description),
@@ -108,6 +114,10 @@ impl Engine {
                         "server-side dry-run of \"{}\" was rejected: {e}",
                         plan.description
                     )));
+                }
+                Ok(_) if shadow => {
+                    let why = "the API server accepted the change as a server-side dry-run; the rule is in shadow mode, so nothing was changed".to_owned();
+                    return Ok(Step::Shadow(Box::new(plan), why));
                 }
                 Ok(_) if self.inner.mode == Mode::DryRun => {
                     let why = "dry-run mode: the API server accepted the change as a dry-run; nothing was changed".to_owned();

@@ -18,8 +18,8 @@ use serde::Deserialize;
 use crate::alert::Alert;
 use crate::bundle::{Bundle, FileKind};
 pub use model::{
-    ActionSpec, Direction, NoData, ReplicaChange, Rule, ScaleSpec, StepOrder, TargetTemplate,
-    VerifySpec,
+    ActionSpec, Direction, GitOps, NoData, ReplicaChange, Rule, RuleMode, ScaleSpec, StepOrder,
+    TargetTemplate, VerifySpec,
 };
 
 /// A rule file that cannot be loaded, with where and why.
@@ -253,6 +253,18 @@ rules:
         );
         assert!(rule.revert_on_failure);
         assert_eq!(rule.max_attempts, 3, "by default every step may run");
+        assert_eq!(
+            (rule.mode, rule.gitops),
+            (RuleMode::Auto, GitOps::Deny),
+            "the defaults"
+        );
+        let shadow = ladder.replace("    order: learned", "    mode: shadow\n    gitops: allow");
+        let rule = &parse_file("l.yaml", &shadow).unwrap()[0];
+        assert_eq!((rule.mode, rule.gitops), (RuleMode::Shadow, GitOps::Allow));
+        let unknown = ladder.replace("    order: learned", "    mode: sometimes");
+        let e = parse_file("l.yaml", &unknown).unwrap_err();
+        assert_eq!((e.file.as_str(), e.line), ("l.yaml", Some(10)), "{e}");
+        assert!(e.reason.contains("unknown variant `sometimes`"), "{e}");
         let both = ladder.replace("    order: learned", "    action: { restart: {} }");
         assert!(
             parse_file("l.yaml", &both)

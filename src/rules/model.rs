@@ -33,6 +33,8 @@ pub struct Rule {
     /// Whether this rule may change a workload a GitOps controller manages (policy sees
     /// it as `input.rule.gitops`; the shipped guardrails deny unless `allow`).
     pub gitops: GitOps,
+    /// Whether the rule acts (`auto`) or only shows what it would do (`shadow`).
+    pub mode: RuleMode,
     /// The file the rule came from, for the audit trail; set by the loader.
     #[serde(skip)]
     pub file: String,
@@ -240,6 +242,29 @@ impl ScaleSpec {
     }
 }
 
+/// How a rule acts on what it decides.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleMode {
+    /// Make the change (within every guard).
+    #[default]
+    Auto,
+    /// Everything but the write: a fresh read, the policy verdict and a server-side
+    /// dry-run are recorded, then salve watches whether the alert resolves on its own, so
+    /// a new rule's record says what it would have done and achieved before it is trusted.
+    Shadow,
+}
+
+impl RuleMode {
+    /// The name policy and reports see.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuleMode::Auto => "auto",
+            RuleMode::Shadow => "shadow",
+        }
+    }
+}
+
 /// A rule's stance on workloads Argo CD or Flux manage.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -285,6 +310,8 @@ struct RawRule {
     max_attempts: Option<u32>,
     #[serde(default)]
     gitops: GitOps,
+    #[serde(default)]
+    mode: RuleMode,
 }
 
 #[derive(Deserialize)]
@@ -377,6 +404,7 @@ impl TryFrom<RawRule> for Rule {
             cooldown,
             max_attempts,
             gitops: raw.gitops,
+            mode: raw.mode,
             file: String::new(),
         })
     }

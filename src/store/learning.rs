@@ -196,3 +196,60 @@ fn stats_row(r: &sqlx::any::AnyRow) -> Result<StepStats, StoreError> {
         mean_seconds_to_heal: r.try_get("mean_heal")?,
     })
 }
+
+/// One remediation of a rule, as `salve rules report` sums them up.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RuleOutcome {
+    pub id: String,
+    pub created_at: String,
+    pub state: String,
+    pub reasons: Vec<String>,
+    /// A shadow rule's watch (`outcome`: `resolved_on_its_own` or `still_firing`,
+    /// `seconds`), when it had one.
+    pub shadow: Option<Value>,
+}
+
+impl Store {
+    /// The remediations `rule` opened since `since`, oldest first, with their shadow
+    /// watches: what a rule did (or would have done) and what came of it.
+    pub async fn rule_outcomes(
+        &self,
+        rule: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<RuleOutcome>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT r.id, r.created_at, r.state, r.reasons, e.detail
+               FROM remediations r
+               LEFT JOIN remediation_events e ON e.remediation_id = r.id AND e.kind = 'verification'
+              WHERE r.rule_name = $1 AND r.created_at >= $2
+              ORDER BY r.created_at, r.id",
+        )
+        .bind(rule)
+        .bind(timestamp(since))
+        .fetch_all(self.reader())
+        .await?;
+        let mut out: Vec<RuleOutcome> = Vec::new();
+        for row in rows {
+            let id: String = row.try_get("id")?;
+            let detail: Option<String> = row.try_get("detail")?;
+            let shadow = detail
+                .and_then(|d| serde_json::from_str::<Value>(&d).ok())
+                .filter(|d| d["shadow"] == true);
+            // A remediation with several verifications (a real ladder) is one row here.
+            if let Some(last) = out.last_mut().filter(|o| o.id == id) {
+                last.shadow = last.shadow.take().or(shadow);
+                continue;
+            }
+            let reasons: String = row.try_get("reasons")?;
+            out.push(RuleOutcome {
+                id,
+                created_at: row.try_get("created_at")?,
+                state: row.try_get("state")?,
+                reasons: serde_json::from_str(&reasons)
+                    .map_err(|e| StoreError::Corrupt(format!("reasons: {e}")))?,
+                shadow,
+            });
+        }
+        Ok(out)
+    }
+}
