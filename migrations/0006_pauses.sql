@@ -12,9 +12,10 @@ CREATE TABLE pauses (
 );
 CREATE INDEX pauses_open ON pauses (resumed_at, namespace);
 
--- A remediation can now end `paused` (salve was paused when it would have written) or
+-- A remediation can now end `paused` (salve was paused when it would have written),
 -- `shadowed` (its rule runs in shadow mode: everything but the write, then a watch of
--- whether the alert resolved on its own).
+-- whether the alert resolved on its own) or `silenced` (Alertmanager silenced or
+-- inhibited the alert before a step).
 -- The allowed states are a CHECK on the column, which neither backend can edit in place
 -- portably (as in 0004): the column is renamed aside, a new one with the wider CHECK takes
 -- its place, the values move over, and the old column (with its indexes) goes.
@@ -24,7 +25,7 @@ DROP INDEX remediations_owner;
 ALTER TABLE remediations RENAME COLUMN state TO state_before_0006;
 ALTER TABLE remediations ADD COLUMN state TEXT NOT NULL DEFAULT 'pending'
     CHECK (state IN ('pending', 'executing', 'verifying', 'healed', 'escalated',
-                     'dry_run', 'denied', 'skipped', 'failed', 'interrupted', 'paused', 'shadowed'));
+                     'dry_run', 'denied', 'skipped', 'failed', 'interrupted', 'paused', 'shadowed', 'silenced'));
 UPDATE remediations SET state = state_before_0006;
 ALTER TABLE remediations DROP COLUMN state_before_0006;
 CREATE INDEX remediations_state ON remediations (state);

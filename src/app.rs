@@ -26,7 +26,7 @@ use crate::reload::{Reloader, load_decisions};
 use crate::remediation::Mode;
 use crate::store::Store;
 use crate::telemetry::Metrics;
-use crate::verify::{Prometheus, PrometheusHttp};
+use crate::verify::{AlertmanagerApi, Prometheus, PrometheusHttp, Suppressions};
 
 /// Who salve's Kubernetes requests say they come from (audit logs, API priority rules).
 pub const USER_AGENT: &str = concat!("salve/", env!("CARGO_PKG_VERSION"));
@@ -176,6 +176,12 @@ impl Salve {
                 .prometheus_url
                 .clone()
                 .map(|u| Arc::new(PrometheusHttp::new(u, http.clone())) as Arc<dyn Prometheus>),
+            alertmanager: (!settings.alertmanager_url.is_empty()).then(|| {
+                Arc::new(AlertmanagerApi::new(
+                    settings.alertmanager_url.clone(),
+                    http.clone(),
+                )) as Arc<dyn Suppressions>
+            }),
             notifiers,
             external_url: external_url.clone(),
             metrics: metrics.clone(),

@@ -361,9 +361,10 @@ pub struct ServeArgs {
     #[arg(long, env = "SALVE_PROMETHEUS_URL")]
     pub prometheus_url: Option<reqwest::Url>,
 
-    /// Alertmanager to escalate to (`SalveRemediationFailed` via /api/v2/alerts). Give it
-    /// once per Alertmanager of an HA set (or comma-separated in the variable): each gets
-    /// every escalation.
+    /// Alertmanager to escalate to (`SalveRemediationFailed` via /api/v2/alerts), and to
+    /// ask before each step whether the alert is silenced or inhibited. Give it once per
+    /// Alertmanager of an HA set (or comma-separated in the variable): each gets every
+    /// escalation; the first that answers says whether an alert is muted.
     #[arg(long, env = "SALVE_ALERTMANAGER_URL", value_delimiter = ',')]
     pub alertmanager_url: Vec<reqwest::Url>,
 

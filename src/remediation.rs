@@ -19,6 +19,7 @@
 //!    ├──► skipped   (cooldown, target busy, rate limit, nothing to change, resolved)
 //!    ├──► paused    (an operator paused salve; from verifying too: the next write waits)
 //!    ├──► shadowed  (a shadow rule: all but the write, then a watch of the alert alone)
+//!    ├──► silenced  (Alertmanager silences or inhibits the alert; from verifying too)
 //!    └──► failed    (target missing or forbidden, dry-run rejected; escalated)
 //! ```
 
@@ -56,11 +57,14 @@ pub enum RemediationState {
     /// The rule runs in shadow mode: salve read, judged and dry-ran the change, wrote
     /// nothing, and watched whether the alert resolved on its own.
     Shadowed,
+    /// Alertmanager silenced or inhibited the alert before a step: someone (or an
+    /// inhibition rule) said "not this one, not now", so salve took no further step.
+    Silenced,
 }
 
 impl RemediationState {
     /// Every state, for listings and validation.
-    pub const ALL: [RemediationState; 12] = [
+    pub const ALL: [RemediationState; 13] = [
         RemediationState::Pending,
         RemediationState::Executing,
         RemediationState::Verifying,
@@ -73,6 +77,7 @@ impl RemediationState {
         RemediationState::Interrupted,
         RemediationState::Paused,
         RemediationState::Shadowed,
+        RemediationState::Silenced,
     ];
 
     /// The name stored in the database and shown in the API.
@@ -90,6 +95,7 @@ impl RemediationState {
             RemediationState::Interrupted => "interrupted",
             RemediationState::Paused => "paused",
             RemediationState::Shadowed => "shadowed",
+            RemediationState::Silenced => "silenced",
         }
     }
 
@@ -141,6 +147,7 @@ impl RemediationState {
             // A write already reserved (`executing`) is past this point.
             (Pending | Verifying, Pause) => Paused,
             (Pending, Shadow) => Shadowed,
+            (Pending | Verifying, Silence) => Silenced,
             _ => return None,
         })
     }
@@ -180,11 +187,13 @@ pub enum Event {
     Pause,
     /// A shadow rule's would-be change was recorded and the alert watched.
     Shadow,
+    /// Alertmanager mutes the alert: no further step.
+    Silence,
 }
 
 impl Event {
     /// Every event, for [`RemediationState::can_become`] and exhaustive tests.
-    pub const ALL: [Event; 13] = [
+    pub const ALL: [Event; 14] = [
         Event::Skip,
         Event::Deny,
         Event::WouldAct,
@@ -202,6 +211,7 @@ impl Event {
         Event::Interrupt,
         Event::Pause,
         Event::Shadow,
+        Event::Silence,
     ];
 }
 

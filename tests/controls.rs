@@ -45,6 +45,13 @@ rules:
     mode: shadow
     verify: { within: 6s, every: 200ms }
     cooldown: 0s
+  - name: scale-even-without-alertmanager
+    matchers: ['alertname="ProceedLatency"']
+    target: { kind: Deployment, name: "{{ deployment }}" }
+    action: { scale: { by: 1, max: 10 } }
+    on_alertmanager_unavailable: proceed
+    verify: { within: 20s, every: 200ms }
+    cooldown: 0s
 "#;
 
 /// Runs the `salve` binary; returns exit code, stdout and stderr.
@@ -806,6 +813,183 @@ async fn a_shadow_rule_runs_everything_but_the_write_and_its_report_says_what_it
             report["resolved_on_its_own"].as_u64()
         ),
         (Some(2), Some(1))
+    );
+}
+
+/// Posts alerts to a real Alertmanager as Prometheus does.
+async fn push_to_alertmanager(am: &reqwest::Url, labels: Value) {
+    let now = chrono::Utc::now().to_rfc3339();
+    let resp = reqwest::Client::new()
+        .post(am.join("api/v2/alerts").unwrap())
+        .json(&json!([{"labels": labels, "startsAt": now}]))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_silence_or_an_inhibition_in_a_real_alertmanager_stops_the_next_step() {
+    if !support::real::binaries_present() {
+        return;
+    }
+    let Some(plane) = ControlPlane::get() else {
+        return;
+    };
+    let silenced_ns = plane.namespace("silence").await;
+    let inhibited_ns = plane.namespace("inhibit").await;
+    let client = plane.client().await;
+    for ns in [&silenced_ns.name, &inhibited_ns.name] {
+        create_deployment(&client, ns, deployment("checkout", 2, "checkout:1.4")).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let am_port = support::real::free_port();
+    let am_url: reqwest::Url = format!("http://127.0.0.1:{am_port}/").parse().unwrap();
+    let s = spawn_salve(Options {
+        kubeconfig: Some(plane.admin_kubeconfig.clone()),
+        rules: Some(RULES.to_owned()),
+        alertmanager_urls: vec![am_url.clone()],
+        ..Options::default()
+    })
+    .await;
+    let am =
+        support::real::alertmanager_on(dir.path(), &format!("{}/api/v1/alerts", s.url), am_port)
+            .await;
+    for ns in [&silenced_ns.name, &inhibited_ns.name] {
+        push_to_alertmanager(
+            &am.url,
+            json!({"alertname": "SlowCheckout", "namespace": ns, "deployment": "checkout"}),
+        )
+        .await;
+    }
+    // Both ladders took step 1 (Alertmanager said "active"); while they verify, a human
+    // silences one alert and a NodeDown alert inhibits the other.
+    let items = s.reached(2, &["verifying"]).await;
+    assert!(
+        items.iter().all(|r| r["state"] == "verifying"),
+        "{items:#?}"
+    );
+    let detail = s.detail(items[0]["id"].as_str().unwrap()).await;
+    let seen = &events(&detail, "policy_evaluated")[0]["detail"]["input"]["alertmanager"];
+    assert_eq!(seen["state"], "active", "{seen}");
+    assert_eq!(seen["silencedBy"], json!([]), "{seen}");
+
+    let in_an_hour = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let silence: Value = reqwest::Client::new()
+        .post(am.url.join("api/v2/silences").unwrap())
+        .json(&json!({
+            "matchers": [
+                {"name": "alertname", "value": "SlowCheckout", "isRegex": false, "isEqual": true},
+                {"name": "namespace", "value": silenced_ns.name, "isRegex": false, "isEqual": true}],
+            "startsAt": chrono::Utc::now().to_rfc3339(), "endsAt": in_an_hour,
+            "createdBy": "erin", "comment": "handled by hand"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let silence_id = silence["silenceID"].as_str().unwrap().to_owned();
+    push_to_alertmanager(
+        &am.url,
+        json!({"alertname": "NodeDown", "namespace": inhibited_ns.name}),
+    )
+    .await;
+
+    let items = s.finished(2).await;
+    let of = |ns: &str| {
+        items
+            .iter()
+            .find(|r| r["target"]["namespace"] == ns)
+            .unwrap()
+    };
+    let silenced = of(&silenced_ns.name);
+    assert_eq!(silenced["state"], "silenced", "{silenced:#}");
+    assert!(
+        silenced["summary"].as_str().unwrap().starts_with(&format!(
+            "silenced: would scale Deployment {}/checkout from 3 to 4",
+            silenced_ns.name
+        )),
+        "{silenced:#}"
+    );
+    let reason = silenced["reasons"][0].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("silence {silence_id} by erin until "))
+            && reason.contains("(handled by hand)")
+            && reason.ends_with("salve takes no further step"),
+        "{reason}"
+    );
+    let inhibited = of(&inhibited_ns.name);
+    assert_eq!(inhibited["state"], "silenced", "{inhibited:#}");
+    let reason = inhibited["reasons"][0].as_str().unwrap();
+    assert!(reason.contains("inhibited by the alert(s) "), "{reason}");
+    for ns in [&silenced_ns.name, &inhibited_ns.name] {
+        assert_eq!(
+            replicas_of(&get_deployment(&client, ns, "checkout").await),
+            3,
+            "step 1 only, in {ns}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn without_an_answer_from_alertmanager_the_rule_decides_hold_or_proceed() {
+    let kube = FakeKube::start().await;
+    kube.add_deployment("shop", "checkout", 2, "checkout:1.4");
+    kube.add_deployment("shop", "cart", 2, "cart:1.0");
+    // Nothing listens there.
+    let gone: reqwest::Url = format!("http://127.0.0.1:{}/", support::real::free_port())
+        .parse()
+        .unwrap();
+    let s = spawn_salve(Options {
+        kube: Some(kube.clone()),
+        rules: Some(RULES.to_owned()),
+        alertmanager_urls: vec![gone],
+        ..Options::default()
+    })
+    .await;
+    s.post_alerts(&firing_for(
+        "HighRequestLatency",
+        "shop",
+        "checkout",
+        "cc00000000000071",
+    ))
+    .await;
+    s.post_alerts(&firing_for(
+        "ProceedLatency",
+        "shop",
+        "cart",
+        "cc00000000000072",
+    ))
+    .await;
+    let items = s.settled(2).await;
+    let held = items
+        .iter()
+        .find(|r| r["target"]["name"] == "checkout")
+        .unwrap();
+    assert_eq!(held["state"], "failed", "{held:#}");
+    let reason = held["reasons"][0].as_str().unwrap();
+    assert!(
+        reason.starts_with(
+            "cannot tell whether Alertmanager silences this alert (no Alertmanager answered ("
+        ) && reason.ends_with(
+            "rule scale-on-latency says on_alertmanager_unavailable: hold, so salve made no change"
+        ),
+        "{reason}"
+    );
+    let went = items
+        .iter()
+        .find(|r| r["target"]["name"] == "cart")
+        .unwrap();
+    assert_eq!(went["state"], "verifying", "{went:#}");
+    let detail = s.detail(went["id"].as_str().unwrap()).await;
+    let seen = &events(&detail, "policy_evaluated")[0]["detail"]["input"]["alertmanager"];
+    assert_eq!(seen["state"], "unavailable", "{seen}");
+    let writes: Vec<_> = kube.writes().into_iter().filter(|w| !w.dry_run()).collect();
+    assert_eq!(
+        writes.len(),
+        1,
+        "only the rule that proceeds wrote: {writes:?}"
     );
 }
 

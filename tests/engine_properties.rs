@@ -240,6 +240,7 @@ fn start_replica(
     let seams = Seams {
         cluster: Some(Arc::new(cluster.clone()) as Arc<dyn Cluster>),
         prometheus: None,
+        alertmanager: None,
         notifiers: Vec::new(),
         external_url: salve::http::ExternalUrl::parse("http://salve.test").unwrap(),
         metrics: std::sync::Arc::new(salve::telemetry::Metrics::new()),

@@ -22,9 +22,11 @@ use super::plan::Plan;
 use super::{Engine, EngineError};
 use crate::cluster::{ApiCall, Workload};
 use crate::rules::ActionSpec;
+use crate::rules::Unavailable;
 use crate::store::EventKind;
 use crate::store::pauses::{PAUSED_ANNOTATION, Pause};
 use crate::store::targets::{ActionKind, WriteSlot};
+use crate::verify::AlertmanagerView;
 
 /// Which write is asking.
 pub(super) enum Gate<'a> {
@@ -72,8 +74,11 @@ pub(super) enum Admission {
     Denied(Vec<String>),
     /// Policy allowed it, but an operator paused salve where it would write.
     Paused(Pause),
-    /// salve cannot tell whether it is paused (the namespace could not be read): it
-    /// does not write blind. The reason.
+    /// Alertmanager silences or inhibits the alert: no further step (policy not asked).
+    Silenced(AlertmanagerView),
+    /// salve cannot tell whether it is paused (the namespace could not be read), or
+    /// whether Alertmanager mutes the alert (and the rule says hold): it does not write
+    /// blind. The reason.
     Unknown(String),
 }
 
@@ -107,6 +112,26 @@ impl Engine {
         });
         // Before the policy sees it and the record keeps it: no secret of the workload.
         self.inner.limits.redaction.value(&mut doc["target"]);
+        if let Gate::Step { .. } = gate {
+            match self.alertmanager_view(run).await {
+                None => {}
+                Some(Ok(view)) if view.suppressed() => {
+                    self.inner.metrics.refused("silenced");
+                    return Ok(Admission::Silenced(view));
+                }
+                Some(Ok(view)) => doc["alertmanager"] = json!(view),
+                Some(Err(why)) => {
+                    doc["alertmanager"] = json!({"state": "unavailable", "error": why});
+                    if run.rule.on_alertmanager_unavailable == Unavailable::Hold {
+                        self.inner.metrics.refused("alertmanager_unavailable");
+                        return Ok(Admission::Unknown(format!(
+                            "cannot tell whether Alertmanager silences this alert ({why}); rule {} says on_alertmanager_unavailable: hold, so salve made no change",
+                            run.rule.name
+                        )));
+                    }
+                }
+            }
+        }
         if let Gate::Step { spec, index, total } = gate {
             let stats = self.stats(run).await?;
             doc["history"]["stats"] = input::stats(&stats, spec, LEARNING_WINDOW);
@@ -143,6 +168,12 @@ impl Engine {
             }
             Err(why) => Admission::Unknown(why),
         })
+    }
+
+    /// What Alertmanager says of the alert now; `None` when no Alertmanager is configured.
+    async fn alertmanager_view(&self, run: &Run<'_>) -> Option<Result<AlertmanagerView, String>> {
+        let alertmanager = self.inner.alertmanager.as_ref()?;
+        Some(alertmanager.view(&run.incident.alert).await)
     }
 
     /// The pause that holds the workload's namespace now, if any: a stored one (every

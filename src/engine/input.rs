@@ -79,6 +79,7 @@ pub fn build(p: &InputParts<'_>) -> Value {
             "max_attempts": p.rule.max_attempts,
             "gitops": p.rule.gitops.as_str(),
             "mode": p.rule.mode.as_str(),
+            "on_alertmanager_unavailable": p.rule.on_alertmanager_unavailable.as_str(),
         },
         "action": {
             "type": p.plan.action,

@@ -310,6 +310,10 @@ impl Engine {
                     Some(AttemptOutcome::Skipped),
                     json!({"plan": plan, "paused": pause}),
                 ),
+                Step::Silenced(plan, view) => (
+                    Some(AttemptOutcome::Skipped),
+                    json!({"plan": plan, "alertmanager": view}),
+                ),
                 Step::NoOp(r) => (Some(AttemptOutcome::Skipped), json!({"reason": r})),
                 Step::Failed(r) => (Some(AttemptOutcome::Failed), json!({"reason": r})),
                 Step::Applied { .. }
@@ -336,6 +340,15 @@ impl Engine {
                 Step::NoOp(reason) => last = reason,
                 Step::Paused(plan, pause) => {
                     return Ok(Ending::Finish(paused(run, &plan, &pause)));
+                }
+                Step::Silenced(plan, view) => {
+                    let why = format!("{}; salve takes no further step", view.describe());
+                    let summary = format!("silenced: would {plan}");
+                    return Ok(Ending::Finish(Finish::new(
+                        Event::Silence,
+                        summary,
+                        vec![why],
+                    )));
                 }
                 Step::Failed(reason) => {
                     let f = Finish::new(

@@ -52,7 +52,7 @@ use crate::rules::{Rule, RuleSet};
 use crate::store::incidents::Decision;
 use crate::store::{NewRemediation, RemediationRecord, Store, StoreError};
 use crate::telemetry::Metrics;
-use crate::verify::Prometheus;
+use crate::verify::{Prometheus, Suppressions};
 pub use input::{HISTORY_WINDOW, INPUT_VERSION};
 pub use ladder::LEARNING_WINDOW;
 use ladder::Run;
@@ -144,6 +144,9 @@ pub struct Seams {
     pub cluster: Option<Arc<dyn Cluster>>,
     /// Used to check that an alert's expression cleared; without it only resolved webhooks count.
     pub prometheus: Option<Arc<dyn Prometheus>>,
+    /// Asked before each step whether the alert is silenced or inhibited; `None`: no
+    /// Alertmanager configured, nothing to ask.
+    pub alertmanager: Option<Arc<dyn Suppressions>>,
     /// Where escalations go.
     pub notifiers: Vec<Arc<dyn Notifier>>,
     /// salve's own URL as people reach it, for audit links.
@@ -162,6 +165,7 @@ struct Inner {
     store: Store,
     cluster: Option<Arc<dyn Cluster>>,
     prometheus: Option<Arc<dyn Prometheus>>,
+    alertmanager: Option<Arc<dyn Suppressions>>,
     notifiers: Vec<Arc<dyn Notifier>>,
     /// Where people reach salve, for links in escalations.
     external_url: crate::http::ExternalUrl,
@@ -241,6 +245,7 @@ impl Engine {
         let Seams {
             cluster,
             prometheus,
+            alertmanager,
             notifiers,
             external_url,
             metrics,
@@ -255,6 +260,7 @@ impl Engine {
                 store,
                 cluster,
                 prometheus,
+                alertmanager,
                 notifiers,
                 external_url,
                 metrics,

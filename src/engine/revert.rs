@@ -156,6 +156,8 @@ impl Engine {
                     Some(format!("{}, so the revert was not sent", pause.describe()))
                 }
                 Admission::Unknown(why) => Some(why),
+                // Not asked for a revert: putting back salve's own change is no step.
+                Admission::Silenced(_) => None,
             };
             if let Some(why) = refused {
                 return self.not_reverted(run, why).await;

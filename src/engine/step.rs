@@ -17,6 +17,7 @@ use crate::rules::{ActionSpec, RuleMode};
 use crate::store::EventKind;
 use crate::store::pauses::Pause;
 use crate::store::targets::ActionKind;
+use crate::verify::AlertmanagerView;
 use crate::verify::{self, Outcome};
 
 /// How one step went before verification.
@@ -33,6 +34,8 @@ pub(super) enum Step {
     Denied(String, Vec<String>),
     /// An operator paused salve: the plan's description and the pause.
     Paused(String, Pause),
+    /// Alertmanager mutes the alert: the plan's description and what it said.
+    Silenced(String, Box<AlertmanagerView>),
     /// Nothing to do, or not allowed now (budget spent): the reason.
     NoOp(String),
     Failed(String),
@@ -84,6 +87,9 @@ impl Engine {
                 Admission::Allowed => {}
                 Admission::Denied(reasons) => return Ok(Step::Denied(plan.description, reasons)),
                 Admission::Paused(pause) => return Ok(Step::Paused(plan.description, pause)),
+                Admission::Silenced(view) => {
+                    return Ok(Step::Silenced(plan.description, Box::new(view)));
+                }
                 Admission::Unknown(why) => return Ok(Step::Failed(why)),
             }
             let shadow = run.rule.mode == RuleMode::Shadow;

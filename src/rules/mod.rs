@@ -19,7 +19,7 @@ use crate::alert::Alert;
 use crate::bundle::{Bundle, FileKind};
 pub use model::{
     ActionSpec, Direction, GitOps, NoData, ReplicaChange, Rule, RuleMode, ScaleSpec, StepOrder,
-    TargetTemplate, VerifySpec,
+    TargetTemplate, Unavailable, VerifySpec,
 };
 
 /// A rule file that cannot be loaded, with where and why.

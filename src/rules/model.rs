@@ -35,6 +35,8 @@ pub struct Rule {
     pub gitops: GitOps,
     /// Whether the rule acts (`auto`) or only shows what it would do (`shadow`).
     pub mode: RuleMode,
+    /// What a step does when no Alertmanager answers whether the alert is silenced.
+    pub on_alertmanager_unavailable: Unavailable,
     /// The file the rule came from, for the audit trail; set by the loader.
     #[serde(skip)]
     pub file: String,
@@ -265,6 +267,27 @@ impl RuleMode {
     }
 }
 
+/// What a step does when salve cannot ask Alertmanager whether the alert is muted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unavailable {
+    /// Make no change: a silence salve cannot see may be there.
+    #[default]
+    Hold,
+    /// Go on as if the alert were not muted.
+    Proceed,
+}
+
+impl Unavailable {
+    /// The name policy sees.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unavailable::Hold => "hold",
+            Unavailable::Proceed => "proceed",
+        }
+    }
+}
+
 /// A rule's stance on workloads Argo CD or Flux manage.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -312,6 +335,8 @@ struct RawRule {
     gitops: GitOps,
     #[serde(default)]
     mode: RuleMode,
+    #[serde(default)]
+    on_alertmanager_unavailable: Unavailable,
 }
 
 #[derive(Deserialize)]
@@ -405,6 +430,7 @@ impl TryFrom<RawRule> for Rule {
             max_attempts,
             gitops: raw.gitops,
             mode: raw.mode,
+            on_alertmanager_unavailable: raw.on_alertmanager_unavailable,
             file: String::new(),
         })
     }

@@ -17,6 +17,7 @@
 pub mod alert;
 pub mod prometheus;
 pub mod rollout;
+pub mod silences;
 
 use std::time::Duration;
 
@@ -32,6 +33,7 @@ use crate::store::{Store, StoreError};
 pub use alert::{AlertSignal, alert_signal};
 pub use prometheus::{Prometheus, PrometheusHttp};
 pub use rollout::{RolloutStatus, rollout_status};
+pub use silences::{AlertmanagerApi, AlertmanagerView, Suppressions};
 
 /// What verification concluded about one step.
 #[derive(Debug, Clone, PartialEq)]

@@ -22,7 +22,7 @@ use salve::app::Salve;
 use salve::config::ServeSettings;
 use salve::engine::Limits;
 use salve::ingest::WebhookAuth;
-use serde_json::Value;
+use serde_json::{Value, json};
 use sqlx::Connection;
 
 pub use fake_kube::FakeKube;
@@ -463,20 +463,24 @@ impl Capture {
         let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let store = bodies.clone();
         let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let app = axum::Router::new().fallback(axum::routing::post(
-            move |axum::Json(v): axum::Json<Value>| {
-                let store = store.clone();
-                let refused = refused.clone();
-                async move {
-                    use std::sync::atomic::Ordering;
-                    if refused.fetch_add(1, Ordering::SeqCst) < failures {
-                        return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+        // A GET (salve asking, as of Alertmanager, whether an alert is muted) finds no
+        // alerts: this stand-in holds none, so nothing is silenced.
+        let app = axum::Router::new().fallback(
+            axum::routing::get(|| async { axum::Json(json!([])) }).post(
+                move |axum::Json(v): axum::Json<Value>| {
+                    let store = store.clone();
+                    let refused = refused.clone();
+                    async move {
+                        use std::sync::atomic::Ordering;
+                        if refused.fetch_add(1, Ordering::SeqCst) < failures {
+                            return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+                        }
+                        store.lock().unwrap().push(v);
+                        axum::http::StatusCode::OK
                     }
-                    store.lock().unwrap().push(v);
-                    axum::http::StatusCode::OK
-                }
-            },
-        ));
+                },
+            ),
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/", listener.local_addr().unwrap())
             .parse()

@@ -106,13 +106,14 @@ async fn spawn(program: &str, args: &[String], dir: &Path, port: u16) -> Process
 }
 
 /// Starts Alertmanager routing everything to `webhook` (salve), except salve's own
-/// escalations, which go to a receiver for humans.
+/// escalations, which go to a receiver for humans. An alert `NodeDown` inhibits every
+/// other alert of its namespace.
 pub async fn alertmanager_on(dir: &Path, webhook: &str, port: u16) -> Process {
     let config = dir.join("alertmanager.yml");
     std::fs::write(
         &config,
         format!(
-            "route:\n  receiver: salve\n  group_by: [alertname, namespace]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\n  routes:\n    - receiver: humans\n      matchers: ['alertname=\"SalveRemediationFailed\"']\nreceivers:\n  - name: humans\n  - name: salve\n    webhook_configs:\n      - url: {webhook}\n        send_resolved: true\n        max_alerts: 0\n"
+            "route:\n  receiver: salve\n  group_by: [alertname, namespace]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\n  routes:\n    - receiver: humans\n      matchers: ['alertname=\"SalveRemediationFailed\"']\nreceivers:\n  - name: humans\n  - name: salve\n    webhook_configs:\n      - url: {webhook}\n        send_resolved: true\n        max_alerts: 0\ninhibit_rules:\n  - source_matchers: ['alertname=\"NodeDown\"']\n    target_matchers: ['alertname!=\"NodeDown\"']\n    equal: [namespace]\n"
         ),
     )
     .unwrap();
