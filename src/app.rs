@@ -183,6 +183,10 @@ impl Salve {
                 )) as Arc<dyn Suppressions>
             }),
             notifiers,
+            approval_webhook: settings
+                .approval_webhook_url
+                .clone()
+                .map(|u| Arc::new(WebhookNotifier::new(u, http.clone()))),
             external_url: external_url.clone(),
             metrics: metrics.clone(),
         };

@@ -648,6 +648,34 @@ pub async fn resume(args: &crate::config::ResumeArgs) -> Output {
     Output::new(text, 0)
 }
 
+/// `salve approve|reject ID`: decides on the change a remediation waits with.
+pub async fn decide(args: &crate::config::DecisionArgs, approve: bool) -> Output {
+    let command = if approve {
+        "salve approve"
+    } else {
+        "salve reject"
+    };
+    let reason = args.reason.as_deref().unwrap_or_default().trim().to_owned();
+    if !approve && reason.is_empty() {
+        return Output::to_stderr(
+            format!("{command}: a rejection needs --reason, for the record\n"),
+            EXIT_LOAD,
+        );
+    }
+    let store = match open(&args.database.url).await {
+        Ok(s) => s,
+        Err(out) => return out,
+    };
+    let by = crate::controls::who(args.by.clone().or_else(user).as_deref(), &via(command));
+    match crate::controls::decide(&store, &args.id, approve, &by, &reason).await {
+        Ok(Ok(said)) => Output::new(format!("{said}\n"), 0),
+        Ok(Err(
+            crate::controls::NotDecided::Unknown(m) | crate::controls::NotDecided::NotWaiting(m),
+        )) => Output::to_stderr(format!("{command}: {m}\n"), 1),
+        Err(e) => Output::to_stderr(format!("{command}: {e}\n"), 1),
+    }
+}
+
 /// `salve pauses`: the pauses in force.
 pub async fn pauses(database: &str, format: OutputFormat) -> Output {
     let store = match open(database).await {

@@ -62,6 +62,11 @@ pub enum Command {
     Pause(PauseArgs),
     /// End pauses: those of every namespace (default), one namespace's, or all.
     Resume(ResumeArgs),
+    /// Approve the change a remediation of a `mode: approve` rule waits with; salve
+    /// judges it again on fresh state before it writes.
+    Approve(DecisionArgs),
+    /// Reject the change a remediation waits with; nothing is written.
+    Reject(DecisionArgs),
     /// List the pauses in force.
     Pauses {
         #[command(flatten)]
@@ -87,6 +92,21 @@ pub struct PauseArgs {
     #[arg(long = "for", value_parser = humantime::parse_duration)]
     pub lasting: Option<Duration>,
     /// Who pauses (a person or a ticket); default: the user running the command.
+    #[arg(long)]
+    pub by: Option<String>,
+}
+
+/// `salve approve` and `salve reject`.
+#[derive(Debug, Args)]
+pub struct DecisionArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The remediation's id.
+    pub id: String,
+    /// Why (required to reject).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Who decides; default: the user running the command.
     #[arg(long)]
     pub by: Option<String>,
 }
@@ -372,6 +392,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SALVE_ESCALATION_WEBHOOK_URL")]
     pub escalation_webhook_url: Option<reqwest::Url>,
 
+    /// Post each approval request of a `mode: approve` rule as JSON to this URL (a chat
+    /// bridge): the change, its expiry, and how to approve or reject it.
+    #[arg(long, env = "SALVE_APPROVAL_WEBHOOK_URL")]
+    pub approval_webhook_url: Option<reqwest::Url>,
+
     /// salve's URL as people reach it (as Alertmanager's --web.external-url): every link
     /// salve sends (escalations link to the remediation's audit page) starts with it, and
     /// its path is the prefix salve serves under. Default: http://HOST:PORT of --listen
@@ -508,6 +533,7 @@ pub struct ServeSettings {
     pub prometheus_url: Option<reqwest::Url>,
     pub alertmanager_url: Vec<reqwest::Url>,
     pub escalation_webhook_url: Option<reqwest::Url>,
+    pub approval_webhook_url: Option<reqwest::Url>,
     pub external_url: Option<crate::http::ExternalUrl>,
 }
 
@@ -659,6 +685,7 @@ impl ServeArgs {
             prometheus_url: self.prometheus_url.clone(),
             alertmanager_url: self.alertmanager_url.clone(),
             escalation_webhook_url: self.escalation_webhook_url.clone(),
+            approval_webhook_url: self.approval_webhook_url.clone(),
             external_url: self.external_url.clone(),
             admin_token: secret(&self.admin_token_file, "SALVE_ADMIN_TOKEN", "admin token")?,
             retention: self.retention,

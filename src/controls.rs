@@ -1,4 +1,5 @@
-//! Operators' controls over the robot: the kill switch (pause and resume).
+//! Operators' controls over the robot: the kill switch (pause and resume) and the
+//! decision on a change that waits for approval.
 //!
 //! The CLI (`salve pause`, `salve resume`, `salve pauses`) and the admin API
 //! (`POST`/`DELETE /api/v1/pause`) take the same order and check it here, once, so both
@@ -61,6 +62,54 @@ pub fn pause(order: &PauseOrder, via: &str, now: DateTime<Utc>) -> Result<NewPau
         by: who(order.by.as_deref(), via),
         until,
     })
+}
+
+/// Why a decision on an approval was not taken, in words for the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotDecided {
+    /// No such remediation.
+    Unknown(String),
+    /// Nothing of it waits for a decision, or the request expired.
+    NotWaiting(String),
+}
+
+/// Approves or rejects the change a remediation waits with; the sentence says what
+/// happened. Shared by `salve approve|reject` and the API.
+pub async fn decide(
+    store: &crate::store::Store,
+    id: &str,
+    approve: bool,
+    by: &str,
+    reason: &str,
+) -> Result<Result<String, NotDecided>, crate::store::StoreError> {
+    use crate::store::approvals::Decided;
+    let Some(r) = store.remediation(id).await? else {
+        return Ok(Err(NotDecided::Unknown(format!("no remediation {id}"))));
+    };
+    let verb = if approve { "approved" } else { "rejected" };
+    let target = format!("{} {}/{}", r.target.kind, r.target.namespace, r.target.name);
+    Ok(
+        match store
+            .decide_approval(id, approve, by, reason, Utc::now())
+            .await?
+        {
+            Decided::Moved(_) if approve => Ok(format!(
+                "Approved by {by}: {}. salve reads the workload and asks policy again before it writes; if either changed, it writes nothing.",
+                target
+            )),
+            Decided::Moved(_) => Ok(format!(
+                "Rejected by {by}: remediation {id} ended and nothing was written to {}.",
+                target
+            )),
+            Decided::NothingWaits => Err(NotDecided::NotWaiting(format!(
+                "remediation {id} is {} and waits for no approval; nothing was {verb}",
+                r.state
+            ))),
+            Decided::Expired(at) => Err(NotDecided::NotWaiting(format!(
+                "the approval request of remediation {id} expired at {at}; nothing was {verb}"
+            ))),
+        },
+    )
 }
 
 /// Which pauses a resume ends: one namespace's, all of them, or (neither asked) the

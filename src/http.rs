@@ -34,6 +34,10 @@ pub enum HttpError {
     /// No such thing.
     #[error("{0}")]
     NotFound(String),
+    /// The request is valid but the thing is not in a state to take it (an approval
+    /// already decided, or expired).
+    #[error("{0}")]
+    Conflict(String),
     /// Transient trouble; try again.
     #[error("{0}")]
     Unavailable(String),
@@ -59,6 +63,7 @@ impl IntoResponse for HttpError {
             HttpError::Unauthorized => StatusCode::UNAUTHORIZED,
             HttpError::Forbidden(_) => StatusCode::FORBIDDEN,
             HttpError::NotFound(_) => StatusCode::NOT_FOUND,
+            HttpError::Conflict(_) => StatusCode::CONFLICT,
             HttpError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             HttpError::Internal(cause) => {
                 tracing::error!(%cause, "internal error");

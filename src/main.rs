@@ -112,6 +112,8 @@ async fn main() -> ExitCode {
         ),
         Command::Pause(args) => print_output(commands::pause(&args).await),
         Command::Resume(args) => print_output(commands::resume(&args).await),
+        Command::Approve(args) => print_output(commands::decide(&args, true).await),
+        Command::Reject(args) => print_output(commands::decide(&args, false).await),
         Command::Pauses { database, output } => {
             print_output(commands::pauses(&database.url, output).await)
         }

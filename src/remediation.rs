@@ -20,6 +20,7 @@
 //!    ├──► paused    (an operator paused salve; from verifying too: the next write waits)
 //!    ├──► shadowed  (a shadow rule: all but the write, then a watch of the alert alone)
 //!    ├──► silenced  (Alertmanager silences or inhibits the alert; from verifying too)
+//!    ├──► awaiting_approval ──► pending|verifying (approved) | rejected | escalated (expired)
 //!    └──► failed    (target missing or forbidden, dry-run rejected; escalated)
 //! ```
 
@@ -60,11 +61,16 @@ pub enum RemediationState {
     /// Alertmanager silenced or inhibited the alert before a step: someone (or an
     /// inhibition rule) said "not this one, not now", so salve took no further step.
     Silenced,
+    /// A rule in `mode: approve` waits for a human to approve or reject the exact change
+    /// (recorded with its verdict); nothing has been written for it.
+    AwaitingApproval,
+    /// A human rejected the change; nothing was written for it.
+    Rejected,
 }
 
 impl RemediationState {
     /// Every state, for listings and validation.
-    pub const ALL: [RemediationState; 13] = [
+    pub const ALL: [RemediationState; 15] = [
         RemediationState::Pending,
         RemediationState::Executing,
         RemediationState::Verifying,
@@ -78,6 +84,8 @@ impl RemediationState {
         RemediationState::Paused,
         RemediationState::Shadowed,
         RemediationState::Silenced,
+        RemediationState::AwaitingApproval,
+        RemediationState::Rejected,
     ];
 
     /// The name stored in the database and shown in the API.
@@ -96,6 +104,8 @@ impl RemediationState {
             RemediationState::Paused => "paused",
             RemediationState::Shadowed => "shadowed",
             RemediationState::Silenced => "silenced",
+            RemediationState::AwaitingApproval => "awaiting_approval",
+            RemediationState::Rejected => "rejected",
         }
     }
 
@@ -108,7 +118,10 @@ impl RemediationState {
     pub fn is_terminal(self) -> bool {
         !matches!(
             self,
-            RemediationState::Pending | RemediationState::Executing | RemediationState::Verifying
+            RemediationState::Pending
+                | RemediationState::Executing
+                | RemediationState::Verifying
+                | RemediationState::AwaitingApproval
         )
     }
 
@@ -119,7 +132,9 @@ impl RemediationState {
         use Event::*;
         use RemediationState::*;
         Some(match (self, event) {
-            (Pending, Skip) => Skipped,
+            // A request awaiting approval whose alert resolved (or whose rule is gone)
+            // is skipped too: nothing was written for it.
+            (Pending | AwaitingApproval, Skip) => Skipped,
             (Pending, Deny) => Denied,
             (Pending, WouldAct) => DryRun,
             (Pending | Verifying, WriteIntent) => Executing,
@@ -140,7 +155,8 @@ impl RemediationState {
             (Verifying, Heal) => Healed,
             // A remediation that ends with something for humans to look at: every step
             // denied, a failed change, an unverifiable one, a ladder that ran out.
-            (Pending | Verifying, Escalate) => Escalated,
+            // An approval that expired is escalated too.
+            (Pending | Verifying | AwaitingApproval, Escalate) => Escalated,
             (Pending | Executing | Verifying, Fail) => Failed,
             (Executing, Interrupt) => Interrupted,
             // The next write would have been made while salve is paused: it is not made.
@@ -148,6 +164,21 @@ impl RemediationState {
             (Pending | Verifying, Pause) => Paused,
             (Pending, Shadow) => Shadowed,
             (Pending | Verifying, Silence) => Silenced,
+            (Pending | Verifying, AwaitApproval) => AwaitingApproval,
+            // Approved: back where the ladder was, to judge the change again on fresh state.
+            (
+                AwaitingApproval,
+                Approve {
+                    changed_before: false,
+                },
+            ) => Pending,
+            (
+                AwaitingApproval,
+                Approve {
+                    changed_before: true,
+                },
+            ) => Verifying,
+            (AwaitingApproval, Reject) => Rejected,
             _ => return None,
         })
     }
@@ -189,11 +220,17 @@ pub enum Event {
     Shadow,
     /// Alertmanager mutes the alert: no further step.
     Silence,
+    /// The change waits for a human's approval.
+    AwaitApproval,
+    /// A human approved it (`changed_before`: an earlier step changed the workload).
+    Approve { changed_before: bool },
+    /// A human rejected it.
+    Reject,
 }
 
 impl Event {
     /// Every event, for [`RemediationState::can_become`] and exhaustive tests.
-    pub const ALL: [Event; 14] = [
+    pub const ALL: [Event; 18] = [
         Event::Skip,
         Event::Deny,
         Event::WouldAct,
@@ -212,6 +249,14 @@ impl Event {
         Event::Pause,
         Event::Shadow,
         Event::Silence,
+        Event::AwaitApproval,
+        Event::Approve {
+            changed_before: false,
+        },
+        Event::Approve {
+            changed_before: true,
+        },
+        Event::Reject,
     ];
 }
 

@@ -52,7 +52,28 @@ rules:
     on_alertmanager_unavailable: proceed
     verify: { within: 20s, every: 200ms }
     cooldown: 0s
+  - name: scale-with-approval
+    matchers: ['alertname="ApprovedLatency"']
+    target: { kind: Deployment, name: "{{ deployment }}" }
+    action: { scale: { by: 1, max: 10 } }
+    mode: approve
+    approval_timeout: 1h
+    verify: { within: 20s, every: 200ms }
+    cooldown: 0s
+  - name: scale-approval-expires
+    matchers: ['alertname="UnansweredLatency"']
+    target: { kind: Deployment, name: "{{ deployment }}" }
+    action: { scale: { by: 1, max: 10 } }
+    mode: approve
+    approval_timeout: 2s
+    cooldown: 0s
 "#;
+
+/// An answer's status and JSON body (`null` when it has none).
+async fn status_and_json(resp: reqwest::Response) -> (u16, Value) {
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
 
 /// Runs the `salve` binary; returns exit code, stdout and stderr.
 fn salve_cli(args: &[&str]) -> (i32, String, String) {
@@ -110,10 +131,7 @@ async fn post_pause(s: &TestSalve, token: Option<&str>, body: Value) -> (u16, Va
         req = req.bearer_auth(t);
     }
     let resp = req.send().await.unwrap();
-    (
-        resp.status().as_u16(),
-        resp.json().await.unwrap_or(Value::Null),
-    )
+    status_and_json(resp).await
 }
 
 async fn delete_pause(s: &TestSalve, query: &str) -> (u16, Value) {
@@ -123,10 +141,7 @@ async fn delete_pause(s: &TestSalve, query: &str) -> (u16, Value) {
         .send()
         .await
         .unwrap();
-    (
-        resp.status().as_u16(),
-        resp.json().await.unwrap_or(Value::Null),
-    )
+    status_and_json(resp).await
 }
 
 #[tokio::test]
@@ -993,11 +1008,286 @@ async fn without_an_answer_from_alertmanager_the_rule_decides_hold_or_proceed() 
     );
 }
 
+/// The real (not dry-run) scale PATCHes a remediation's timeline records (a dry-run's
+/// path ends in `?dryRun=All`).
+fn real_scales(detail: &Value) -> usize {
+    patches(detail)
+        .iter()
+        .filter(|p| p.ends_with("/scale"))
+        .count()
+}
+
+async fn post_decision(s: &TestSalve, id: &str, verb: &str, body: Value) -> (u16, Value) {
+    let resp = s
+        .http
+        .post(format!("{}/api/v1/remediations/{id}/{verb}", s.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    status_and_json(resp).await
+}
+
+#[tokio::test]
+async fn an_approve_rule_waits_for_a_human_and_writes_once_approved() {
+    let Some(plane) = ControlPlane::get() else {
+        return;
+    };
+    let ns = plane.namespace("approve").await;
+    let client = plane.client().await;
+    create_deployment(&client, &ns.name, deployment("checkout", 2, "checkout:1.4")).await;
+    let chat = Capture::start().await;
+    let s = spawn_salve(Options {
+        kubeconfig: Some(plane.admin_kubeconfig.clone()),
+        rules: Some(RULES.to_owned()),
+        approval_webhook_url: Some(chat.url.clone()),
+        ..Options::default()
+    })
+    .await;
+    s.post_alerts(&firing_for(
+        "ApprovedLatency",
+        &ns.name,
+        "checkout",
+        "cc00000000000081",
+    ))
+    .await;
+    let items = s.reached(1, &["awaiting_approval"]).await;
+    let r = &items[0];
+    assert_eq!(r["state"], "awaiting_approval", "{r:#}");
+    let id = r["id"].as_str().unwrap().to_owned();
+    let plan = format!("scale Deployment {}/checkout from 2 to 3 replicas", ns.name);
+    assert!(
+        r["summary"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("would {plan}")),
+        "{r:#}"
+    );
+    let asked = chat.received(1).await;
+    assert_eq!(asked[0]["remediation_id"], id.as_str());
+    assert_eq!(asked[0]["request"]["plan"], plan.as_str());
+    assert_eq!(
+        asked[0]["approve_url"],
+        format!("{}/api/v1/remediations/{id}/approve", s.url)
+    );
+    let detail = s.detail(&id).await;
+    assert_eq!(
+        real_scales(&detail),
+        0,
+        "the dry-run only: {:?}",
+        patches(&detail)
+    );
+    assert_eq!(
+        replicas_of(&get_deployment(&client, &ns.name, "checkout").await),
+        2
+    );
+
+    let (code, out, err) = salve_cli(&["approve", &id, "--database", &s.database]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.trim_end(),
+        format!(
+            "Approved by alice (salve approve on {}): Deployment {}/checkout. salve reads the workload and asks policy again before it writes; if either changed, it writes nothing.",
+            host(),
+            ns.name
+        )
+    );
+    let items = s.settled(1).await;
+    assert_eq!(items[0]["state"], "verifying", "{:#}", items[0]);
+    assert_eq!(
+        replicas_of(&deployment_rolled_out(&client, &ns.name, "checkout").await),
+        3
+    );
+    let detail = s.detail(&id).await;
+    let approved = events(&detail, "state_changed")
+        .into_iter()
+        .find(|e| e["detail"]["from"] == "awaiting_approval")
+        .expect("the approval is on the audit-chained timeline");
+    assert_eq!(
+        approved["detail"]["summary"],
+        format!("approved by alice (salve approve on {}): {plan}", host())
+    );
+    assert_eq!(
+        events(&detail, "policy_evaluated").len(),
+        2,
+        "judged again on fresh state after the approval"
+    );
+    let (code, _, err) = salve_cli(&["approve", &id, "--database", &s.database]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("waits for no approval; nothing was approved"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_rejected_or_unanswered_change_is_never_written() {
+    let Some(plane) = ControlPlane::get() else {
+        return;
+    };
+    let ns = plane.namespace("reject").await;
+    let client = plane.client().await;
+    create_deployment(&client, &ns.name, deployment("checkout", 2, "checkout:1.4")).await;
+    create_deployment(&client, &ns.name, deployment("cart", 2, "cart:1.0")).await;
+    let s = on_plane(plane, None).await;
+    s.post_alerts(&firing_for(
+        "ApprovedLatency",
+        &ns.name,
+        "checkout",
+        "cc00000000000091",
+    ))
+    .await;
+    s.post_alerts(&firing_for(
+        "UnansweredLatency",
+        &ns.name,
+        "cart",
+        "cc00000000000092",
+    ))
+    .await;
+    let items = s.reached(2, &["awaiting_approval"]).await;
+    let id = items
+        .iter()
+        .find(|r| r["target"]["name"] == "checkout")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let (status, body) = post_decision(&s, &id, "reject", json!({"by": "bob"})).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = post_decision(
+        &s,
+        &id,
+        "reject",
+        json!({"by": "bob", "reason": "we are failing over"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "rejected");
+
+    let items = s.finished(2).await;
+    let rejected = items.iter().find(|r| r["id"] == id.as_str()).unwrap();
+    assert_eq!(rejected["state"], "rejected", "{rejected:#}");
+    assert_eq!(rejected["reasons"], json!(["we are failing over"]));
+    let expired = items.iter().find(|r| r["id"] != id.as_str()).unwrap();
+    assert_eq!(expired["state"], "escalated", "{expired:#}");
+    assert!(
+        expired["summary"].as_str().unwrap().contains(&format!(
+            "no one approved or rejected \"scale Deployment {}/cart from 2 to 3 replicas\" by ",
+            ns.name
+        )),
+        "{expired:#}"
+    );
+    let (status, body) =
+        post_decision(&s, expired["id"].as_str().unwrap(), "approve", json!({})).await;
+    assert_eq!(status, 409, "too late: {body}");
+    for name in ["checkout", "cart"] {
+        assert_eq!(
+            replicas_of(&get_deployment(&client, &ns.name, name).await),
+            2,
+            "{name}"
+        );
+    }
+    // A rejection frees the workload at once.
+    s.post_alerts(&firing_for(
+        "HighRequestLatency",
+        &ns.name,
+        "checkout",
+        "cc00000000000093",
+    ))
+    .await;
+    let items = s.settled(3).await;
+    assert_eq!(items[0]["state"], "verifying", "{:#}", items[0]);
+}
+
+#[tokio::test]
+async fn an_approval_granted_after_the_workload_changed_is_judged_again_and_writes_nothing() {
+    let Some(plane) = ControlPlane::get() else {
+        return;
+    };
+    let ns = plane.namespace("stale").await;
+    let client = plane.client().await;
+    create_deployment(&client, &ns.name, deployment("checkout", 2, "checkout:1.4")).await;
+    create_deployment(&client, &ns.name, deployment("cart", 2, "cart:1.0")).await;
+    let s = on_plane(plane, None).await;
+    s.post_alerts(&firing_for(
+        "ApprovedLatency",
+        &ns.name,
+        "checkout",
+        "cc000000000000a1",
+    ))
+    .await;
+    s.post_alerts(&firing_for(
+        "ApprovedLatency",
+        &ns.name,
+        "cart",
+        "cc000000000000a2",
+    ))
+    .await;
+    let items = s.reached(2, &["awaiting_approval"]).await;
+    let id_of = |name: &str| {
+        items.iter().find(|r| r["target"]["name"] == name).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (checkout, cart) = (id_of("checkout"), id_of("cart"));
+
+    // While they wait: checkout's owners opt it out (policy now denies), and someone
+    // scales cart by hand (the approved change is no longer the one salve would make).
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), &ns.name);
+    let optout = json!({"metadata": {"annotations": {"salve.io/disabled": "true"}}});
+    deployments
+        .patch("checkout", &PatchParams::default(), &Patch::Merge(&optout))
+        .await
+        .unwrap();
+    deployments
+        .patch(
+            "cart",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"replicas": 5}})),
+        )
+        .await
+        .unwrap();
+    for id in [&checkout, &cart] {
+        let (status, body) = post_decision(&s, id, "approve", json!({"by": "carol"})).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let items = s.finished(2).await;
+    let denied = items.iter().find(|r| r["id"] == checkout.as_str()).unwrap();
+    assert_eq!(denied["state"], "denied", "{denied:#}");
+    assert!(
+        denied["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("is annotated salve.io/disabled=true"),
+        "{denied:#}"
+    );
+    let stale = items.iter().find(|r| r["id"] == cart.as_str()).unwrap();
+    assert_eq!(stale["state"], "escalated", "{stale:#}");
+    assert_eq!(
+        stale["reasons"][0],
+        format!(
+            "Deployment {0}/cart changed since carol (API from 127.0.0.1) approved \"scale Deployment {0}/cart from 2 to 3 replicas\": salve would now scale Deployment {0}/cart from 5 to 6 replicas; a stale approval writes nothing",
+            ns.name
+        )
+    );
+    for (id, name, replicas) in [(&checkout, "checkout", 2), (&cart, "cart", 5)] {
+        assert_eq!(real_scales(&s.detail(id).await), 0, "{name}: dry-runs only");
+        assert_eq!(
+            replicas_of(&get_deployment(&client, &ns.name, name).await),
+            replicas,
+            "{name}"
+        );
+    }
+}
+
 #[test]
 fn salve_help_lists_the_controls() {
     let (code, out, err) = salve_cli(&["--help"]);
     assert_eq!(code, 0, "{err}");
-    for command in ["pause", "resume", "pauses"] {
+    for command in ["pause", "resume", "pauses", "approve", "reject"] {
         assert!(
             out.lines()
                 .any(|l| l.trim_start().starts_with(&format!("{command} "))),

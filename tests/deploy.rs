@@ -377,6 +377,6 @@ async fn the_single_overlays_pod_starts_with_its_configmap_as_the_kubelet_mounts
         .unwrap();
     let said = String::from_utf8_lossy(&tested.stdout);
     assert!(tested.status.success(), "{said}");
-    assert!(said.contains("PASS: 12/12"), "{said}");
+    assert!(said.contains("PASS: 15/15"), "{said}");
     assert!(Path::new(&policies).join("..data").is_symlink());
 }

@@ -241,6 +241,7 @@ fn start_replica(
         cluster: Some(Arc::new(cluster.clone()) as Arc<dyn Cluster>),
         prometheus: None,
         alertmanager: None,
+        approval_webhook: None,
         notifiers: Vec::new(),
         external_url: salve::http::ExternalUrl::parse("http://salve.test").unwrap(),
         metrics: std::sync::Arc::new(salve::telemetry::Metrics::new()),

@@ -126,6 +126,7 @@ async fn a_remediation_this_replica_lost_track_of_is_settled_without_a_restart()
         cluster: None,
         prometheus: None,
         alertmanager: None,
+        approval_webhook: None,
         notifiers: vec![std::sync::Arc::new(webhook) as std::sync::Arc<dyn Notifier>],
         external_url: salve::http::ExternalUrl::parse("http://salve.test").unwrap(),
         metrics: std::sync::Arc::new(salve::telemetry::Metrics::new()),

@@ -215,6 +215,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/-/reload", post(reload))
         .route("/api/v1/remediations/{id}/handled", post(handled))
         .route("/api/v1/pause", post(pause).delete(resume))
+        .route("/api/v1/remediations/{id}/approve", post(approve))
+        .route("/api/v1/remediations/{id}/reject", post(reject))
         .with_state(state)
 }
 
@@ -578,6 +580,69 @@ async fn resume(
 async fn pauses(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, HttpError> {
     let in_force = state.store.active_pauses(chrono::Utc::now()).await?;
     Ok(Json(serde_json::json!({"in_force": in_force})))
+}
+
+/// Who decides on an approval, and why (`reason` is required to reject).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionBody {
+    pub by: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// Approves the change a remediation waits with (admin token).
+async fn approve(
+    state: State<ApiState>,
+    peer: ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    id: Path<String>,
+    body: Option<Json<DecisionBody>>,
+) -> Result<Json<serde_json::Value>, HttpError> {
+    decide(state, peer, headers, id, body, true).await
+}
+
+/// Rejects the change a remediation waits with (admin token; a reason is required).
+async fn reject(
+    state: State<ApiState>,
+    peer: ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    id: Path<String>,
+    body: Option<Json<DecisionBody>>,
+) -> Result<Json<serde_json::Value>, HttpError> {
+    decide(state, peer, headers, id, body, false).await
+}
+
+async fn decide(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Option<Json<DecisionBody>>,
+    approve: bool,
+) -> Result<Json<serde_json::Value>, HttpError> {
+    authorize(&[state.admin_token.as_deref()], peer, &headers)?;
+    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let reason = body.reason.unwrap_or_default().trim().to_owned();
+    if !approve && reason.is_empty() {
+        return Err(HttpError::BadRequest(
+            "a rejection needs a reason (\"reason\": \"…\"), for the record".into(),
+        ));
+    }
+    let by = crate::controls::who(body.by.as_deref(), &format!("API from {}", peer.ip()));
+    match crate::controls::decide(&state.store, &id, approve, &by, &reason).await? {
+        Ok(said) => {
+            let r = state.store.remediation(&id).await?;
+            Ok(Json(serde_json::json!({
+                "remediation_id": id,
+                "decision": if approve { "approved" } else { "rejected" },
+                "by": by,
+                "state": r.map(|r| r.state),
+                "message": said,
+            })))
+        }
+        Err(crate::controls::NotDecided::Unknown(m)) => Err(HttpError::NotFound(m)),
+        Err(crate::controls::NotDecided::NotWaiting(m)) => Err(HttpError::Conflict(m)),
+    }
 }
 
 async fn reload(

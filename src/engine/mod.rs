@@ -21,6 +21,7 @@
 //! tells humans, and `record` writes the timeline.
 
 mod admission;
+mod approval;
 mod escalation;
 mod input;
 mod ladder;
@@ -149,6 +150,9 @@ pub struct Seams {
     pub alertmanager: Option<Arc<dyn Suppressions>>,
     /// Where escalations go.
     pub notifiers: Vec<Arc<dyn Notifier>>,
+    /// Where approval requests are posted as JSON (a chat bridge); `None`: they wait in
+    /// the store, the API and the CLI only.
+    pub approval_webhook: Option<Arc<crate::notify::WebhookNotifier>>,
     /// salve's own URL as people reach it, for audit links.
     pub external_url: crate::http::ExternalUrl,
     /// Where the engine counts what it does (served at `/metrics`).
@@ -167,6 +171,7 @@ struct Inner {
     prometheus: Option<Arc<dyn Prometheus>>,
     alertmanager: Option<Arc<dyn Suppressions>>,
     notifiers: Vec<Arc<dyn Notifier>>,
+    approval_webhook: Option<Arc<crate::notify::WebhookNotifier>>,
     /// Where people reach salve, for links in escalations.
     external_url: crate::http::ExternalUrl,
     metrics: Arc<Metrics>,
@@ -247,6 +252,7 @@ impl Engine {
             prometheus,
             alertmanager,
             notifiers,
+            approval_webhook,
             external_url,
             metrics,
         } = seams;
@@ -262,6 +268,7 @@ impl Engine {
                 prometheus,
                 alertmanager,
                 notifiers,
+                approval_webhook,
                 external_url,
                 metrics,
                 mode,
@@ -529,15 +536,22 @@ impl Engine {
         .await?;
         let now = Utc::now();
         let mut resumed = Vec::new();
-        for orphan in store
-            .orphaned_remediations(RemediationState::Pending, &self.inner.owner, now)
-            .await?
-        {
-            if store
-                .adopt_remediation(&orphan, RemediationState::Pending, &self.inner.owner)
+        // Nothing was written for these: a new owner starts them over from a fresh read
+        // (an approval request waits on, with its decision if one came meanwhile).
+        for state in [
+            RemediationState::Pending,
+            RemediationState::AwaitingApproval,
+        ] {
+            for orphan in store
+                .orphaned_remediations(state, &self.inner.owner, now)
                 .await?
             {
-                resumed.push(orphan.id);
+                if store
+                    .adopt_remediation(&orphan, state, &self.inner.owner)
+                    .await?
+                {
+                    resumed.push(orphan.id);
+                }
             }
         }
         resumed.extend(self.settle_stalled().await?);
@@ -591,9 +605,14 @@ impl Engine {
                 warn!(remediation = %id, "{summary}");
             }
         }
-        let pending = store
+        let mut pending = store
             .owned_remediations(RemediationState::Pending, &self.inner.owner)
             .await?;
+        pending.extend(
+            store
+                .owned_remediations(RemediationState::AwaitingApproval, &self.inner.owner)
+                .await?,
+        );
         Ok(pending
             .into_iter()
             .filter(|(_, incident)| idle(incident))
@@ -680,7 +699,14 @@ impl Engine {
         }
         // Read again under the claim: another task may have finished it meanwhile.
         let result = match store.remediation(id).await? {
-            Some(r) if r.state == RemediationState::Pending => self.resume_claimed(r).await,
+            Some(r)
+                if matches!(
+                    r.state,
+                    RemediationState::Pending | RemediationState::AwaitingApproval
+                ) =>
+            {
+                self.resume_claimed(r).await
+            }
             _ => Ok(()),
         };
         self.release_in_flight(&incident_id);
@@ -702,7 +728,7 @@ impl Engine {
             store
                 .transition(
                     id,
-                    RemediationState::Pending,
+                    r.state,
                     Event::Skip,
                     &reason,
                     std::slice::from_ref(&reason),
@@ -718,7 +744,7 @@ impl Engine {
             target,
             incident,
             decisions: &decisions,
-            state: RemediationState::Pending,
+            state: r.state,
             lease: None,
             changed: 0,
         })

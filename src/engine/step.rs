@@ -8,6 +8,7 @@
 use chrono::{DateTime, Utc};
 
 use super::admission::{Admission, Gate, NotSent};
+use super::approval::Approval;
 use super::ladder::{Finish, Run};
 use super::plan::{self, Plan, Planned};
 use super::{Engine, EngineError};
@@ -41,6 +42,8 @@ pub(super) enum Step {
     Failed(String),
     /// Dry-run or offline: salve only records what it would do.
     WouldAct(Finish),
+    /// End the remediation so (an approval that expired or went stale).
+    End(Finish),
     /// A shadow rule: everything but the write was done; what was found, for the record.
     Shadow(Box<Plan>, String),
     /// Stop without touching anything more: shutting down, or another worker claimed
@@ -72,7 +75,9 @@ impl Engine {
         total: usize,
     ) -> Result<Step, EngineError> {
         let retries = self.inner.limits.conflict_retries;
-        for _ in 0..=retries {
+        // Conflicts count against `retries`; a decision on an approval does not.
+        let mut conflicts = 0;
+        while conflicts <= retries {
             if self.inner.stopping.is_cancelled() {
                 return Ok(Step::Leave("shutting down before the next write"));
             }
@@ -114,7 +119,10 @@ impl Engine {
                 })
                 .await?
             {
-                Err(e) if e.is_conflict() => continue,
+                Err(e) if e.is_conflict() => {
+                    conflicts += 1;
+                    continue;
+                }
                 Err(e) => {
                     return Ok(Step::Failed(format!(
                         "server-side dry-run of \"{}\" was rejected: {e}",
@@ -135,6 +143,13 @@ impl Engine {
                 }
                 Ok(_) => {}
             }
+            if run.rule.mode == RuleMode::Approve {
+                match self.approval(run, index, &plan).await? {
+                    Approval::Granted => {}
+                    Approval::Decided => continue,
+                    Approval::End(step) => return Ok(step),
+                }
+            }
             match self
                 .send(
                     run,
@@ -154,7 +169,10 @@ impl Engine {
                         written_generation: generation,
                     });
                 }
-                Sent::Conflict => continue,
+                Sent::Conflict => {
+                    conflicts += 1;
+                    continue;
+                }
                 Sent::Refused(e) => {
                     return Ok(Step::Failed(format!(
                         "\"{}\" was rejected: {e}",

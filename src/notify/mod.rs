@@ -126,6 +126,24 @@ impl WebhookNotifier {
     pub fn new(url: Url, client: reqwest::Client) -> WebhookNotifier {
         WebhookNotifier { url, client }
     }
+
+    /// Posts any JSON body (an escalation, an approval request); the error never names
+    /// the URL (it may carry a token).
+    pub async fn post(&self, body: &impl serde::Serialize) -> Result<(), String> {
+        let resp = self
+            .client
+            .post(self.url.clone())
+            .json(body)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| e.without_url().to_string())?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("webhook answered {}", resp.status()))
+        }
+    }
 }
 
 #[async_trait]
@@ -135,19 +153,6 @@ impl Notifier for WebhookNotifier {
     }
 
     async fn notify(&self, e: &Escalation, _ends_at: DateTime<Utc>) -> Result<(), String> {
-        let resp = self
-            .client
-            .post(self.url.clone())
-            .json(e)
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            // reqwest names the URL in its errors; the record and the log must not.
-            .map_err(|e| e.without_url().to_string())?;
-        if resp.status().is_success() {
-            Ok(())
-        } else {
-            Err(format!("webhook answered {}", resp.status()))
-        }
+        self.post(e).await
     }
 }

@@ -33,8 +33,12 @@ pub struct Rule {
     /// Whether this rule may change a workload a GitOps controller manages (policy sees
     /// it as `input.rule.gitops`; the shipped guardrails deny unless `allow`).
     pub gitops: GitOps,
-    /// Whether the rule acts (`auto`) or only shows what it would do (`shadow`).
+    /// Whether the rule acts (`auto`), asks a human first (`approve`), or only shows
+    /// what it would do (`shadow`).
     pub mode: RuleMode,
+    /// How long a change of an `approve` rule waits for a decision before it expires
+    /// (and is escalated).
+    pub approval_timeout: Duration,
     /// What a step does when no Alertmanager answers whether the alert is silenced.
     pub on_alertmanager_unavailable: Unavailable,
     /// The file the rule came from, for the audit trail; set by the loader.
@@ -251,6 +255,9 @@ pub enum RuleMode {
     /// Make the change (within every guard).
     #[default]
     Auto,
+    /// Wait for a human to approve the exact change (CLI, API, or a chat bridge through
+    /// the approval webhook), then judge it again on fresh state and make it.
+    Approve,
     /// Everything but the write: a fresh read, the policy verdict and a server-side
     /// dry-run are recorded, then salve watches whether the alert resolves on its own, so
     /// a new rule's record says what it would have done and achieved before it is trusted.
@@ -262,6 +269,7 @@ impl RuleMode {
     pub fn as_str(self) -> &'static str {
         match self {
             RuleMode::Auto => "auto",
+            RuleMode::Approve => "approve",
             RuleMode::Shadow => "shadow",
         }
     }
@@ -337,6 +345,8 @@ struct RawRule {
     mode: RuleMode,
     #[serde(default)]
     on_alertmanager_unavailable: Unavailable,
+    #[serde(default)]
+    approval_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -360,6 +370,10 @@ struct RawScale {
     max: Option<i32>,
     direction: Option<String>,
 }
+
+/// How long a change waits for approval by default: a page answered within a quarter of
+/// an hour is still about the same incident.
+const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 /// Default cooldown: long enough for a rollout and the alert's `for:` to settle.
 const DEFAULT_COOLDOWN: Duration = Duration::from_secs(10 * 60);
@@ -414,6 +428,15 @@ impl TryFrom<RawRule> for Rule {
                 format!("rule {name:?}: cooldown {s:?} is not a duration like 10m: {e}")
             })?,
         };
+        let approval_timeout = match raw.approval_timeout {
+            None => DEFAULT_APPROVAL_TIMEOUT,
+            Some(s) => humantime::parse_duration(s.trim())
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    format!("rule {name:?}: approval_timeout {s:?} is not a duration like 15m")
+                })?,
+        };
         let max_attempts = raw.max_attempts.unwrap_or(steps.len() as u32);
         if max_attempts == 0 {
             return Err(format!("rule {name:?}: max_attempts must be at least 1"));
@@ -431,6 +454,7 @@ impl TryFrom<RawRule> for Rule {
             gitops: raw.gitops,
             mode: raw.mode,
             on_alertmanager_unavailable: raw.on_alertmanager_unavailable,
+            approval_timeout,
             file: String::new(),
         })
     }

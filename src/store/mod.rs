@@ -10,6 +10,7 @@
 //! Queries are grouped by what they are about: [`incidents`], [`remediations`],
 //! [`targets`].
 
+pub mod approvals;
 pub mod chain;
 pub mod escalations;
 pub mod incidents;

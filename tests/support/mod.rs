@@ -249,6 +249,8 @@ pub struct Options {
     /// Alertmanagers to escalate to (each gets every escalation).
     pub alertmanager_urls: Vec<reqwest::Url>,
     pub escalation_webhook_url: Option<reqwest::Url>,
+    /// Where approval requests are posted.
+    pub approval_webhook_url: Option<reqwest::Url>,
     /// The HTTP listener's timeouts and connection cap.
     pub connections: salve::server::ConnectionLimits,
     /// `--external-url` (its path is the prefix salve serves under).
@@ -277,6 +279,7 @@ impl Default for Options {
             prometheus_url: None,
             alertmanager_urls: Vec::new(),
             escalation_webhook_url: None,
+            approval_webhook_url: None,
             connections: Default::default(),
             external_url: None,
         }
@@ -330,6 +333,7 @@ pub async fn spawn_salve(opts: Options) -> TestSalve {
         prometheus_url: opts.prometheus_url,
         alertmanager_url: opts.alertmanager_urls,
         escalation_webhook_url: opts.escalation_webhook_url,
+        approval_webhook_url: opts.approval_webhook_url,
         external_url: opts.external_url,
     };
     let salve = Salve::start(&settings)
@@ -407,7 +411,12 @@ impl TestSalve {
 
     /// Waits until `count` remediations exist and every one is in `states` (or a terminal state).
     pub async fn reached(&self, count: usize, states: &[&str]) -> Vec<Value> {
-        let terminal = |s: &str| !matches!(s, "pending" | "executing" | "verifying");
+        let terminal = |s: &str| {
+            !matches!(
+                s,
+                "pending" | "executing" | "verifying" | "awaiting_approval"
+            )
+        };
         let what = format!("{count} remediation(s), each in {states:?} or an end state");
         eventually(&what, Duration::from_secs(60), async || {
             let items = self.remediations().await;
