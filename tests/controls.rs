@@ -1283,6 +1283,79 @@ async fn an_approval_granted_after_the_workload_changed_is_judged_again_and_writ
     }
 }
 
+#[tokio::test]
+async fn policy_can_demand_approval_of_a_change_an_auto_rule_would_make() {
+    let Some(plane) = ControlPlane::get() else {
+        return;
+    };
+    let ns = plane.namespace("demand").await;
+    let client = plane.client().await;
+    let mut critical = deployment("pay", 2, "pay:3.1");
+    critical["metadata"]["labels"] = json!({"app": "pay", "tier": "critical"});
+    create_deployment(&client, &ns.name, critical).await;
+    create_deployment(&client, &ns.name, deployment("docs", 2, "docs:1")).await;
+    let s = on_plane(plane, None).await;
+    std::fs::write(
+        s.dir.path().join("policies/approval.rego"),
+        "package salve\n\nimport rego.v1\n\nrequire_approval contains msg if {\n\tinput.target.labels.tier == \"critical\"\n\tmsg := sprintf(\"%s is critical: a human approves every change\", [input.target.name])\n}\n",
+    )
+    .unwrap();
+    let (status, body) = s.reload().await;
+    assert_eq!(status, 200, "{body}");
+
+    s.post_alerts(&firing_for(
+        "HighRequestLatency",
+        &ns.name,
+        "pay",
+        "cc000000000000b1",
+    ))
+    .await;
+    s.post_alerts(&firing_for(
+        "HighRequestLatency",
+        &ns.name,
+        "docs",
+        "cc000000000000b2",
+    ))
+    .await;
+    let items = s.reached(2, &["awaiting_approval", "verifying"]).await;
+    let of = |name: &str| {
+        items
+            .iter()
+            .find(|r| r["target"]["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    let (pay, docs) = (of("pay"), of("docs"));
+    assert_eq!(pay["state"], "awaiting_approval", "{pay:#}");
+    assert_eq!(
+        docs["state"], "verifying",
+        "no approval asked for docs: {docs:#}"
+    );
+    let id = pay["id"].as_str().unwrap();
+    let detail = s.detail(id).await;
+    let verdict = &events(&detail, "policy_evaluated")[0]["detail"]["verdict"];
+    assert_eq!(verdict["allowed"], true);
+    assert_eq!(
+        verdict["approval"],
+        json!(["pay is critical: a human approves every change"])
+    );
+    assert_eq!(
+        replicas_of(&get_deployment(&client, &ns.name, "pay").await),
+        2
+    );
+    let (status, body) = post_decision(&s, id, "approve", json!({"by": "dana"})).await;
+    assert_eq!(status, 200, "{body}");
+    let items = s.settled(2).await;
+    assert!(
+        items.iter().all(|r| r["state"] == "verifying"),
+        "{items:#?}"
+    );
+    assert_eq!(
+        replicas_of(&deployment_rolled_out(&client, &ns.name, "pay").await),
+        3
+    );
+}
+
 #[test]
 fn salve_help_lists_the_controls() {
     let (code, out, err) = salve_cli(&["--help"]);

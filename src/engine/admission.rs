@@ -70,6 +70,8 @@ impl NotSent {
 /// The gate's answer.
 pub(super) enum Admission {
     Allowed,
+    /// Allowed, once a human approves it: policy's `require_approval` reasons.
+    NeedsApproval(Vec<String>),
     /// The reasons (a policy that cannot be evaluated denies, with its error).
     Denied(Vec<String>),
     /// Policy allowed it, but an operator paused salve where it would write.
@@ -161,6 +163,7 @@ impl Engine {
             return Ok(Admission::Denied(verdict.reasons));
         }
         Ok(match self.pause_over(run).await? {
+            Ok(None) if !verdict.approval.is_empty() => Admission::NeedsApproval(verdict.approval),
             Ok(None) => Admission::Allowed,
             Ok(Some(pause)) => {
                 self.inner.metrics.refused("paused");

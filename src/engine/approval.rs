@@ -1,4 +1,5 @@
-//! Approval: a rule in `mode: approve` asks a human before each write.
+//! Approval: a rule in `mode: approve` (or a policy's `require_approval`) asks a human
+//! before each write.
 //!
 //! After the fresh read, the plan, the verdict and the server-side dry-run, the exact
 //! change is recorded as a request and the remediation waits `awaiting_approval` (its
@@ -43,11 +44,12 @@ impl Engine {
         run: &mut Run<'_>,
         index: usize,
         plan: &Plan,
+        why: String,
     ) -> Result<Approval, EngineError> {
         let store = &self.inner.store;
         let step = index as i64 + 1;
         let Some(asked) = store.approval(&run.id, step).await? else {
-            return self.ask_approval(run, step, plan).await;
+            return self.ask_approval(run, step, plan, why).await;
         };
         match asked.decision.as_deref() {
             Some("approved") if asked.plan == plan.description => Ok(Approval::Granted),
@@ -70,6 +72,7 @@ impl Engine {
         run: &mut Run<'_>,
         step: i64,
         plan: &Plan,
+        why: String,
     ) -> Result<Approval, EngineError> {
         let now = Utc::now();
         let timeout = run.rule.approval_timeout;
@@ -77,7 +80,7 @@ impl Engine {
             now + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::minutes(15));
         let request = json!({
             "rule": run.rule.name,
-            "why": format!("rule {} is in mode approve", run.rule.name),
+            "why": why,
             "target": run.target,
             "step": step,
             "plan": plan.description,

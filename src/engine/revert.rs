@@ -148,7 +148,9 @@ impl Engine {
                 .admit(run, Gate::Revert, Some(&now), &revert_plan)
                 .await?
             {
-                Admission::Allowed => None,
+                // Putting back salve's own change that made things worse does not wait:
+                // every minute of waiting is a minute more of the harm.
+                Admission::Allowed | Admission::NeedsApproval(_) => None,
                 Admission::Denied(reasons) => {
                     Some(format!("policy denied the revert: {}", reasons.join("; ")))
                 }

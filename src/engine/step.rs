@@ -88,8 +88,10 @@ impl Engine {
             let gate = Gate::Step { spec, index, total };
             let admission = self.admit(run, gate, workload.as_ref(), &plan).await?;
             crate::crash_point!("step.policy_recorded");
+            let mut policy_asks = None;
             match admission {
                 Admission::Allowed => {}
+                Admission::NeedsApproval(reasons) => policy_asks = Some(reasons),
                 Admission::Denied(reasons) => return Ok(Step::Denied(plan.description, reasons)),
                 Admission::Paused(pause) => return Ok(Step::Paused(plan.description, pause)),
                 Admission::Silenced(view) => {
@@ -143,8 +145,17 @@ impl Engine {
                 }
                 Ok(_) => {}
             }
-            if run.rule.mode == RuleMode::Approve {
-                match self.approval(run, index, &plan).await? {
+            let why_ask = match (run.rule.mode, policy_asks) {
+                (_, Some(reasons)) => {
+                    Some(format!("policy requires approval: {}", reasons.join("; ")))
+                }
+                (RuleMode::Approve, None) => {
+                    Some(format!("rule {} is in mode approve", run.rule.name))
+                }
+                _ => None,
+            };
+            if let Some(why) = why_ask {
+                match self.approval(run, index, &plan, why).await? {
                     Approval::Granted => {}
                     Approval::Decided => continue,
                     Approval::End(step) => return Ok(step),

@@ -29,6 +29,10 @@ use evaluator::{Evaluator, MachineError};
 /// The rule whose value is the verdict.
 pub const VERDICT_RULE: &str = "data.salve.deny";
 
+/// The rule whose messages turn an allowed change into one that waits for a human's
+/// approval (optional: a policy without it never asks).
+pub const APPROVAL_RULE: &str = "data.salve.require_approval";
+
 /// How long one evaluation may run before it counts as a failure (and so a denial).
 pub const EVALUATION_TIME_LIMIT: Duration = Duration::from_secs(2);
 
@@ -97,6 +101,9 @@ pub struct PolicySet {
     pub hash: String,
     /// The modules' paths, relative to the policy directory.
     pub modules: Vec<String>,
+    /// Whether a module defines `require_approval` in package salve (evaluated, by the
+    /// interpreter, only then and only for an allowed change).
+    asks_approval: bool,
 }
 
 impl std::fmt::Debug for PolicySet {
@@ -118,6 +125,10 @@ pub struct Verdict {
     /// Set when the verdict is a denial because the policy could not be evaluated.
     pub error: Option<String>,
     pub policy_hash: String,
+    /// The `require_approval` messages of an allowed change, sorted: the change waits
+    /// for a human's approval, for these reasons. Empty: it does not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approval: Vec<String>,
 }
 
 impl Verdict {
@@ -131,6 +142,7 @@ impl Verdict {
             )],
             error: Some(error),
             policy_hash: policy_hash.to_owned(),
+            approval: Vec::new(),
         }
     }
 }
@@ -167,6 +179,7 @@ impl PolicySet {
             return Err(error);
         }
         check_verdict_shape(&engine, bundle)?;
+        let asks_approval = check_approval_shape(&engine)?;
         let evaluator = prepare(&mut engine, options.strict_builtin_errors)?;
         Ok(PolicySet {
             engine,
@@ -174,6 +187,7 @@ impl PolicySet {
             strict_builtin_errors: options.strict_builtin_errors,
             hash: bundle.hash(&[FileKind::Rego, FileKind::Data]),
             modules,
+            asks_approval,
         })
     }
 
@@ -229,18 +243,47 @@ impl PolicySet {
 
     /// Evaluates the verdict for one policy input document. Never fails: a failure is a denial.
     pub fn evaluate(&self, input: &Value) -> Verdict {
-        match self.deny_messages(input) {
-            Ok(mut reasons) => {
-                reasons.sort();
-                Verdict {
-                    allowed: reasons.is_empty(),
-                    reasons,
-                    error: None,
-                    policy_hash: self.hash.clone(),
-                }
-            }
-            Err(error) => Verdict::failed(&self.hash, error),
+        let mut reasons = match self.deny_messages(input) {
+            Ok(reasons) => reasons,
+            Err(error) => return Verdict::failed(&self.hash, error),
+        };
+        reasons.sort();
+        let allowed = reasons.is_empty();
+        // Asked only of an allowed change; an error here fails closed, like one in `deny`.
+        let approval = match (allowed && self.asks_approval)
+            .then(|| self.approval_messages(input))
+            .transpose()
+        {
+            Ok(approval) => approval.unwrap_or_default(),
+            Err(error) => return Verdict::failed(&self.hash, error),
+        };
+        Verdict {
+            allowed,
+            reasons,
+            error: None,
+            policy_hash: self.hash.clone(),
+            approval,
         }
+    }
+
+    /// The sorted messages of `require_approval`, by the interpreter.
+    fn approval_messages(&self, input: &Value) -> Result<Vec<String>, String> {
+        let mut engine = self.engine.clone();
+        engine.set_input(evaluator::rego_value(input));
+        let value = engine
+            .eval_rule(APPROVAL_RULE.to_owned())
+            .map_err(|e| e.to_string())?;
+        let mut messages = match value {
+            regorus::Value::Undefined => Vec::new(),
+            regorus::Value::Set(_) => messages(value)?,
+            other => {
+                return Err(format!(
+                    "{APPROVAL_RULE} must be a set of messages, got {other}"
+                ));
+            }
+        };
+        messages.sort();
+        Ok(messages)
     }
 
     fn deny_messages(&self, input: &Value) -> Result<Vec<String>, String> {
@@ -336,6 +379,28 @@ fn messages(value: regorus::Value) -> Result<Vec<String>, String> {
         other => Err(format!(
             "{VERDICT_RULE} must be a set of messages, got {other}"
         )),
+    }
+}
+
+/// Whether the bundle defines `require_approval`; refuses one that is not a set (it
+/// would make every change fail closed).
+fn check_approval_shape(engine: &regorus::Engine) -> Result<bool, PolicyError> {
+    let mut probe = engine.clone();
+    probe.set_input(regorus::Value::new_object());
+    match probe.eval_rule(APPROVAL_RULE.to_owned()) {
+        Err(e) => {
+            let text = e.to_string();
+            if text.contains("not a valid rule path") || text.contains("not found") {
+                Ok(false)
+            } else {
+                // It exists but needs an input to evaluate: judged per change.
+                Ok(true)
+            }
+        }
+        Ok(regorus::Value::Set(_) | regorus::Value::Undefined) => Ok(true),
+        Ok(other) => Err(PolicyError::Rego(format!(
+            "{APPROVAL_RULE} must be a set of messages (write `require_approval contains msg if …`), but it is {other}"
+        ))),
     }
 }
 
@@ -672,6 +737,41 @@ deny contains msg if {
         assert!(
             err.starts_with("p.rego:5: undefined function sprintf_typo"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn require_approval_turns_an_allowed_change_into_one_a_human_approves() {
+        let asks = "package salve\ndeny contains \"never\" if input.never\nrequire_approval contains msg if {\n    input.action.to.replicas > 5\n    msg := \"more than 5 replicas needs a human\"\n}\n";
+        let p = set_of(&[("a.rego", asks)]).unwrap();
+        assert!(p.asks_approval);
+        let big = p.evaluate(&json!({"action": {"to": {"replicas": 8}}}));
+        assert!(big.allowed, "{big:?}");
+        assert_eq!(big.approval, ["more than 5 replicas needs a human"]);
+        let small = p.evaluate(&json!({"action": {"to": {"replicas": 3}}}));
+        assert!(small.allowed && small.approval.is_empty(), "{small:?}");
+        let denied = p.evaluate(&json!({"never": true, "action": {"to": {"replicas": 8}}}));
+        assert!(
+            !denied.allowed && denied.approval.is_empty(),
+            "a denial asks no one: {denied:?}"
+        );
+
+        let plain = set_of(&[
+            ("cap.rego", CAP),
+            ("limits/data.json", r#"{"max_replicas": 5}"#),
+        ])
+        .unwrap();
+        assert!(
+            !plain.asks_approval,
+            "a policy without the rule is never asked"
+        );
+
+        let object =
+            "package salve\ndeny contains \"x\" if false\nrequire_approval := {\"a\": 1}\n";
+        let e = set_of(&[("o.rego", object)]).unwrap_err().to_string();
+        assert!(
+            e.contains("require_approval must be a set of messages"),
+            "{e}"
         );
     }
 
