@@ -352,6 +352,16 @@ pub struct ServeArgs {
     #[arg(long, env = "SALVE_MAX_ACTIONS_PER_HOUR", default_value_t = 20)]
     pub max_actions_per_hour: u32,
 
+    /// Storm brake: more remediations than this opened in one minute (across replicas)
+    /// pause automation everywhere for `--storm-brake-pause` and escalate once; 0 turns
+    /// the brake off.
+    #[arg(long, env = "SALVE_STORM_BRAKE_PER_MINUTE", default_value_t = 20)]
+    pub storm_brake_per_minute: u32,
+
+    /// How long the storm brake pauses automation (`salve resume` ends it sooner).
+    #[arg(long, env = "SALVE_STORM_BRAKE_PAUSE", default_value = "15m", value_parser = humantime::parse_duration)]
+    pub storm_brake_pause: Duration,
+
     /// Longest wait for one Kubernetes API call, e.g. `30s`.
     #[arg(long, env = "SALVE_CALL_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub call_timeout: Duration,
@@ -692,6 +702,12 @@ impl ServeArgs {
             read_token: secret(&self.read_token_file, "SALVE_READ_TOKEN", "read token")?,
             limits: Limits {
                 max_actions_per_hour: self.max_actions_per_hour,
+                storm_brake: (self.storm_brake_per_minute > 0).then_some(
+                    crate::engine::StormBrake {
+                        per_minute: self.storm_brake_per_minute,
+                        pause_for: self.storm_brake_pause,
+                    },
+                ),
                 call_timeout: self.call_timeout,
                 heartbeat_ttl: self.heartbeat_ttl,
                 sweep_every: self.sweep_every,

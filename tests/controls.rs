@@ -1356,6 +1356,113 @@ async fn policy_can_demand_approval_of_a_change_an_auto_rule_would_make() {
     );
 }
 
+#[tokio::test]
+async fn the_storm_brake_pauses_everything_and_tells_humans_once() {
+    let capture = Capture::start().await;
+    let s = spawn_salve(Options {
+        escalation_webhook_url: Some(capture.url.clone()),
+        limits: salve::engine::Limits {
+            storm_brake: Some(salve::engine::StormBrake {
+                per_minute: 3,
+                pause_for: std::time::Duration::from_secs(3600),
+            }),
+            ..Options::default().limits
+        },
+        ..Options::default()
+    })
+    .await;
+    for i in 0..8 {
+        let fp = format!("dd0000000000000{i}");
+        s.post_alerts(&firing_for(
+            "HighRequestLatency",
+            "shop",
+            &format!("web-{i}"),
+            &fp,
+        ))
+        .await;
+    }
+    let items = s.finished(8).await;
+    let tripped: Vec<&Value> = items
+        .iter()
+        .filter(|r| r["summary"] == "paused: the storm brake tripped as this remediation opened")
+        .collect();
+    assert_eq!(tripped.len(), 1, "{items:#?}");
+    let reason = tripped[0]["reasons"][0].as_str().unwrap();
+    assert!(
+        reason.starts_with("storm brake: ")
+            && reason.contains("more than 3; automation is paused everywhere until "),
+        "{reason}"
+    );
+    let acted = items.iter().filter(|r| r["state"] == "dry_run").count();
+    let paused = items.iter().filter(|r| r["state"] == "paused").count();
+    assert!(acted <= 3, "at most the brake's 3 acted: {items:#?}");
+    assert_eq!(acted + paused, 8, "{items:#?}");
+    let (_, ready) = s.get("/readyz").await;
+    assert!(
+        ready["paused"][0]["paused_by"]
+            .as_str()
+            .unwrap()
+            .starts_with("salve's storm brake ("),
+        "{ready}"
+    );
+    // One escalation, however many remediations met the brake.
+    let sent = capture.received(1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(capture.bodies().len(), 1, "{sent:#?}");
+    assert_eq!(capture.bodies()[0]["remediation_id"], tripped[0]["id"]);
+
+    // Resumed, salve acts again.
+    let (status, _) = delete_pause(&s, "").await;
+    assert_eq!(status, 200);
+    let (_, ready) = s.get("/readyz").await;
+    assert_eq!(ready["paused"], json!([]), "{ready}");
+}
+
+#[tokio::test]
+async fn a_storm_that_goes_on_while_braked_trips_the_brake_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = support::fresh_database(dir.path()).await;
+    let store = salve::store::Store::open(&database).await.unwrap();
+    let now = chrono::Utc::now();
+    let brake = salve::store::pauses::NewPause {
+        namespace: None,
+        reason: "storm".into(),
+        by: "salve's storm brake (test)".into(),
+        until: Some(now + chrono::Duration::hours(1)),
+    };
+    assert!(
+        store
+            .trip_brake("storm-brake-1", &brake, now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .trip_brake("storm-brake-2", &brake, now)
+            .await
+            .unwrap(),
+        "the next minute of the same storm: the brake holds already"
+    );
+    store
+        .resume(&salve::store::pauses::ResumeScope::All, "an operator", now)
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .trip_brake("storm-brake-1", &brake, now)
+            .await
+            .unwrap(),
+        "another replica in the same minute"
+    );
+    assert!(
+        store
+            .trip_brake("storm-brake-3", &brake, now)
+            .await
+            .unwrap(),
+        "resumed, a storm that goes on trips it again"
+    );
+}
+
 #[test]
 fn salve_help_lists_the_controls() {
     let (code, out, err) = salve_cli(&["--help"]);

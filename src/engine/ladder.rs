@@ -150,9 +150,10 @@ impl Engine {
 
     pub(super) async fn finish(&self, run: &mut Run<'_>, mut f: Finish) -> Result<(), EngineError> {
         crate::crash_point!("finish.before_terminal");
-        if run.rule.mode == RuleMode::Shadow {
+        if run.rule.mode == RuleMode::Shadow && f.event != Event::Pause {
             // A rule on trial tells no one at 3 a.m.: its record (and `salve rules
-            // report`) says what it met; it made no change a human must look at.
+            // report`) says what it met; it made no change a human must look at. (A
+            // pause it meets is no verdict on it: the storm brake it tripped is told.)
             f.escalate = None;
         }
         let escalation = f

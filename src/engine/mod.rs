@@ -110,6 +110,19 @@ pub struct Limits {
     pub policy: PoolLimits,
     /// What salve never keeps of the workloads it reads (see [`crate::redact`]).
     pub redaction: crate::redact::Redaction,
+    /// Pauses automation when remediations open faster than a storm allows; `None`: off.
+    pub storm_brake: Option<StormBrake>,
+}
+
+/// The storm brake: a flood of remediations is itself the alarm. Many workloads "need"
+/// fixing at once when something shared broke (a node pool, the network, a bad config),
+/// and changing them all one by one deepens the outage; past `per_minute` remediations
+/// opened in one minute, salve pauses itself everywhere for `pause_for` and tells humans,
+/// once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StormBrake {
+    pub per_minute: u32,
+    pub pause_for: Duration,
 }
 
 impl Default for Limits {
@@ -127,6 +140,10 @@ impl Default for Limits {
             concurrency: 64,
             policy: PoolLimits::default(),
             redaction: crate::redact::Redaction::default(),
+            storm_brake: Some(StormBrake {
+                per_minute: 20,
+                pause_for: Duration::from_secs(15 * 60),
+            }),
         }
     }
 }
@@ -841,7 +858,7 @@ impl Engine {
             .metrics
             .incident_decided(Decision::Remediation.as_str());
         info!(remediation = %id, rule = %rule.name, %target, "remediation opened");
-        self.drive(Run {
+        let mut run = Run {
             id,
             rule,
             target,
@@ -850,8 +867,62 @@ impl Engine {
             state: RemediationState::Pending,
             lease: None,
             changed: 0,
-        })
-        .await
+        };
+        if let Some(tripped) = self.storm_brake().await? {
+            // The remediation that tripped the brake carries the one escalation.
+            return self.finish(&mut run, tripped).await;
+        }
+        self.drive(run).await
+    }
+
+    /// Counts the remediations opened in the last minute (every replica's); past the
+    /// brake's limit, pauses automation everywhere, unless the brake holds already.
+    /// Exactly one remediation trips it (the store refuses a second brake while one is
+    /// in force, and a second in the same minute by its id), and that one gets the ending
+    /// that tells humans; every other remediation meets the pause before its write.
+    async fn storm_brake(&self) -> Result<Option<ladder::Finish>, EngineError> {
+        let Some(brake) = self.inner.limits.storm_brake else {
+            return Ok(None);
+        };
+        let store = &self.inner.store;
+        let now = Utc::now();
+        let opened = store
+            .remediations_opened_since(now - chrono::Duration::minutes(1))
+            .await?;
+        if opened <= i64::from(brake.per_minute) {
+            return Ok(None);
+        }
+        let pause_for =
+            chrono::Duration::from_std(brake.pause_for).unwrap_or(chrono::Duration::minutes(15));
+        let until = now + pause_for;
+        let reason = format!(
+            "storm brake: {opened} remediations opened in the last minute, more than {}; automation is paused everywhere until {} (salve resume ends it sooner)",
+            brake.per_minute,
+            crate::store::timestamp(until)
+        );
+        let minute = now.timestamp() / 60;
+        let new = crate::store::pauses::NewPause {
+            namespace: None,
+            reason: reason.clone(),
+            by: format!("salve's storm brake ({})", host_name()),
+            until: Some(until),
+        };
+        if !store
+            .trip_brake(&format!("storm-brake-{minute}"), &new, now)
+            .await?
+        {
+            return Ok(None);
+        }
+        self.inner.metrics.refused("storm_brake");
+        warn!(%reason, "storm brake tripped");
+        Ok(Some(
+            ladder::Finish::new(
+                Event::Pause,
+                "paused: the storm brake tripped as this remediation opened",
+                vec![reason.clone()],
+            )
+            .escalating(reason),
+        ))
     }
 }
 

@@ -184,6 +184,45 @@ impl Store {
         Ok(pause)
     }
 
+    /// The storm brake's pause, recorded unless one is in force already or `id` (the
+    /// minute it trips in) was taken by another replica: `false` then, and nothing is
+    /// recorded. So a storm trips the brake once, however long it lasts while paused;
+    /// after a resume, a storm that goes on trips it again.
+    pub async fn trip_brake(
+        &self,
+        id: &str,
+        new: &NewPause,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let (id, new) = (id.to_owned(), new.clone());
+        self.write(move |tx| {
+            Box::pin(async move {
+                let sql = format!("SELECT id FROM pauses WHERE {OPEN} AND id LIKE 'storm-brake-%'");
+                let braking = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(timestamp(now))
+                    .fetch_optional(tx.conn())
+                    .await?;
+                if braking.is_some() {
+                    return Ok(false);
+                }
+                let added = sqlx::query(
+                    "INSERT INTO pauses (id, namespace, reason, paused_by, paused_at, expires_at)
+                     VALUES ($1, NULL, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(id)
+                .bind(new.reason)
+                .bind(new.by)
+                .bind(timestamp(now))
+                .bind(new.until.map(timestamp))
+                .execute(tx.conn())
+                .await?
+                .rows_affected();
+                Ok(added == 1)
+            })
+        })
+        .await
+    }
+
     /// Ends the pauses of `scope` that are in force; returns them (empty: none was).
     pub async fn resume(
         &self,

@@ -220,6 +220,16 @@ impl Store {
             .collect()
     }
 
+    /// How many remediations were opened since `since`, by every replica: what the storm
+    /// brake counts.
+    pub async fn remediations_opened_since(&self, since: DateTime<Utc>) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM remediations WHERE created_at >= $1")
+            .bind(timestamp(since))
+            .fetch_one(self.reader())
+            .await?;
+        Ok(row.try_get("n")?)
+    }
+
     /// Opens the remediation for an incident; `None` if the incident already has one.
     pub async fn create_remediation(
         &self,

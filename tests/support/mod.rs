@@ -270,6 +270,9 @@ impl Default for Options {
                 outbox_every: Duration::from_millis(200),
                 sweep_every: Duration::from_millis(500),
                 escalation_refresh: Duration::from_millis(500),
+                // Tests (and the ingest bench) post bursts of alerts on purpose; the
+                // brake's own test turns it on.
+                storm_brake: None,
                 ..Limits::default()
             },
             database: None,
