@@ -352,6 +352,12 @@ pub struct ServeArgs {
     #[arg(long, env = "SALVE_MAX_ACTIONS_PER_HOUR", default_value_t = 20)]
     pub max_actions_per_hour: u32,
 
+    /// More budgets of real changes, all holding at once beside --max-actions-per-hour:
+    /// `SCOPE=N/WINDOW[,N/WINDOW…]` with SCOPE `global`, `namespace` (each namespace) or
+    /// `target` (each workload), e.g. `--budget target=3/1h,7/1d --budget namespace=10/1h`.
+    #[arg(long = "budget", env = "SALVE_BUDGETS", value_delimiter = ';')]
+    pub budgets: Vec<String>,
+
     /// Storm brake: more remediations than this opened in one minute (across replicas)
     /// pause automation everywhere for `--storm-brake-pause` and escalate once; 0 turns
     /// the brake off.
@@ -635,6 +641,13 @@ impl ServeArgs {
                 self.policies.display()
             )));
         }
+        let budgets = self
+            .budgets
+            .iter()
+            .map(|b| crate::controls::budgets(b))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ConfigError)?
+            .concat();
         let bearer_token = secret(
             &self.webhook_token_file,
             "SALVE_WEBHOOK_TOKEN",
@@ -702,6 +715,7 @@ impl ServeArgs {
             read_token: secret(&self.read_token_file, "SALVE_READ_TOKEN", "read token")?,
             limits: Limits {
                 max_actions_per_hour: self.max_actions_per_hour,
+                budgets,
                 storm_brake: (self.storm_brake_per_minute > 0).then_some(
                     crate::engine::StormBrake {
                         per_minute: self.storm_brake_per_minute,

@@ -11,6 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::store::pauses::{NewPause, ResumeScope};
+use crate::store::targets::{Budget, BudgetScope};
 
 /// What an operator asked for, before it is checked.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -112,6 +113,45 @@ pub async fn decide(
     )
 }
 
+/// Reads `--budget SCOPE=N/WINDOW[,N/WINDOW…]` (e.g. `target=3/1h,7/1d`): one budget per
+/// window. The error names the part that is wrong.
+pub fn budgets(spec: &str) -> Result<Vec<Budget>, String> {
+    let wrong = |why: &str| format!("--budget {spec:?}: {why} (expected e.g. target=3/1h,7/1d)");
+    let (scope, limits) = spec.split_once('=').ok_or_else(|| wrong("no '='"))?;
+    let scope = match scope.trim() {
+        "global" => BudgetScope::Global,
+        "namespace" => BudgetScope::Namespace,
+        "target" => BudgetScope::Target,
+        other => {
+            return Err(wrong(&format!(
+                "scope {other:?} is not global, namespace or target"
+            )));
+        }
+    };
+    limits
+        .split(',')
+        .map(|part| {
+            let (n, window) = part
+                .trim()
+                .split_once('/')
+                .ok_or_else(|| wrong(&format!("{part:?} is not N/WINDOW")))?;
+            let limit: u32 = n
+                .trim()
+                .parse()
+                .map_err(|_| wrong(&format!("{n:?} is not a count")))?;
+            let window = humantime::parse_duration(window.trim())
+                .ok()
+                .filter(|w| !w.is_zero())
+                .ok_or_else(|| wrong(&format!("{window:?} is not a window like 1h")))?;
+            Ok(Budget {
+                scope,
+                limit,
+                window,
+            })
+        })
+        .collect()
+}
+
 /// Which pauses a resume ends: one namespace's, all of them, or (neither asked) the
 /// pauses of every namespace.
 pub fn resume_scope(namespace: Option<&str>, all: bool) -> Result<ResumeScope, String> {
@@ -191,6 +231,46 @@ mod tests {
             pause(&zero, "x", now)
                 .unwrap_err()
                 .contains("longer than 0s")
+        );
+    }
+
+    #[test]
+    fn budgets_are_read_per_window_and_mistakes_are_named() {
+        let b = budgets("target=3/1h, 7/1d").unwrap();
+        assert_eq!(
+            b,
+            [
+                Budget {
+                    scope: BudgetScope::Target,
+                    limit: 3,
+                    window: Duration::from_secs(3600)
+                },
+                Budget {
+                    scope: BudgetScope::Target,
+                    limit: 7,
+                    window: Duration::from_secs(86400)
+                }
+            ]
+        );
+        assert_eq!(b[1].describe(), "target 7/1day");
+        assert_eq!(
+            budgets("pod=3/1h").unwrap_err(),
+            "--budget \"pod=3/1h\": scope \"pod\" is not global, namespace or target (expected e.g. target=3/1h,7/1d)"
+        );
+        assert!(
+            budgets("target=3")
+                .unwrap_err()
+                .contains("\"3\" is not N/WINDOW")
+        );
+        assert!(
+            budgets("target=x/1h")
+                .unwrap_err()
+                .contains("\"x\" is not a count")
+        );
+        assert!(
+            budgets("target=3/0s")
+                .unwrap_err()
+                .contains("is not a window")
         );
     }
 

@@ -1463,6 +1463,108 @@ async fn a_storm_that_goes_on_while_braked_trips_the_brake_once() {
     );
 }
 
+#[tokio::test]
+async fn budgets_per_workload_and_per_namespace_hold_at_once_and_policy_sees_what_is_left() {
+    use salve::store::targets::{Budget, BudgetScope};
+    let Some(plane) = ControlPlane::get() else {
+        return;
+    };
+    let ns = plane.namespace("budget").await;
+    let client = plane.client().await;
+    for name in ["checkout", "cart", "web"] {
+        create_deployment(&client, &ns.name, deployment(name, 2, "app:1")).await;
+    }
+    let hour = std::time::Duration::from_secs(3600);
+    let s = spawn_salve(Options {
+        kubeconfig: Some(plane.admin_kubeconfig.clone()),
+        rules: Some(RULES.to_owned()),
+        limits: salve::engine::Limits {
+            budgets: vec![
+                Budget {
+                    scope: BudgetScope::Target,
+                    limit: 1,
+                    window: hour,
+                },
+                Budget {
+                    scope: BudgetScope::Namespace,
+                    limit: 2,
+                    window: hour,
+                },
+            ],
+            ..Options::default().limits
+        },
+        ..Options::default()
+    })
+    .await;
+    let first = firing_for(
+        "HighRequestLatency",
+        &ns.name,
+        "checkout",
+        "cc000000000000c1",
+    );
+    s.post_alerts(&first).await;
+    s.settled(1).await;
+    deployment_rolled_out(&client, &ns.name, "checkout").await;
+    s.post_alerts(&support::resolved(&first)).await;
+    assert_eq!(s.finished(1).await[0]["state"], "healed");
+
+    s.post_alerts(&firing_for(
+        "HighRequestLatency",
+        &ns.name,
+        "checkout",
+        "cc000000000000c2",
+    ))
+    .await;
+    let again = s.finished(2).await[0].clone();
+    assert_eq!(again["state"], "skipped", "{again:#}");
+    assert_eq!(
+        again["reasons"][0],
+        format!(
+            "salve already made 1 changes to Deployment {}/checkout in the last 1h (budget target 1/1h); a human should look",
+            ns.name
+        )
+    );
+    s.post_alerts(&firing_for(
+        "HighRequestLatency",
+        &ns.name,
+        "cart",
+        "cc000000000000c3",
+    ))
+    .await;
+    assert_eq!(s.settled(3).await[0]["state"], "verifying");
+    s.post_alerts(&firing_for(
+        "HighRequestLatency",
+        &ns.name,
+        "web",
+        "cc000000000000c4",
+    ))
+    .await;
+    let items = s.settled(4).await;
+    let web = items.iter().find(|r| r["target"]["name"] == "web").unwrap();
+    assert_eq!(web["state"], "skipped", "{web:#}");
+    assert_eq!(
+        web["reasons"][0],
+        format!(
+            "salve already made 2 changes to namespace {} in the last 1h (budget namespace 2/1h); a human should look",
+            ns.name
+        )
+    );
+    let detail = s.detail(web["id"].as_str().unwrap()).await;
+    let budgets = &events(&detail, "policy_evaluated")[0]["detail"]["input"]["budgets"];
+    assert_eq!(
+        budgets,
+        &json!([
+            {"scope": "global", "limit": 20, "window_seconds": 3600, "used": 2, "left": 18},
+            {"scope": "target", "limit": 1, "window_seconds": 3600, "used": 0, "left": 1},
+            {"scope": "namespace", "limit": 2, "window_seconds": 3600, "used": 2, "left": 0}
+        ])
+    );
+    assert_eq!(
+        replicas_of(&get_deployment(&client, &ns.name, "web").await),
+        2
+    );
+}
+
 #[test]
 fn salve_help_lists_the_controls() {
     let (code, out, err) = salve_cli(&["--help"]);

@@ -559,7 +559,9 @@ async fn the_hourly_budget_counts_every_change_not_every_remediation() {
     );
     let reason = r["reasons"][0].as_str().unwrap();
     assert!(
-        reason.contains("salve already made 1 changes in the last hour (limit 1)"),
+        reason.contains(
+            "salve already made 1 changes to all workloads in the last 1h (budget global 1/1h)"
+        ),
         "{reason}"
     );
 }

@@ -101,6 +101,9 @@ impl Engine {
         let changes_last_hour = store
             .target_actions_since(&run.target, now - chrono::Duration::hours(1))
             .await?;
+        let budgets = store
+            .budget_use(&self.inner.limits.all_budgets(), &run.target, now)
+            .await?;
         let mut doc = input::build(&input::InputParts {
             now,
             mode: self.inner.mode,
@@ -111,6 +114,7 @@ impl Engine {
             workload,
             history: &history,
             actions_last_hour: changes_last_hour,
+            budgets: &budgets,
         });
         // Before the policy sees it and the record keeps it: no secret of the workload.
         self.inner.limits.redaction.value(&mut doc["target"]);
@@ -219,7 +223,7 @@ impl Engine {
             return Ok(Err(NotSent::LeaseLost));
         };
         let now = Utc::now();
-        let limit = self.inner.limits.max_actions_per_hour;
+        let budgets = self.inner.limits.all_budgets();
         let slot = self
             .inner
             .store
@@ -230,7 +234,7 @@ impl Engine {
                 kind,
                 summary,
                 (now, self.lease_until(now)),
-                limit,
+                &budgets,
             )
             .await?;
         Ok(match slot {
@@ -240,9 +244,7 @@ impl Engine {
             }
             WriteSlot::LeaseLost => Err(NotSent::LeaseLost),
             WriteSlot::Moved => Err(NotSent::Moved),
-            WriteSlot::OverBudget(made) => Err(NotSent::OverBudget(format!(
-                "salve already made {made} changes in the last hour (limit {limit}); a human should look"
-            ))),
+            WriteSlot::OverBudget(why) => Err(NotSent::OverBudget(why)),
             WriteSlot::Paused(pause) => {
                 self.inner.metrics.refused("paused");
                 Err(NotSent::Paused(pause))

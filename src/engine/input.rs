@@ -14,7 +14,7 @@ use crate::cluster::{TargetRef, Workload};
 use crate::remediation::Mode;
 use crate::rules::{ActionSpec, Rule};
 use crate::store::learning::StepStats;
-use crate::store::targets::HistoryEntry;
+use crate::store::targets::{BudgetUse, HistoryEntry};
 
 /// The input document's format version.
 pub const INPUT_VERSION: u32 = 1;
@@ -35,6 +35,8 @@ pub struct InputParts<'a> {
     /// Real changes (steps and reverts) salve made to this workload in the last hour,
     /// from the actions ledger.
     pub actions_last_hour: i64,
+    /// What is left of each budget of real changes for this workload's next change.
+    pub budgets: &'a [BudgetUse],
 }
 
 /// `input.history.stats`: what each step achieved for this alert on this workload.
@@ -89,6 +91,7 @@ pub fn build(p: &InputParts<'_>) -> Value {
             "description": p.plan.description,
         },
         "target": p.workload,
+        "budgets": p.budgets,
         "history": {
             "window_seconds": HISTORY_WINDOW.num_seconds(),
             "remediations": p.history,

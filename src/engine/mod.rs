@@ -51,6 +51,7 @@ use crate::policy::pool::{EvaluationPool, PoolLimits};
 use crate::remediation::{Event, Mode, RemediationState};
 use crate::rules::{Rule, RuleSet};
 use crate::store::incidents::Decision;
+use crate::store::targets::{Budget, BudgetScope};
 use crate::store::{NewRemediation, RemediationRecord, Store, StoreError};
 use crate::telemetry::Metrics;
 use crate::verify::{Prometheus, Suppressions};
@@ -82,6 +83,9 @@ pub struct Decisions {
 pub struct Limits {
     /// Real changes across all workloads per rolling hour; beyond it salve only records.
     pub max_actions_per_hour: u32,
+    /// More budgets of real changes (per namespace, per workload, global; any windows),
+    /// all holding at once beside `max_actions_per_hour`.
+    pub budgets: Vec<Budget>,
     /// How long a workload's lock outlives its holder's last renewal (the holder renews
     /// it before every write and every verification poll).
     pub lock_lease: Duration,
@@ -125,10 +129,24 @@ pub struct StormBrake {
     pub pause_for: Duration,
 }
 
+impl Limits {
+    /// Every budget a change must fit: the global hourly one, then the others.
+    pub fn all_budgets(&self) -> Vec<Budget> {
+        let mut all = vec![Budget {
+            scope: BudgetScope::Global,
+            limit: self.max_actions_per_hour,
+            window: Duration::from_secs(3600),
+        }];
+        all.extend(self.budgets.iter().copied());
+        all
+    }
+}
+
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
             max_actions_per_hour: 20,
+            budgets: Vec::new(),
             lock_lease: Duration::from_secs(120),
             heartbeat_ttl: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(20),

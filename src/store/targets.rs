@@ -64,6 +64,102 @@ pub enum LockAttempt {
     Busy(String),
 }
 
+/// A limit on real changes in a rolling window, for one scope: every workload together,
+/// each namespace, or each workload. Several may hold at once ("3 an hour and 7 a day").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Budget {
+    pub scope: BudgetScope,
+    pub limit: u32,
+    #[serde(rename = "window_seconds", serialize_with = "seconds")]
+    pub window: std::time::Duration,
+}
+
+fn seconds<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs())
+}
+
+/// Whose changes a budget counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetScope {
+    Global,
+    Namespace,
+    Target,
+}
+
+impl Budget {
+    /// `scope limit/window`, as `--budget` takes it and the record says it.
+    pub fn describe(&self) -> String {
+        let scope = match self.scope {
+            BudgetScope::Global => "global",
+            BudgetScope::Namespace => "namespace",
+            BudgetScope::Target => "target",
+        };
+        format!(
+            "{scope} {}/{}",
+            self.limit,
+            humantime::format_duration(self.window)
+        )
+    }
+
+    /// The SQL condition (after `at >= $1`) and its binds that select this budget's
+    /// changes to `target`'s scope. Namespaces are DNS labels, so they hold neither
+    /// `/` nor a LIKE wildcard.
+    fn filter(&self, target: &TargetRef) -> (&'static str, Vec<String>) {
+        match self.scope {
+            BudgetScope::Global => ("", Vec::new()),
+            BudgetScope::Namespace => (
+                " AND (target LIKE $2 OR target LIKE $3)",
+                vec![
+                    format!("Deployment/{}/%", target.namespace),
+                    format!("StatefulSet/{}/%", target.namespace),
+                ],
+            ),
+            BudgetScope::Target => (" AND target = $2", vec![target.key()]),
+        }
+    }
+
+    /// Whose changes, in words: "all workloads", "namespace shop", "Deployment shop/web".
+    fn whose(&self, target: &TargetRef) -> String {
+        match self.scope {
+            BudgetScope::Global => "all workloads".to_owned(),
+            BudgetScope::Namespace => format!("namespace {}", target.namespace),
+            BudgetScope::Target => target.to_string(),
+        }
+    }
+}
+
+/// How much of a budget a workload's next change has: what policy sees as
+/// `input.budgets`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BudgetUse {
+    #[serde(flatten)]
+    pub budget: Budget,
+    pub used: i64,
+    pub left: i64,
+}
+
+/// Real changes in `budget`'s window and scope, for a change to `target`, as of `now`.
+async fn used<'e, E>(
+    executor: E,
+    budget: &Budget,
+    target: &TargetRef,
+    now: DateTime<Utc>,
+) -> Result<i64, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let since =
+        now - chrono::Duration::from_std(budget.window).unwrap_or(chrono::Duration::hours(1));
+    let (condition, binds) = budget.filter(target);
+    let sql = format!("SELECT COUNT(*) AS n FROM actions WHERE at >= $1{condition}");
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(timestamp(since));
+    for b in binds {
+        q = q.bind(b);
+    }
+    Ok(q.fetch_one(executor).await?.try_get("n")?)
+}
+
 /// What the store said to an intent to write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteSlot {
@@ -71,8 +167,8 @@ pub enum WriteSlot {
     Reserved(RemediationState),
     /// The lease lapsed or was taken over: this replica must not write.
     LeaseLost,
-    /// The global budget of changes per hour is spent (how many were made).
-    OverBudget(i64),
+    /// A budget of changes is spent: which, and how many were made.
+    OverBudget(String),
     /// The remediation was no longer in the expected state (claimed elsewhere).
     Moved,
     /// An operator paused salve (everywhere or in the workload's namespace).
@@ -168,13 +264,14 @@ impl Store {
         kind: ActionKind,
         summary: &str,
         (now, lease_until): (DateTime<Utc>, DateTime<Utc>),
-        max_per_hour: u32,
+        budgets: &[Budget],
     ) -> Result<WriteSlot, StoreError> {
-        let (id, target, lease, summary) = (
+        let (id, target, lease, summary, budgets) = (
             remediation_id.to_owned(),
             target.clone(),
             lease.clone(),
             summary.to_owned(),
+            budgets.to_vec(),
         );
         self.write(move |tx| {
             Box::pin(async move {
@@ -188,14 +285,19 @@ impl Store {
                 sqlx::query("UPDATE action_budget SET reservations = reservations + 1 WHERE id = 1")
                     .execute(tx.conn())
                     .await?;
-                let made: i64 = sqlx::query("SELECT COUNT(*) AS n FROM actions WHERE at >= $1")
-                    .bind(timestamp(now - chrono::Duration::hours(1)))
-                    .fetch_one(tx.conn())
-                    .await?
-                    .try_get("n")?;
-                if made >= i64::from(max_per_hour) {
-                    tx.discard();
-                    return Ok(WriteSlot::OverBudget(made));
+                // Every budget counts under the reservation row's lock: two replicas
+                // cannot both take the last slot.
+                for budget in &budgets {
+                    let made = used(tx.conn(), budget, &target, now).await?;
+                    if made >= i64::from(budget.limit) {
+                        tx.discard();
+                        return Ok(WriteSlot::OverBudget(format!(
+                            "salve already made {made} changes to {} in the last {} (budget {}); a human should look",
+                            budget.whose(&target),
+                            humantime::format_duration(budget.window),
+                            budget.describe()
+                        )));
+                    }
                 }
                 sqlx::query(
                     "INSERT INTO actions (id, remediation_id, target, kind, at) VALUES ($1, $2, $3, $4, $5)",
@@ -238,6 +340,25 @@ impl Store {
         rows.iter()
             .map(|r| Ok((r.try_get("target")?, r.try_get("remediation_id")?)))
             .collect()
+    }
+
+    /// What is left of each budget for a change to `target` now (`input.budgets`).
+    pub async fn budget_use(
+        &self,
+        budgets: &[Budget],
+        target: &TargetRef,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<BudgetUse>, StoreError> {
+        let mut out = Vec::with_capacity(budgets.len());
+        for budget in budgets {
+            let used = used(self.reader(), budget, target, now).await?;
+            out.push(BudgetUse {
+                budget: *budget,
+                used,
+                left: (i64::from(budget.limit) - used).max(0),
+            });
+        }
+        Ok(out)
     }
 
     /// Real changes salve made to the workload since `since` (steps and reverts).
