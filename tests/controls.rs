@@ -1565,6 +1565,73 @@ async fn budgets_per_workload_and_per_namespace_hold_at_once_and_policy_sees_wha
     );
 }
 
+#[tokio::test]
+async fn rules_act_only_inside_their_time_intervals_and_policy_sees_them() {
+    let rules = r#"
+time_intervals:
+  - name: this-century
+    time_intervals: [{years: ['2000:2099']}]
+  - name: last-century
+    time_intervals: [{years: ['1900:1999'], location: Europe/Berlin}]
+rules:
+  - name: only-in-the-past
+    matchers: ['alertname="Past"']
+    target: { kind: Deployment, name: "{{ deployment }}" }
+    action: { restart: {} }
+    active_time_intervals: [last-century]
+  - name: muted-now
+    matchers: ['alertname="Muted"']
+    target: { kind: Deployment, name: "{{ deployment }}" }
+    action: { restart: {} }
+    mute_time_intervals: [this-century]
+  - name: now
+    matchers: ['alertname="Now"']
+    target: { kind: Deployment, name: "{{ deployment }}" }
+    action: { restart: {} }
+    active_time_intervals: [last-century, this-century]
+"#;
+    let s = spawn_salve(Options {
+        rules: Some(rules.to_owned()),
+        ..Options::default()
+    })
+    .await;
+    for (i, alertname) in ["Past", "Muted", "Now"].into_iter().enumerate() {
+        s.post_alerts(&firing_for(
+            alertname,
+            "shop",
+            &format!("web-{i}"),
+            &format!("ee000000000000{i}0"),
+        ))
+        .await;
+    }
+    let items = s.finished(3).await;
+    let of = |rule: &str| items.iter().find(|r| r["rule"] == rule).unwrap();
+    let past = of("only-in-the-past");
+    assert_eq!(past["state"], "skipped", "{past:#}");
+    assert!(
+        past["reasons"][0].as_str().unwrap().starts_with(
+            "rule only-in-the-past acts only during the time interval(s) last-century, and none is active now ("
+        ),
+        "{past:#}"
+    );
+    let muted = of("muted-now");
+    assert_eq!(muted["state"], "skipped", "{muted:#}");
+    assert!(
+        muted["reasons"][0].as_str().unwrap().starts_with(
+            "rule muted-now is muted while time interval this-century is active (now "
+        ),
+        "{muted:#}"
+    );
+    let now = of("now");
+    assert_eq!(now["state"], "dry_run", "{now:#}");
+    let detail = s.detail(now["id"].as_str().unwrap()).await;
+    let seen = &events(&detail, "policy_evaluated")[0]["detail"]["input"]["time_intervals"];
+    assert_eq!(
+        seen,
+        &json!({"this-century": {"active": true}, "last-century": {"active": false}})
+    );
+}
+
 #[test]
 fn salve_help_lists_the_controls() {
     let (code, out, err) = salve_cli(&["--help"]);

@@ -115,6 +115,7 @@ impl Engine {
             history: &history,
             actions_last_hour: changes_last_hour,
             budgets: &budgets,
+            time_intervals: &run.decisions.rules.interval_states(now),
         });
         // Before the policy sees it and the record keeps it: no secret of the workload.
         self.inner.limits.redaction.value(&mut doc["target"]);

@@ -37,6 +37,8 @@ pub struct InputParts<'a> {
     pub actions_last_hour: i64,
     /// What is left of each budget of real changes for this workload's next change.
     pub budgets: &'a [BudgetUse],
+    /// Each named time interval and whether it is active now.
+    pub time_intervals: &'a [(&'a str, bool)],
 }
 
 /// `input.history.stats`: what each step achieved for this alert on this workload.
@@ -92,6 +94,9 @@ pub fn build(p: &InputParts<'_>) -> Value {
         },
         "target": p.workload,
         "budgets": p.budgets,
+        "time_intervals": p.time_intervals.iter()
+            .map(|(name, active)| ((*name).to_owned(), json!({"active": active})))
+            .collect::<serde_json::Map<String, Value>>(),
         "history": {
             "window_seconds": HISTORY_WINDOW.num_seconds(),
             "remediations": p.history,

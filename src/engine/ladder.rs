@@ -187,7 +187,8 @@ impl Engine {
         Ok(())
     }
 
-    /// The checks made once per remediation: still firing, target cooldown.
+    /// The checks made once per remediation: still firing, the rule's time intervals,
+    /// target cooldown.
     async fn preconditions(&self, run: &Run<'_>) -> Result<Option<Finish>, EngineError> {
         let store = &self.inner.store;
         let now = Utc::now();
@@ -196,6 +197,24 @@ impl Engine {
             if i.status == AlertStatus::Resolved {
                 return Ok(skip("the alert resolved before salve acted".into()));
             }
+        }
+        let intervals = run.decisions.rules.interval_states(now);
+        let active = |n: &String| intervals.iter().any(|(name, on)| name == n && *on);
+        if let Some(muted) = run.rule.mute_time_intervals.iter().find(|n| active(n)) {
+            return Ok(skip(format!(
+                "rule {} is muted while time interval {muted} is active (now {})",
+                run.rule.name,
+                crate::store::timestamp(now)
+            )));
+        }
+        let windows = &run.rule.active_time_intervals;
+        if !windows.is_empty() && !windows.iter().any(active) {
+            return Ok(skip(format!(
+                "rule {} acts only during the time interval(s) {}, and none is active now ({})",
+                run.rule.name,
+                windows.join(", "),
+                crate::store::timestamp(now)
+            )));
         }
         if let Some((last_id, acted_at)) = store.last_action_on_target(&run.target).await? {
             let acted = crate::store::parse_timestamp(&acted_at)?;

@@ -17,10 +17,13 @@ use serde::Deserialize;
 
 use crate::alert::Alert;
 use crate::bundle::{Bundle, FileKind};
+pub mod time_interval;
+
 pub use model::{
     ActionSpec, Direction, GitOps, NoData, ReplicaChange, Rule, RuleMode, ScaleSpec, StepOrder,
     TargetTemplate, Unavailable, VerifySpec,
 };
+pub use time_interval::TimeInterval;
 
 /// A rule file that cannot be loaded, with where and why.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -47,21 +50,38 @@ struct RuleFile {
     /// Required: a file without it is a mistake (an emptied ConfigMap, a bad merge),
     /// not a wish to switch remediation off; that wish is written `rules: []`.
     rules: Option<Vec<Rule>>,
+    /// Named time windows, as in Alertmanager's configuration.
+    #[serde(default)]
+    time_intervals: Vec<TimeInterval>,
 }
 
-/// All rules of a policy directory, in the order they are tried.
+/// All rules of a policy directory, in the order they are tried, with the named time
+/// intervals they refer to (from any rule file of the directory).
 #[derive(Debug, Clone, Default)]
 pub struct RuleSet {
     pub rules: Vec<Rule>,
+    pub time_intervals: Vec<TimeInterval>,
 }
 
 impl RuleSet {
     /// Parses every rule file of the bundle; the first error refuses the whole set.
     pub fn load(bundle: &Bundle) -> Result<RuleSet, RuleError> {
         let mut rules: Vec<Rule> = Vec::new();
+        let mut intervals: Vec<TimeInterval> = Vec::new();
         let mut seen: HashMap<String, String> = HashMap::new();
         for file in bundle.of_kind(FileKind::Rules) {
-            let parsed = parse_file(&file.relative, &file.text)?;
+            let (parsed, named) = parse_file_with_intervals(&file.relative, &file.text)?;
+            for interval in named {
+                if intervals.iter().any(|i| i.name == interval.name) {
+                    return Err(RuleError {
+                        file: file.relative.clone(),
+                        line: line_of(&file.text, &format!("name: {}", interval.name)),
+                        column: None,
+                        reason: format!("time interval {:?} is defined twice", interval.name),
+                    });
+                }
+                intervals.push(interval);
+            }
             for mut rule in parsed {
                 if let Some(first) = seen.get(&rule.name) {
                     return Err(RuleError {
@@ -76,7 +96,43 @@ impl RuleSet {
                 rules.push(rule);
             }
         }
-        Ok(RuleSet { rules })
+        let texts: HashMap<&str, &str> = bundle
+            .of_kind(FileKind::Rules)
+            .map(|f| (f.relative.as_str(), f.text.as_str()))
+            .collect();
+        for rule in &rules {
+            let named = rule
+                .active_time_intervals
+                .iter()
+                .chain(&rule.mute_time_intervals);
+            if let Some(missing) = named
+                .into_iter()
+                .find(|n| !intervals.iter().any(|i| &i.name == *n))
+            {
+                let text = texts.get(rule.file.as_str()).copied().unwrap_or_default();
+                return Err(RuleError {
+                    file: rule.file.clone(),
+                    line: line_of(text, missing),
+                    column: None,
+                    reason: format!(
+                        "rule {:?} names time interval {missing:?}, which no rule file defines under time_intervals:",
+                        rule.name
+                    ),
+                });
+            }
+        }
+        Ok(RuleSet {
+            rules,
+            time_intervals: intervals,
+        })
+    }
+
+    /// Whether each named time interval is active at `at`: `input.time_intervals`.
+    pub fn interval_states(&self, at: chrono::DateTime<chrono::Utc>) -> Vec<(&str, bool)> {
+        self.time_intervals
+            .iter()
+            .map(|i| (i.name.as_str(), i.active(at)))
+            .collect()
     }
 
     /// The rule that decides for this alert, if any.
@@ -92,6 +148,14 @@ impl RuleSet {
 
 /// Parses one rule file's text; `file` is only used in the error.
 pub fn parse_file(file: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
+    parse_file_with_intervals(file, text).map(|(rules, _)| rules)
+}
+
+/// [`parse_file`], with the file's named time intervals.
+fn parse_file_with_intervals(
+    file: &str,
+    text: &str,
+) -> Result<(Vec<Rule>, Vec<TimeInterval>), RuleError> {
     let no_rules = |line| RuleError {
         file: file.to_owned(),
         line,
@@ -107,18 +171,17 @@ pub fn parse_file(file: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
     if blank {
         return Err(no_rules(None));
     }
-    serde_norway::from_str::<RuleFile>(text)
-        .map_err(|e| {
-            let loc = e.location();
-            RuleError {
-                file: file.to_owned(),
-                line: loc.as_ref().map(|l| l.line()),
-                column: loc.as_ref().map(|l| l.column()),
-                reason: strip_location(&e.to_string()),
-            }
-        })?
-        .rules
-        .ok_or_else(|| no_rules(Some(1)))
+    let parsed = serde_norway::from_str::<RuleFile>(text).map_err(|e| {
+        let loc = e.location();
+        RuleError {
+            file: file.to_owned(),
+            line: loc.as_ref().map(|l| l.line()),
+            column: loc.as_ref().map(|l| l.column()),
+            reason: strip_location(&e.to_string()),
+        }
+    })?;
+    let rules = parsed.rules.ok_or_else(|| no_rules(Some(1)))?;
+    Ok((rules, parsed.time_intervals))
 }
 
 /// serde_norway appends " at line L column C"; the location is reported separately.
@@ -161,6 +224,29 @@ rules:
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn a_rule_naming_an_undefined_time_interval_is_refused_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "time_intervals:\n  - name: weekdays\n    time_intervals: [{weekdays: ['monday:friday']}]\nrules:\n  - name: r\n    matchers: ['alertname=\"A\"']\n    target: { kind: Deployment, name: x }\n    action: { restart: {} }\n    active_time_intervals: [weekdays]\n    mute_time_intervals: [holidays]\n";
+        std::fs::write(dir.path().join("rules.yaml"), text).unwrap();
+        let bundle = Bundle::read(dir.path()).unwrap();
+        let e = RuleSet::load(&bundle).unwrap_err();
+        assert_eq!((e.file.as_str(), e.line), ("rules.yaml", Some(10)), "{e}");
+        assert!(
+            e.reason
+                .contains("names time interval \"holidays\", which no rule file defines"),
+            "{e}"
+        );
+        std::fs::write(
+            dir.path().join("rules.yaml"),
+            text.replace("[holidays]", "[weekdays]"),
+        )
+        .unwrap();
+        let set = RuleSet::load(&Bundle::read(dir.path()).unwrap()).unwrap();
+        assert_eq!(set.time_intervals[0].name, "weekdays");
+        assert_eq!(set.rules[0].active_time_intervals, ["weekdays"]);
     }
 
     #[test]

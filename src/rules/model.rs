@@ -36,6 +36,10 @@ pub struct Rule {
     /// Whether the rule acts (`auto`), asks a human first (`approve`), or only shows
     /// what it would do (`shadow`).
     pub mode: RuleMode,
+    /// The rule acts only while one of these named time intervals is active (none: always).
+    pub active_time_intervals: Vec<String>,
+    /// The rule does not act while any of these named time intervals is active.
+    pub mute_time_intervals: Vec<String>,
     /// How long a change of an `approve` rule waits for a decision before it expires
     /// (and is escalated).
     pub approval_timeout: Duration,
@@ -347,6 +351,10 @@ struct RawRule {
     on_alertmanager_unavailable: Unavailable,
     #[serde(default)]
     approval_timeout: Option<String>,
+    #[serde(default)]
+    active_time_intervals: Vec<String>,
+    #[serde(default)]
+    mute_time_intervals: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -455,6 +463,8 @@ impl TryFrom<RawRule> for Rule {
             mode: raw.mode,
             on_alertmanager_unavailable: raw.on_alertmanager_unavailable,
             approval_timeout,
+            active_time_intervals: raw.active_time_intervals,
+            mute_time_intervals: raw.mute_time_intervals,
             file: String::new(),
         })
     }
