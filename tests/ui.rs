@@ -335,3 +335,119 @@ async fn behind_a_prefix_every_route_and_link_carries_it() {
     );
     assert!(page.contains("action=\"/salve/ui\""), "{page}");
 }
+
+/// A change that waits for approval is decided on its page: a read session sees the
+/// request but cannot decide; the admin token's session approves it, and salve writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_with_the_admin_token_approves_a_change_on_its_page() {
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    let kube = support::FakeKube::start().await;
+    kube.add_deployment("shop", "checkout", 2, "checkout:1.4");
+    let s = spawn_salve(Options {
+        kube: Some(kube.clone()),
+        rules: Some(
+            r#"
+rules:
+  - name: scale-with-approval
+    matchers: ['alertname="HighRequestLatency"']
+    target: { kind: Deployment, name: "{{ deployment }}" }
+    action: { scale: { by: 1, max: 10 } }
+    mode: approve
+    verify: { within: 20s, every: 200ms }
+"#
+            .into(),
+        ),
+        read_token: Some("read-token-5c1".into()),
+        admin_token: Some("admin-token-9d2".into()),
+        ..Options::default()
+    })
+    .await;
+    s.post_alerts(&firing_for(
+        "HighRequestLatency",
+        "shop",
+        "checkout",
+        "0000000000000c01",
+    ))
+    .await;
+    let items = s.reached(1, &["awaiting_approval"]).await;
+    let page = format!(
+        "{}/ui/remediations/{}",
+        s.url,
+        items[0]["id"].as_str().unwrap()
+    );
+    let log_in = async |token: &str| {
+        browser.open(&format!("{}/ui/login", s.url)).await;
+        browser
+            .find("input[name=token]")
+            .await
+            .type_text(token)
+            .await;
+        browser.find("button[type=submit]").await.click().await;
+        let list = format!("{}/ui", s.url);
+        browser.wait_for_url("the list", |u| u == list).await;
+    };
+
+    log_in("read-token-5c1").await;
+    browser.open(&page).await;
+    let request = browser.find("#request").await.text().await;
+    assert!(
+        request.contains("salve would scale Deployment shop/checkout from 2 to 3 replicas")
+            && request.contains("rule scale-with-approval is in mode approve"),
+        "{request}"
+    );
+    browser
+        .find("#approve input[name=by]")
+        .await
+        .type_text("erin")
+        .await;
+    browser.find("#approve button").await.click().await;
+    let refused = browser.find("#error").await.text().await;
+    assert!(
+        refused.contains("deciding takes the admin token"),
+        "{refused}"
+    );
+    assert!(
+        kube.writes().iter().all(|w| w.dry_run()),
+        "{:?}",
+        kube.writes()
+    );
+
+    browser.open(&format!("{}/ui", s.url)).await;
+    browser.find("form.logout button").await.click().await;
+    browser
+        .wait_for_url("the login form", |u| u.ends_with("/ui/login"))
+        .await;
+    log_in("admin-token-9d2").await;
+    browser.open(&page).await;
+    browser
+        .find("#approve input[name=by]")
+        .await
+        .type_text("erin")
+        .await;
+    browser.find("#approve button").await.click().await;
+    browser
+        .wait_for_url("back on the remediation's page", |u| u == page)
+        .await;
+    let items = s.settled(1).await;
+    assert_eq!(items[0]["state"], "verifying", "{:#}", items[0]);
+    assert_eq!(
+        kube.writes()
+            .iter()
+            .filter(|w| !w.dry_run() && w.is_write())
+            .count(),
+        1,
+        "{:?}",
+        kube.writes()
+    );
+    browser.open(&page).await;
+    assert!(
+        browser
+            .source()
+            .await
+            .contains("approved by erin (audit page)"),
+        "the approver is on the timeline"
+    );
+    browser.close().await;
+}

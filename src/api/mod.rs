@@ -199,6 +199,7 @@ pub fn router(state: ApiState) -> Router {
         Router::new()
             .route("/ui", get(ui::list))
             .route("/ui/remediations/{id}", get(ui::detail))
+            .route("/ui/remediations/{id}/{decision}", post(ui::decide))
             .route_layer(axum::middleware::from_fn_with_state(
                 state.clone(),
                 require_read_page,

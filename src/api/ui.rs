@@ -227,6 +227,31 @@ pub async fn detail(
     for reason in &r.reasons {
         let _ = write!(body, "<p class=reason>{}</p>", escape(reason));
     }
+    if r.state == crate::remediation::RemediationState::AwaitingApproval {
+        if let Some(asked) = state
+            .store
+            .open_approval(&id)
+            .await
+            .map_err(|e| PageError::at(e.into(), &state.external_url))?
+        {
+            let action = |verb: &str| {
+                escape(
+                    &state
+                        .external_url
+                        .path(&format!("/ui/remediations/{id}/{verb}")),
+                )
+            };
+            let _ = write!(
+                body,
+                "<h2>Awaiting approval</h2><p id=request>salve would <b>{}</b> ({}). The request expires at {}.</p>                 <form method=post action=\"{}\" id=approve><input name=by placeholder=\"your name\" required>                 <button type=submit>Approve</button></form>                 <form method=post action=\"{}\" id=reject><input name=by placeholder=\"your name\" required>                 <input name=reason placeholder=\"why not\" required><button type=submit>Reject</button></form>                 <p>Deciding takes the admin token: log in with it. An approved change is judged again on fresh state before it is written.</p>",
+                escape(&asked.plan),
+                escape(asked.request["why"].as_str().unwrap_or_default()),
+                escape(&asked.expires_at),
+                action("approve"),
+                action("reject"),
+            );
+        }
+    }
     body += "<h2>Timeline</h2><table id=timeline><tr><th>Time (UTC)</th><th>Step</th><th>What happened</th></tr>";
     for e in &timeline {
         let raw = serde_json::to_string_pretty(&e.detail).unwrap_or_default();
@@ -241,6 +266,64 @@ pub async fn detail(
     }
     body += "</table>";
     Ok(layout(&format!("Remediation {}", r.id), &body))
+}
+
+/// The approve and reject forms' fields.
+#[derive(Debug, serde::Deserialize)]
+pub struct DecisionForm {
+    pub by: String,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// `POST /ui/remediations/{id}/approve|reject`: a decision from the audit page. It
+/// takes the admin token's session (a read token's session only reads) or, with no
+/// admin token configured, a loopback browser; the cookie's `SameSite=Strict` keeps
+/// other sites from posting it.
+pub async fn decide(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path((id, verb)): Path<(String, String)>,
+    Form(form): Form<DecisionForm>,
+) -> Result<Response, PageError> {
+    let at = |e: HttpError| PageError::at(e, &state.external_url);
+    let approve = match verb.as_str() {
+        "approve" => true,
+        "reject" => false,
+        other => return Err(at(HttpError::NotFound(format!("no page {other}")))),
+    };
+    let admin = state.admin_token.as_deref();
+    let by_session = match (admin, session::from_headers(&headers)) {
+        (Some(token), Some(cookie)) => session::valid(cookie, &[token], chrono::Utc::now()),
+        _ => false,
+    };
+    if !by_session {
+        super::authorize(&[admin], peer, &headers).map_err(|e| match e {
+            HttpError::Unauthorized => at(HttpError::Forbidden(
+                "deciding takes the admin token: log out and log in with it".into(),
+            )),
+            other => at(other),
+        })?;
+    }
+    let reason = form.reason.trim().to_owned();
+    if !approve && reason.is_empty() {
+        return Err(at(HttpError::BadRequest(
+            "a rejection needs a reason".into(),
+        )));
+    }
+    let by = crate::controls::who(Some(&form.by), "audit page");
+    match crate::controls::decide(&state.store, &id, approve, &by, &reason)
+        .await
+        .map_err(|e| at(e.into()))?
+    {
+        Ok(_) => Ok(
+            Redirect::to(&state.external_url.path(&format!("/ui/remediations/{id}")))
+                .into_response(),
+        ),
+        Err(crate::controls::NotDecided::Unknown(m)) => Err(at(HttpError::NotFound(m))),
+        Err(crate::controls::NotDecided::NotWaiting(m)) => Err(at(HttpError::Conflict(m))),
+    }
 }
 
 /// Adds the security headers every page carries: no script, no framing, no sniffing,

@@ -141,6 +141,23 @@ impl Store {
             .transpose()
     }
 
+    /// The request of a remediation that waits for a decision, if one does.
+    pub async fn open_approval(
+        &self,
+        remediation_id: &str,
+    ) -> Result<Option<ApprovalRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM approvals WHERE remediation_id = $1 AND decision IS NULL"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(remediation_id)
+            .fetch_optional(self.reader())
+            .await?
+            .as_ref()
+            .map(record_of)
+            .transpose()
+    }
+
     /// A human's decision on the request that waits: marks it and moves the remediation
     /// (`approved`: back to where its ladder was; `rejected`: ended), in one transaction.
     pub async fn decide_approval(
