@@ -8,8 +8,8 @@
 //!   annotation, read fresh): a paused write is recorded with the verdict it had;
 //! - [`Engine::reserve`], right before the real write, in one transaction: the lease on
 //!   the workload is still this holder's (and renewed), no stored pause has landed since,
-//!   a slot in the global hourly budget is taken in the actions ledger, and the
-//!   remediation moves to `executing`.
+//!   every budget of changes has a slot left (one is taken in the actions ledger), and
+//!   the remediation moves to `executing`.
 //!
 //! A refusal is recorded with its reason; nothing here is re-checked anywhere else.
 

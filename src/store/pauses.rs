@@ -16,7 +16,6 @@ use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::writer::WriteTx;
 use super::{Store, StoreError, new_id, timestamp};
 
 /// The namespace annotation that pauses salve in that namespace, for teams that hold
@@ -130,13 +129,17 @@ fn pause_of(row: &AnyRow) -> Result<Pause, StoreError> {
     })
 }
 
-/// The pause a write to `namespace` must honour at `now` (one of every namespace first),
-/// read inside the writer's transaction that would reserve the write.
-pub(super) async fn pause_over_in(
-    tx: &mut WriteTx,
+/// The pause a write to `namespace` must honour at `now` (one of every namespace first):
+/// read by the engine before a write, and inside the writer's transaction that would
+/// reserve it, by this one query.
+pub(super) async fn pause_over_on<'e, E>(
+    executor: E,
     namespace: &str,
     now: DateTime<Utc>,
-) -> Result<Option<Pause>, StoreError> {
+) -> Result<Option<Pause>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     let sql = format!(
         "SELECT {COLUMNS} FROM pauses WHERE {OPEN} AND (namespace IS NULL OR namespace = $2)
          ORDER BY CASE WHEN namespace IS NULL THEN 0 ELSE 1 END, paused_at, id LIMIT 1"
@@ -144,7 +147,7 @@ pub(super) async fn pause_over_in(
     sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(timestamp(now))
         .bind(namespace)
-        .fetch_optional(tx.conn())
+        .fetch_optional(executor)
         .await?
         .as_ref()
         .map(pause_of)
@@ -285,12 +288,7 @@ impl Store {
         namespace: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<Pause>, StoreError> {
-        Ok(self
-            .active_pauses(now)
-            .await?
-            .into_iter()
-            .filter(|p| p.namespace.as_deref().is_none_or(|ns| ns == namespace))
-            .min_by_key(|p| p.namespace.is_some()))
+        pause_over_on(self.reader(), namespace, now).await
     }
 }
 
@@ -387,7 +385,7 @@ mod tests {
         let now = Utc::now();
         let p = store.pause(&new(Some("shop"), None), now).await.unwrap();
         let seen = store
-            .write(move |tx| Box::pin(async move { pause_over_in(tx, "shop", now).await }))
+            .write(move |tx| Box::pin(async move { pause_over_on(tx.conn(), "shop", now).await }))
             .await
             .unwrap();
         assert_eq!(seen, Some(p));

@@ -278,7 +278,7 @@ impl Store {
                 if !renew(tx, &target, &lease, now, lease_until).await? {
                     return Ok(WriteSlot::LeaseLost);
                 }
-                if let Some(pause) = super::pauses::pause_over_in(tx, &target.namespace, now).await? {
+                if let Some(pause) = super::pauses::pause_over_on(tx.conn(), &target.namespace, now).await? {
                     tx.discard();
                     return Ok(WriteSlot::Paused(pause));
                 }
