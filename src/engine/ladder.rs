@@ -337,7 +337,6 @@ impl Engine {
                 Step::NoOp(r) => (Some(AttemptOutcome::Skipped), json!({"reason": r})),
                 Step::Failed(r) => (Some(AttemptOutcome::Failed), json!({"reason": r})),
                 Step::Applied { .. }
-                | Step::WouldAct(_)
                 | Step::End(_)
                 | Step::Shadow(..)
                 | Step::Leave(_)
@@ -350,7 +349,7 @@ impl Engine {
             match step {
                 Step::Leave(why) => return Ok(Ending::Leave(why)),
                 Step::LeaseLost(why) => return Ok(Ending::Finish(Finish::escalated(why))),
-                Step::WouldAct(f) | Step::End(f) => return Ok(Ending::Finish(f)),
+                Step::End(f) => return Ok(Ending::Finish(f)),
                 // A shadow rule shows its first would-be step and what the alert did
                 // without it; a later step would be judged on a workload it never saw.
                 Step::Shadow(plan, why) => return self.watch_alone(run, &plan, why).await,

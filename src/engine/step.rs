@@ -40,9 +40,8 @@ pub(super) enum Step {
     /// Nothing to do, or not allowed now (budget spent): the reason.
     NoOp(String),
     Failed(String),
-    /// Dry-run or offline: salve only records what it would do.
-    WouldAct(Finish),
-    /// End the remediation so (an approval that expired or went stale).
+    /// End the remediation so, with nothing (more) written: dry-run or offline mode
+    /// (what salve would do), an approval that expired or went stale.
     End(Finish),
     /// A shadow rule: everything but the write was done; what was found, for the record.
     Shadow(Box<Plan>, String),
@@ -109,7 +108,7 @@ impl Engine {
                 if shadow {
                     return Ok(Step::Shadow(Box::new(plan), why));
                 }
-                return Ok(Step::WouldAct(Finish::new(
+                return Ok(Step::End(Finish::new(
                     Event::WouldAct,
                     format!("would {}", plan.description),
                     vec![why],
@@ -137,7 +136,7 @@ impl Engine {
                 }
                 Ok(_) if self.inner.mode == Mode::DryRun => {
                     let why = "dry-run mode: the API server accepted the change as a dry-run; nothing was changed".to_owned();
-                    return Ok(Step::WouldAct(Finish::new(
+                    return Ok(Step::End(Finish::new(
                         Event::WouldAct,
                         format!("would {}", plan.description),
                         vec![why],
