@@ -181,13 +181,19 @@ impl Browser {
             .collect()
     }
 
-    /// The one element matching a CSS selector; panics when there is none.
+    /// The first element matching a CSS selector, waiting up to ten seconds for it: a
+    /// click on a submit button returns before the next page loads, so the element may
+    /// not be there yet. Panics when none appears.
     pub async fn find(&self, css: &str) -> Element<'_> {
-        self.find_all(css)
-            .await
-            .into_iter()
-            .next()
-            .unwrap_or_else(|| panic!("no element matches {css}"))
+        super::eventually(
+            &format!("an element matching {css}"),
+            Duration::from_secs(10),
+            async || match self.find_all(css).await.into_iter().next() {
+                Some(element) => Ok(element),
+                None => Err(format!("none on {}", self.url().await)),
+            },
+        )
+        .await
     }
 }
 
