@@ -909,12 +909,22 @@ async fn salves_writes_are_conditional_on_what_it_read_so_a_real_server_answers_
         replicas_of(&get_deployment(&client, &ns.name, "checkout").await),
         2
     );
-    // On fresh state the same write goes through.
-    let fresh = cluster.read(&target).await.unwrap();
-    cluster
-        .write(&fresh, &Change::Scale { replicas: 3 }, false)
-        .await
-        .unwrap();
+    // On fresh state the same write goes through. The deployment controller writes the
+    // status too, so a status write may land between this read and this write: that is
+    // another 409 for the same reason, and a new read must then carry the write.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let fresh = cluster.read(&target).await.unwrap();
+        match cluster
+            .write(&fresh, &Change::Scale { replicas: 3 }, false)
+            .await
+        {
+            Ok(_) => break,
+            Err(e) if e.is_conflict() && attempts < 5 => continue,
+            Err(e) => panic!("a write on fresh state failed (attempt {attempts}): {e}"),
+        }
+    }
     assert_eq!(
         replicas_of(&get_deployment(&client, &ns.name, "checkout").await),
         3
