@@ -46,28 +46,104 @@ pub enum StartupError {
     Listen(SocketAddr, std::io::Error),
 }
 
-/// Connects to Kubernetes: the given kubeconfig, or whatever kube-rs infers
-/// (in-cluster, then $KUBECONFIG / ~/.kube/config). `None` means offline.
-pub async fn connect_cluster(
-    kubeconfig: Option<&Path>,
-) -> Result<Option<kube::Client>, StartupError> {
-    let config = match kubeconfig {
+/// The cluster salve acts on, as the start-up line names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterName {
+    /// The API server's URL.
+    pub server: String,
+    /// The kubeconfig context, or `in-cluster` for the pod's service account.
+    pub context: String,
+    /// Where the configuration came from (a file, or the pod's environment).
+    pub source: String,
+}
+
+impl std::fmt::Display for ClusterName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (context {}, from {})",
+            self.server, self.context, self.source
+        )
+    }
+}
+
+/// What [`connect_cluster`] found: a client and the cluster it talks to, or why there is
+/// none (salve then runs offline).
+pub enum ClusterFound {
+    Client(kube::Client, ClusterName),
+    Nothing(String),
+}
+
+/// Connects to Kubernetes: the given kubeconfig, or what kube-rs infers ($KUBECONFIG or
+/// ~/.kube/config, then the pod's in-cluster environment).
+pub async fn connect_cluster(kubeconfig: Option<&Path>) -> Result<ClusterFound, StartupError> {
+    let unreadable = |path: &Path, e: &dyn std::error::Error| {
+        let hint = if path.starts_with("~") {
+            " (a ~ is not expanded inside quotes; give the full path)"
+        } else {
+            ""
+        };
+        StartupError::Kube(format!(
+            "cannot use the kubeconfig {}: {}{hint}",
+            path.display(),
+            crate::telemetry::sentence(e)
+        ))
+    };
+    let (config, source, context) = match kubeconfig {
         Some(path) => {
-            let kc = Kubeconfig::read_from(path)
-                .map_err(|e| StartupError::Kube(format!("{}: {e}", path.display())))?;
-            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-                .await
-                .map_err(|e| StartupError::Kube(format!("{}: {e}", path.display())))?
-        }
-        None => match kube::Config::infer().await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!("no Kubernetes configuration found ({e})");
-                return Ok(None);
+            if let Err(e) = std::fs::metadata(path) {
+                return Err(unreadable(path, &e));
             }
-        },
+            let kc = Kubeconfig::read_from(path).map_err(|e| unreadable(path, &e))?;
+            let context = kc.current_context.clone().unwrap_or_default();
+            let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| unreadable(path, &e))?;
+            (config, path.display().to_string(), context)
+        }
+        None => {
+            let file = Kubeconfig::read().ok();
+            match kube::Config::infer().await {
+                Ok(c) => match file {
+                    Some(kc) => (
+                        c,
+                        std::env::var("KUBECONFIG")
+                            .ok()
+                            .filter(|k| !k.is_empty())
+                            .map_or_else(
+                                || "~/.kube/config".to_owned(),
+                                |k| format!("$KUBECONFIG={k}"),
+                            ),
+                        kc.current_context.unwrap_or_default(),
+                    ),
+                    None => (
+                        c,
+                        "the pod's service account".to_owned(),
+                        "in-cluster".to_owned(),
+                    ),
+                },
+                Err(_) => {
+                    return Ok(ClusterFound::Nothing(
+                        "no Kubernetes configuration was found (no --kubeconfig, no $KUBECONFIG or ~/.kube/config, not in a pod)".to_owned(),
+                    ));
+                }
+            }
+        }
     };
     let mut config = config;
+    let name = ClusterName {
+        server: config
+            .cluster_url
+            .to_string()
+            .trim_end_matches('/')
+            .to_owned(),
+        context: if context.is_empty() {
+            "(none set)".to_owned()
+        } else {
+            context
+        },
+        source,
+    };
     // kube-rs would otherwise retry 429/503/504 itself, up to 15 times, for writes too and
     // out of the audit trail's sight; salve retries in the engine instead, on the record,
     // and never re-sends a write that may have landed.
@@ -77,8 +153,33 @@ pub async fn connect_cluster(
         http::HeaderValue::from_static(USER_AGENT),
     ));
     kube::Client::try_from(config)
-        .map(Some)
-        .map_err(|e| StartupError::Kube(e.to_string()))
+        .map(|c| ClusterFound::Client(c, name))
+        .map_err(|e| StartupError::Kube(crate::telemetry::sentence(&e)))
+}
+
+/// Asks the API server its version once at start, so an unreachable cluster is said at
+/// once rather than at the first alert. Not fatal: the server may come back, and
+/// `/readyz` reports it meanwhile.
+async fn probe_cluster(client: &kube::Client, name: Option<&ClusterName>) {
+    let server = name.map(|n| n.server.as_str()).unwrap_or("the cluster");
+    match tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        client.apiserver_version(),
+    )
+    .await
+    {
+        Ok(Ok(v)) => info!(
+            "the API server at {server} answers: Kubernetes {}",
+            v.git_version
+        ),
+        Ok(Err(e)) => warn!(
+            "the API server at {server} does not answer now: {}; salve keeps trying, and /readyz says not ready until it answers",
+            crate::telemetry::root_cause(&e)
+        ),
+        Err(_) => warn!(
+            "the API server at {server} did not answer within 5s; salve keeps trying, and /readyz says not ready until it answers"
+        ),
+    }
 }
 
 /// Prunes raw payloads older than `keep`, at start and then hourly, until `shutdown`.
@@ -132,10 +233,23 @@ impl Salve {
             settings.policies.display()
         );
         let store = Store::open_waiting(&settings.database_url, settings.db_wait).await?;
-        let client = match settings.offline {
-            true => None,
-            false => connect_cluster(settings.kubeconfig.as_deref()).await?,
+        let (client, cluster_name, offline_because) = match settings.offline {
+            true => (None, None, "--offline was given".to_owned()),
+            false => match connect_cluster(settings.kubeconfig.as_deref()).await? {
+                ClusterFound::Client(c, name) => (Some(c), Some(name), String::new()),
+                // Asked to read the cluster and send dry-runs, salve must not quietly do
+                // less: an operator who trusts the dry-runs would be reading nothing.
+                ClusterFound::Nothing(why) if settings.dry_run => {
+                    return Err(StartupError::Kube(format!(
+                        "--dry-run reads the cluster and sends server-side dry-runs, but {why}; give --kubeconfig, or --offline to record without a cluster"
+                    )));
+                }
+                ClusterFound::Nothing(why) => (None, None, why),
+            },
         };
+        if let Some(client) = &client {
+            probe_cluster(client, cluster_name.as_ref()).await;
+        }
         let cluster = client.map(|c| Arc::new(KubeCluster::new(c)) as Arc<dyn Cluster>);
         let cluster_probe = api::ClusterProbe::new(cluster.clone());
         let metrics = Arc::new(Metrics::new());
@@ -197,13 +311,16 @@ impl Salve {
             reloader.live(),
             settings.limits.clone(),
         );
+        let on = cluster_name.map(|n| n.to_string()).unwrap_or_default();
         match engine.mode() {
             Mode::Live => {
-                info!("mode: LIVE: allowed changes are applied after a server-side dry-run")
+                info!("mode: LIVE on {on}: allowed changes are applied after a server-side dry-run")
             }
-            Mode::DryRun => warn!("mode: DRY-RUN: salve reads the cluster and sends dry-runs only"),
+            Mode::DryRun => {
+                warn!("mode: DRY-RUN on {on}: salve reads the cluster and sends dry-runs only")
+            }
             Mode::Offline => warn!(
-                "mode: OFFLINE DRY-RUN: no Kubernetes configuration, so salve records what it would do and calls nothing"
+                "mode: OFFLINE DRY-RUN: {offline_because}, so salve records what it would do and calls nothing"
             ),
         }
 

@@ -442,15 +442,15 @@ pub async fn replay(
     policies: &Path,
     rego: RegoOptions,
     since: Duration,
-    json: bool,
+    format: OutputFormat,
 ) -> Output {
     let (policy, _) = match load(policies, rego) {
         Ok(p) => p,
         Err(out) => return out,
     };
-    let store = match Store::connect(database).await {
+    let store = match open(database).await {
         Ok(s) => s,
-        Err(e) => return Output::new(format!("error: {e}\n"), EXIT_LOAD),
+        Err(out) => return out,
     };
     let since =
         chrono::Utc::now() - chrono::Duration::from_std(since).unwrap_or(chrono::Duration::days(7));
@@ -459,19 +459,45 @@ pub async fn replay(
         Err(e) => return Output::new(format!("error: {e}\n"), EXIT_LOAD),
     };
     let report = replay::replay(&past, &policy);
-    if json {
-        return Output::new(
-            serde_json::to_string_pretty(&report).unwrap_or_default() + "\n",
-            0,
-        );
-    }
-    Output::new(replay_table(&report), 0)
+    let text = match format {
+        OutputFormat::Json => serde_json::to_string_pretty(&report).unwrap_or_default() + "\n",
+        OutputFormat::Table => replay_table(&report),
+        // One row per decision that flips; the totals are the JSON's and the table's.
+        OutputFormat::Csv => crate::report::csv(
+            &[
+                "remediation_id",
+                "at",
+                "change",
+                "rule",
+                "action",
+                "target",
+                "old_reasons",
+                "new_reasons",
+            ],
+            report.flips.iter().map(|f| {
+                [
+                    f.remediation_id.clone(),
+                    f.at.clone(),
+                    f.change.to_owned(),
+                    f.rule.clone(),
+                    f.action.clone(),
+                    f.target.clone(),
+                    f.old_reasons.join("; "),
+                    f.new_reasons.join("; "),
+                ]
+            }),
+        ),
+    };
+    Output::new(text, 0)
 }
 
+/// Opens the knowledge base a command reads or acts on: it must exist, at the current
+/// schema. Only `serve` and `migrate` create or migrate one, so a command run in the wrong
+/// directory, or a pause written to a database no salve reads, is an error, not a silence.
 async fn open(database: &str) -> Result<Store, Output> {
-    Store::open(database)
+    Store::open_existing(database)
         .await
-        .map_err(|e| Output::new(format!("error: {e}\n"), EXIT_LOAD))
+        .map_err(|e| Output::to_stderr(format!("error: {e}\n"), EXIT_LOAD))
 }
 
 /// `salve history`: remediations newest first, as a table, JSON or CSV.
@@ -496,6 +522,42 @@ pub async fn history(
         OutputFormat::Csv => crate::report::history_csv(&page.items),
     };
     Output::new(text, 0)
+}
+
+/// `salve alerts`: received alerts newest first, each with its status, what salve
+/// decided and the remediation it led to.
+pub async fn alerts(args: &crate::config::AlertsArgs) -> Output {
+    let store = match open(&args.database.url).await {
+        Ok(s) => s,
+        Err(out) => return out,
+    };
+    let mut query = args.query.clone();
+    query.limit = query.limit.or(Some(20));
+    let page = match crate::api::alerts_page(&store, &query, &args.status).await {
+        Ok(p) => p,
+        Err(e) => return Output::to_stderr(format!("error: {e}\n"), 1),
+    };
+    let text = match args.output {
+        OutputFormat::Json => serde_json::to_string_pretty(&page.items).unwrap_or_default() + "\n",
+        OutputFormat::Table if page.items.is_empty() => "(no alerts received)\n".to_owned(),
+        OutputFormat::Table => crate::report::table(
+            &crate::report::ALERT_COLUMNS,
+            page.items.iter().map(crate::report::alert_row),
+        ),
+        OutputFormat::Csv => crate::report::csv(
+            &crate::report::ALERT_COLUMNS,
+            page.items.iter().map(crate::report::alert_row),
+        ),
+    };
+    let more = match (&page.next, args.output) {
+        (Some(next), OutputFormat::Table) => format!("(older alerts: --cursor {next})\n"),
+        _ => String::new(),
+    };
+    Output {
+        stdout: text,
+        stderr: more,
+        code: 0,
+    }
 }
 
 /// `salve show ID`: one remediation and its timeline, for a person.
@@ -769,57 +831,81 @@ pub async fn rules_report(
     Output::new(text, 0)
 }
 
-/// `salve migrate`: applies the migrations and says how many there are.
+/// `salve migrate`: creates the knowledge base if need be and applies the migrations.
 pub async fn migrate(database: &str) -> Output {
-    match open(database).await {
+    match Store::open(database).await {
         Ok(_) => Output::new("migrations applied\n".into(), 0),
-        Err(out) => out,
+        Err(e) => Output::to_stderr(format!("error: {e}\n"), EXIT_LOAD),
     }
 }
 
 /// `salve stats`: what each step achieved per alert signature.
-pub async fn stats(database: &str, since: Duration, json: bool) -> Output {
-    let store = match Store::connect(database).await {
+pub async fn stats(database: &str, since: Duration, format: OutputFormat) -> Output {
+    let store = match open(database).await {
         Ok(s) => s,
-        Err(e) => return Output::new(format!("error: {e}\n"), EXIT_LOAD),
+        Err(out) => return out,
     };
     let since = chrono::Utc::now()
         - chrono::Duration::from_std(since).unwrap_or(chrono::Duration::days(30));
     let rows = match store.all_stats(since).await {
         Ok(r) => r,
-        Err(e) => return Output::new(format!("error: {e}\n"), EXIT_LOAD),
+        Err(e) => return Output::to_stderr(format!("error: {e}\n"), EXIT_LOAD),
     };
-    if json {
-        return Output::new(
-            serde_json::to_string_pretty(&rows).unwrap_or_default() + "\n",
-            0,
-        );
-    }
-    let mut out = format!(
-        "{:<28} {:<36} {:<14} {:>8} {:>7} {:>6} {:>10}\n",
-        "ALERT", "WORKLOAD", "STEP", "ATTEMPTS", "HEALED", "RATE", "MEAN HEAL"
-    );
-    for r in &rows {
-        let heal = r
-            .stats
-            .mean_seconds_to_heal
-            .map_or("-".to_owned(), |s| format!("{s:.0}s"));
-        let _ = writeln!(
-            out,
-            "{:<28} {:<36} {:<14} {:>8} {:>7} {:>5.0}% {:>10}",
-            r.alertname,
-            r.target,
-            r.stats.step_key,
-            r.stats.attempts,
-            r.stats.healed,
-            r.stats.success_rate * 100.0,
-            heal
-        );
-    }
-    if rows.is_empty() {
-        out.push_str("(no verified attempts yet)\n");
-    }
-    Output::new(out, 0)
+    let header = [
+        "ALERT",
+        "WORKLOAD",
+        "STEP",
+        "ATTEMPTS",
+        "HEALED",
+        "RATE",
+        "MEAN HEAL",
+    ];
+    let text = match format {
+        OutputFormat::Json => serde_json::to_string_pretty(&rows).unwrap_or_default() + "\n",
+        OutputFormat::Table if rows.is_empty() => "(no verified attempts yet)\n".to_owned(),
+        OutputFormat::Table => crate::report::table(
+            &header,
+            rows.iter().map(|r| {
+                [
+                    r.alertname.clone(),
+                    r.target.clone(),
+                    r.stats.step_key.clone(),
+                    r.stats.attempts.to_string(),
+                    r.stats.healed.to_string(),
+                    format!("{:.0}%", r.stats.success_rate * 100.0),
+                    r.stats
+                        .mean_seconds_to_heal
+                        .map_or("-".to_owned(), |s| format!("{s:.0}s")),
+                ]
+            }),
+        ),
+        OutputFormat::Csv => crate::report::csv(
+            &[
+                "alertname",
+                "target",
+                "step",
+                "attempts",
+                "healed",
+                "success_rate",
+                "mean_seconds_to_heal",
+            ],
+            rows.iter().map(|r| {
+                [
+                    r.alertname.clone(),
+                    r.target.clone(),
+                    r.stats.step_key.clone(),
+                    r.stats.attempts.to_string(),
+                    r.stats.healed.to_string(),
+                    format!("{:.3}", r.stats.success_rate),
+                    r.stats
+                        .mean_seconds_to_heal
+                        .map(|s| format!("{s:.1}"))
+                        .unwrap_or_default(),
+                ]
+            }),
+        ),
+    };
+    Output::new(text, 0)
 }
 
 fn replay_table(r: &ReplayReport) -> String {

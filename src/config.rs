@@ -31,6 +31,9 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// List what salve did, newest first.
     History(HistoryArgs),
+    /// List received alerts, newest first, with what salve decided for each (the
+    /// history's filters select alerts by the remediation they led to).
+    Alerts(AlertsArgs),
     /// Show one remediation with its full timeline.
     Show {
         #[command(flatten)]
@@ -311,8 +314,8 @@ pub struct ServeArgs {
     #[arg(long, env = "SALVE_POLICIES", default_value = "policies")]
     pub policies: PathBuf,
 
-    /// Kubeconfig to use. Without it: in-cluster config, then $KUBECONFIG or
-    /// ~/.kube/config; with none of those salve runs offline (records, never calls).
+    /// Kubeconfig to use. Without it: $KUBECONFIG or ~/.kube/config, then the pod's
+    /// in-cluster config; with none of those salve runs offline (records, never calls).
     #[arg(long, env = "SALVE_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
 
@@ -509,6 +512,20 @@ pub struct HistoryArgs {
     pub database: DatabaseArgs,
     #[command(flatten)]
     pub query: crate::api::ListQuery,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value = "table")]
+    pub output: OutputFormat,
+}
+
+/// `salve alerts`.
+#[derive(Debug, Clone, Args)]
+pub struct AlertsArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub query: crate::api::ListQuery,
+    #[command(flatten)]
+    pub status: crate::api::AlertStatusQuery,
     /// Output format.
     #[arg(long, short, value_enum, default_value = "table")]
     pub output: OutputFormat,

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use salve::app::Salve;
 use salve::commands;
-use salve::config::{AuditCommand, Cli, Command, OutputFormat, PolicyCommand, RulesCommand};
+use salve::config::{AuditCommand, Cli, Command, PolicyCommand, RulesCommand};
 
 /// Bad configuration, rules or policy: nothing was started.
 const EXIT_CONFIG: u8 = 2;
@@ -51,6 +51,7 @@ async fn main() -> ExitCode {
         Command::History(args) => {
             print_output(commands::history(&args.database.url, &args.query, args.output).await)
         }
+        Command::Alerts(args) => print_output(commands::alerts(&args).await),
         Command::Show { database, id } => print_output(commands::show(&database.url, &id).await),
         Command::Audit(AuditCommand::Verify { database }) => {
             print_output(commands::audit_verify(&database.url).await)
@@ -102,14 +103,9 @@ async fn main() -> ExitCode {
             since,
             output,
         }) => print_output(commands::rules_report(&database.url, &rule, since, output).await),
-        Command::Stats(args) => print_output(
-            commands::stats(
-                &args.database.url,
-                args.since,
-                matches!(args.output, OutputFormat::Json),
-            )
-            .await,
-        ),
+        Command::Stats(args) => {
+            print_output(commands::stats(&args.database.url, args.since, args.output).await)
+        }
         Command::Pause(args) => print_output(commands::pause(&args).await),
         Command::Resume(args) => print_output(commands::resume(&args).await),
         Command::Approve(args) => print_output(commands::decide(&args, true).await),
@@ -123,7 +119,7 @@ async fn main() -> ExitCode {
                 &args.policies,
                 args.rego.options(),
                 args.since,
-                matches!(args.output, OutputFormat::Json),
+                args.output,
             )
             .await,
         ),

@@ -157,6 +157,46 @@ pub fn timeline(r: &RemediationRecord, events: &[TimelineEvent]) -> String {
     out
 }
 
+/// The columns of `salve alerts`.
+pub const ALERT_COLUMNS: [&str; 8] = [
+    "FIRST SEEN (UTC)",
+    "ALERT",
+    "STATUS",
+    "RESOLVED AT",
+    "DELIVERIES",
+    "DECISION",
+    "REMEDIATION",
+    "SUMMARY",
+];
+
+/// One received alert as a row of `salve alerts`: what it was, whether it still fires,
+/// and what salve did about it (the remediation's id and state, or why none).
+pub fn alert_row(i: &crate::store::incidents::IncidentView) -> [String; 8] {
+    let when = |t: &str| t.get(..19).unwrap_or(t).replace('T', " ");
+    let decision = match i.decision.as_str() {
+        "remediation" => "remediation".to_owned(),
+        _ => format!("{}: {}", i.decision.replace('_', " "), i.decision_reason),
+    };
+    let remediation = match (&i.remediation_id, &i.remediation_state) {
+        (Some(id), Some(state)) => format!("{id} ({state})"),
+        (Some(id), None) => id.clone(),
+        _ => "-".to_owned(),
+    };
+    [
+        when(&i.first_seen_at),
+        i.alertname.clone(),
+        i.status.clone(),
+        i.resolved_at.as_deref().map_or("-".to_owned(), when),
+        i.deliveries.to_string(),
+        decision,
+        remediation,
+        i.alert["annotations"]["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    ]
+}
+
 /// One timeline entry in a sentence, for `salve show` and the audit page.
 pub fn describe_event(kind: &str, d: &serde_json::Value) -> String {
     let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
@@ -182,7 +222,7 @@ pub fn describe_event(kind: &str, d: &serde_json::Value) -> String {
             let verdict = if v["allowed"] == true {
                 "allowed".to_owned()
             } else {
-                format!("denied: {}", v["reasons"])
+                format!("denied: {}", words(&v["reasons"]))
             };
             format!(
                 "{} -> {verdict}",
@@ -202,14 +242,55 @@ pub fn describe_event(kind: &str, d: &serde_json::Value) -> String {
             d["of"],
             text(&d["step_key"])
         ),
-        "verification" => format!("{} ({})", text(&d["outcome"]), d["evidence"]),
+        "verification" => {
+            let outcome = text(&d["outcome"]).replace('_', " ");
+            match d["reason"].as_str().filter(|r| !r.is_empty()) {
+                Some(reason) => format!("{outcome}: {reason}"),
+                None => outcome,
+            }
+        }
         "escalation" => format!(
-            "escalated: {} (delivered: {})",
+            "escalated: {}; {}",
             text(&d["reason"]),
-            d["delivered"]
+            deliveries(&d["delivered"])
         ),
         _ => d.to_string(),
     }
+}
+
+/// A list of strings (a verdict's reasons) as one sentence; anything else as it is.
+fn words(v: &serde_json::Value) -> String {
+    match v.as_array() {
+        Some(items) if items.is_empty() => "(no reason given)".to_owned(),
+        Some(items) => items
+            .iter()
+            .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+            .collect::<Vec<_>>()
+            .join("; "),
+        None => v.as_str().map_or_else(|| v.to_string(), str::to_owned),
+    }
+}
+
+/// An escalation's delivery log in words: who took it, who did not and why.
+fn deliveries(log: &serde_json::Value) -> String {
+    let Some(rounds) = log.as_array().filter(|r| !r.is_empty()) else {
+        return "no notifier is configured, so no one was told".to_owned();
+    };
+    rounds
+        .iter()
+        .map(|r| {
+            let to = r["to"]
+                .as_str()
+                .or_else(|| r["notifier"].as_str())
+                .unwrap_or("a notifier");
+            match (r["ok"].as_bool(), r["error"].as_str()) {
+                (Some(true), _) => format!("delivered to {to}"),
+                (_, Some(e)) => format!("not delivered to {to} ({e}; retried)"),
+                _ => format!("not delivered to {to} (retried)"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// What `salve rules report` says of a rule: how many remediations, what policy said,

@@ -77,17 +77,12 @@ async fn status_and_json(resp: reqwest::Response) -> (u16, Value) {
 
 /// Runs the `salve` binary; returns exit code, stdout and stderr.
 fn salve_cli(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_salve"))
-        .args(args)
-        .env("USER", "alice")
-        .env_remove("SUDO_USER")
-        .env_remove("SALVE_DATABASE_URL")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    support::run_to_end(
+        Command::new(env!("CARGO_BIN_EXE_salve"))
+            .args(args)
+            .env("USER", "alice")
+            .env_remove("SUDO_USER")
+            .env_remove("SALVE_DATABASE_URL"),
     )
 }
 

@@ -239,6 +239,6 @@ async fn the_audit_api_filters_and_pages_without_skipping_while_rows_arrive() {
         .unwrap();
     let text = String::from_utf8(show.stdout).unwrap();
     assert!(text.contains("state    denied"), "{text}");
-    assert!(text.contains("policy_evaluated  scale Deployment kube-system/coredns by +1 replicas (within 2..=10) -> denied"), "{text}");
+    assert!(text.contains("policy_evaluated  scale Deployment kube-system/coredns by +1 replicas (kept between 2 and 10) -> denied"), "{text}");
     assert!(text.contains("rule latency-scale-up matched"), "{text}");
 }

@@ -79,7 +79,7 @@ async fn a_person_can_filter_the_audit_page_and_open_a_remediation() {
     let summary = browser.find("#summary").await.text().await;
     assert_eq!(
         summary,
-        "denied: scale Deployment kube-system/coredns by +1 replicas (within 2..=10)"
+        "denied: scale Deployment kube-system/coredns by +1 replicas (kept between 2 and 10)"
     );
     let mut timeline = Vec::new();
     for event in browser.find_all("#timeline tr.event").await {

@@ -249,21 +249,31 @@ async fn list(
     Ok(Json(page(&state.store, &q).await?))
 }
 
-/// Query parameters of `GET /api/v1/alerts`.
-#[derive(Debug, Deserialize)]
-pub struct AlertsQuery {
-    pub limit: Option<u32>,
-    pub cursor: Option<String>,
-    pub alertname: Option<String>,
-    /// `firing` or `resolved`.
+/// The alert-only filter of `GET /api/v1/alerts` and `salve alerts`, beside the
+/// listing's ([`ListQuery`]).
+#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
+pub struct AlertStatusQuery {
+    /// Only alerts now in this status: firing or resolved.
+    #[arg(long)]
+    #[serde(default, deserialize_with = "blank_is_absent")]
     pub status: Option<String>,
 }
 
-async fn alerts(
-    State(state): State<ApiState>,
-    Query(q): Query<AlertsQuery>,
-) -> Result<Json<serde_json::Value>, HttpError> {
-    if let Some(s) = q
+/// One page of received alerts.
+#[derive(Debug, Serialize)]
+pub struct AlertsPage {
+    pub items: Vec<crate::store::incidents::IncidentView>,
+    /// Pass as `cursor` for the next (older) page; absent on the last page.
+    pub next: Option<String>,
+}
+
+/// A page of received alerts under the listing's filters (for the API and `salve alerts`).
+pub async fn alerts_page(
+    store: &Store,
+    q: &ListQuery,
+    status: &AlertStatusQuery,
+) -> Result<AlertsPage, HttpError> {
+    if let Some(s) = status
         .status
         .as_deref()
         .filter(|s| !matches!(*s, "firing" | "resolved"))
@@ -272,16 +282,11 @@ async fn alerts(
             "status {s:?} is neither firing nor resolved"
         )));
     }
+    let filter = q.filter()?;
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     let cursor = cursor(q.cursor.as_deref())?;
-    let items = state
-        .store
-        .list_incidents(
-            limit,
-            cursor.as_ref(),
-            q.alertname.as_deref(),
-            q.status.as_deref(),
-        )
+    let items = store
+        .list_incidents(limit, cursor.as_ref(), &filter, status.status.as_deref())
         .await?;
     let next = (items.len() == limit as usize)
         .then(|| items.last())
@@ -293,7 +298,15 @@ async fn alerts(
             }
             .encode()
         });
-    Ok(Json(serde_json::json!({"items": items, "next": next})))
+    Ok(AlertsPage { items, next })
+}
+
+async fn alerts(
+    State(state): State<ApiState>,
+    Query(q): Query<ListQuery>,
+    Query(status): Query<AlertStatusQuery>,
+) -> Result<Json<AlertsPage>, HttpError> {
+    Ok(Json(alerts_page(&state.store, &q, &status).await?))
 }
 
 async fn show(

@@ -67,7 +67,7 @@ pub fn plan(
                 ReplicaChange::By(n) => (
                     Value::Null,
                     format!(
-                        "scale {target} by {n:+} replicas (within {}..={})",
+                        "scale {target} by {n:+} replicas (kept between {} and {})",
                         spec.min, spec.max
                     ),
                 ),

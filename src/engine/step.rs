@@ -103,7 +103,7 @@ impl Engine {
                 (&self.inner.cluster, &workload, &plan.change)
             else {
                 let why =
-                    "offline mode: no Kubernetes configuration was found, so no call was made"
+                    "salve runs offline (no Kubernetes cluster to call; its start-up line says why), so no call was made"
                         .to_owned();
                 if shadow {
                     return Ok(Step::Shadow(Box::new(plan), why));

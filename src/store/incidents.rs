@@ -82,36 +82,51 @@ pub struct IncidentView {
     pub decision: String,
     pub decision_reason: String,
     pub remediation_id: Option<String>,
+    /// The state of that remediation, when there is one.
+    pub remediation_state: Option<String>,
     pub alert: serde_json::Value,
 }
 
 impl Store {
-    /// Incidents newest first (by first sight), strictly older than the cursor.
+    /// Incidents newest first (by first sight), strictly older than the cursor. The
+    /// remediation filters (namespace, workload, rule, state, outcome) select alerts by
+    /// the remediation they led to; `status` is the alert's own (firing, resolved).
     pub async fn list_incidents(
         &self,
         limit: u32,
         before: Option<&super::remediations::Cursor>,
-        alertname: Option<&str>,
+        filter: &super::remediations::RemediationFilter,
         status: Option<&str>,
     ) -> Result<Vec<IncidentView>, StoreError> {
         let (seen, id) = before
             .map(|c| (c.created_at.clone(), c.id.clone()))
             .unwrap_or_else(|| ("9999".to_owned(), String::new()));
-        let rows = sqlx::query(
-            "SELECT i.id, i.fingerprint, i.alertname, i.status, i.starts_at, i.first_seen_at, i.last_seen_at,
-                    i.resolved_at, i.delivery_count, i.decision, i.decision_reason, i.alert, r.id AS remediation_id
-             FROM incidents i LEFT JOIN remediations r ON r.incident_id = i.id
-             WHERE (i.first_seen_at, i.id) < ($1, $2)
-               AND ($3 = '' OR i.alertname = $3) AND ($4 = '' OR i.status = $4)
-             ORDER BY i.first_seen_at DESC, i.id DESC LIMIT $5",
-        )
-        .bind(seen)
-        .bind(id)
-        .bind(alertname.unwrap_or_default())
-        .bind(status.unwrap_or_default())
-        .bind(i64::from(limit))
-        .fetch_all(self.reader())
-        .await?;
+        let mut binds = vec![seen, id];
+        let mut clauses = vec!["(i.first_seen_at, i.id) < ($1, $2)".to_owned()];
+        clauses.extend(filter.clauses(
+            &super::remediations::FilterColumns {
+                remediation: "r",
+                alertname: "i.alertname",
+                time: "i.first_seen_at",
+            },
+            &mut binds,
+        ));
+        if let Some(status) = status {
+            binds.push(status.to_owned());
+            clauses.push(format!("i.status = ${}", binds.len()));
+        }
+        let rows = self
+            .page_rows(
+                "SELECT i.id, i.fingerprint, i.alertname, i.status, i.starts_at, i.first_seen_at, i.last_seen_at,
+                        i.resolved_at, i.delivery_count, i.decision, i.decision_reason, i.alert,
+                        r.id AS remediation_id, r.state AS remediation_state
+                 FROM incidents i LEFT JOIN remediations r ON r.incident_id = i.id",
+                &clauses,
+                "i.first_seen_at DESC, i.id DESC",
+                binds,
+                limit,
+            )
+            .await?;
         rows.iter()
             .map(|r| {
                 let alert: String = r.try_get("alert")?;
@@ -128,6 +143,7 @@ impl Store {
                     decision: r.try_get("decision")?,
                     decision_reason: r.try_get("decision_reason")?,
                     remediation_id: r.try_get("remediation_id")?,
+                    remediation_state: r.try_get("remediation_state")?,
                     alert: serde_json::from_str(&alert)
                         .map_err(|e| StoreError::Corrupt(e.to_string()))?,
                 })

@@ -15,6 +15,7 @@ pub mod chain;
 pub mod escalations;
 pub mod incidents;
 pub mod learning;
+pub mod location;
 pub mod owners;
 pub mod pauses;
 pub mod remediations;
@@ -48,6 +49,25 @@ pub enum StoreError {
     /// Migrations could not be applied.
     #[error("cannot apply migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// `--database` names no database salve can use.
+    #[error(transparent)]
+    Location(#[from] location::BadLocation),
+    /// A command that only reads (or changes what is there) found no database: it does
+    /// not create one, so a typo or the wrong directory is said, not reported from.
+    #[error(
+        "no database at {0} (salve serve or salve migrate creates it; --database or SALVE_DATABASE_URL names another)"
+    )]
+    Missing(String),
+    /// The database could not be reached at all: names where it was looked for.
+    #[error("cannot connect to {place}: {source}")]
+    Connect {
+        place: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The database is not (or not yet) a knowledge base of this salve's schema.
+    #[error("{0}")]
+    Schema(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -83,7 +103,10 @@ fn is_transient(e: &sqlx::Error) -> bool {
 impl StoreError {
     /// Whether trying again later may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        matches!(
+            self,
+            StoreError::Unavailable(_) | StoreError::Connect { .. }
+        )
     }
 }
 
@@ -126,22 +149,100 @@ impl Store {
         Ok(store)
     }
 
-    /// Connects without migrating (for `salve migrate` and for read-only tools).
+    /// Connects without migrating, creating a missing SQLite file (for tests and tools
+    /// that prepare a database).
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
         Store::connect_waiting(url, DEFAULT_WAIT).await
     }
 
     /// [`Store::connect`], waiting at most `wait` for a busy database.
     pub async fn connect_waiting(url: &str, wait: Duration) -> Result<Store, StoreError> {
+        let at = location::Location::parse(url)?;
+        if let Some(dir) = at.file().and_then(Path::parent) {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| StoreError::Connect {
+                    place: at.describe(),
+                    source: sqlx::Error::Io(e),
+                })?;
+            }
+        }
+        Store::connect_to(&at, true, wait).await
+    }
+
+    /// Opens a knowledge base that must already exist, at the current schema, without
+    /// creating or migrating anything: what every command but `serve` and `migrate` uses.
+    /// A missing SQLite file is [`StoreError::Missing`].
+    pub async fn open_existing(url: &str) -> Result<Store, StoreError> {
+        let at = location::Location::parse(url)?;
+        if let Some(file) = at.file() {
+            if !file.is_file() {
+                return Err(StoreError::Missing(file.display().to_string()));
+            }
+        }
+        let store = Store::connect_to(&at, false, DEFAULT_WAIT).await?;
+        store.check_schema(&at).await?;
+        Ok(store)
+    }
+
+    /// Refuses a database whose schema is not this salve's: none at all (an empty file,
+    /// another program's database) or behind (`salve migrate` brings it up).
+    async fn check_schema(&self, at: &location::Location) -> Result<(), StoreError> {
+        let applied: Result<Option<i64>, sqlx::Error> =
+            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&self.reader)
+                .await;
+        let needed = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+        match applied {
+            Err(sqlx::Error::Database(_)) | Ok(None) => Err(StoreError::Schema(format!(
+                "{} holds no salve knowledge base (salve serve or salve migrate sets one up)",
+                at.describe()
+            ))),
+            Err(e) => Err(e.into()),
+            Ok(Some(v)) if v < needed => Err(StoreError::Schema(format!(
+                "{} is at schema version {v} and this salve needs {needed}: run salve migrate",
+                at.describe()
+            ))),
+            Ok(Some(_)) => Ok(()),
+        }
+    }
+
+    async fn connect_to(
+        at: &location::Location,
+        create: bool,
+        wait: Duration,
+    ) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
-        let url = normalize_sqlite_url(url)?;
-        if !url.starts_with("sqlite:") {
+        let url = at.url(create);
+        let options = AnyConnectOptions::from_str(&url)?;
+        let unreachable = |source: sqlx::Error| StoreError::Connect {
+            place: at.describe(),
+            source,
+        };
+        if at.is_postgres() {
+            // One connection first, on its own: a pool that cannot connect says only that
+            // it timed out, and a person needs the reason (refused, no such host, password).
+            match tokio::time::timeout(
+                wait,
+                <sqlx::AnyConnection as sqlx::Connection>::connect_with(&options),
+            )
+            .await
+            {
+                Ok(Ok(conn)) => drop(conn),
+                Ok(Err(e)) => return Err(unreachable(e)),
+                Err(_) => {
+                    return Err(unreachable(sqlx::Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer within {}s", wait.as_secs_f64()),
+                    ))));
+                }
+            }
             // PostgreSQL connections are kept open ahead of need: opening one (connect,
             // authenticate) on a webhook's path cost it up to 100 ms when the engine's
             // work had taken every open connection.
             let pool = pool_options(Backend::Postgres, wait, 10, 10)
-                .connect_with(AnyConnectOptions::from_str(&url)?)
-                .await?;
+                .connect_with(options)
+                .await
+                .map_err(unreachable)?;
             return Ok(Store {
                 writes: writer::Writer::start(pool.clone(), true),
                 writer: pool.clone(),
@@ -149,17 +250,18 @@ impl Store {
                 wait,
             });
         }
-        let options = AnyConnectOptions::from_str(&url)?;
         let writer = pool_options(Backend::SqliteWriter, wait, 1, 1)
             .connect_with(options.clone())
-            .await?;
+            .await
+            .map_err(unreachable)?;
         // An in-memory database exists once per connection: its readers must be the writer.
-        let reader = if url.contains(":memory:") {
+        let reader = if matches!(at, location::Location::SqliteMemory { .. }) {
             writer.clone()
         } else {
             pool_options(Backend::SqliteReader, wait, 4, 0)
                 .connect_with(options)
-                .await?
+                .await
+                .map_err(unreachable)?
         };
         Ok(Store {
             writes: writer::Writer::start(writer.clone(), false),
@@ -262,33 +364,6 @@ fn pool_options(backend: Backend, wait: Duration, max: u32, min: u32) -> AnyPool
         })
 }
 
-/// Ensures an SQLite URL creates its file, and that the file's directory exists.
-fn normalize_sqlite_url(url: &str) -> Result<String, StoreError> {
-    let Some(rest) = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-    else {
-        return Ok(url.to_owned());
-    };
-    let path = rest.split('?').next().unwrap_or_default();
-    if !path.is_empty() && path != ":memory:" {
-        if let Some(dir) = Path::new(path)
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-        {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))?;
-        }
-    }
-    if url.contains("mode=") {
-        Ok(url.to_owned())
-    } else if url.contains('?') {
-        Ok(format!("{url}&mode=rwc"))
-    } else {
-        Ok(format!("{url}?mode=rwc"))
-    }
-}
-
 /// The one text form of a time in the database: fixed width, UTC, so text order is time order.
 pub fn timestamp(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
@@ -309,22 +384,6 @@ pub fn new_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sqlite_urls_create_their_file() {
-        assert_eq!(
-            normalize_sqlite_url("sqlite::memory:").unwrap(),
-            "sqlite::memory:?mode=rwc"
-        );
-        assert_eq!(
-            normalize_sqlite_url("sqlite://x.db?cache=shared").unwrap(),
-            "sqlite://x.db?cache=shared&mode=rwc"
-        );
-        assert_eq!(
-            normalize_sqlite_url("postgres://h/db").unwrap(),
-            "postgres://h/db"
-        );
-    }
 
     #[test]
     fn timestamps_sort_as_text() {

@@ -147,6 +147,45 @@ pub struct RemediationFilter {
     pub until: Option<String>,
 }
 
+/// Where a [`RemediationFilter`]'s fields are in a query: the remediations table's name
+/// (or alias), and the alert-name and time columns the listing is about.
+pub(crate) struct FilterColumns<'a> {
+    pub remediation: &'a str,
+    pub alertname: &'a str,
+    pub time: &'a str,
+}
+
+impl RemediationFilter {
+    /// The SQL conditions of the filter, their values appended to `binds` (placeholders
+    /// numbered after what `binds` already holds). Remediations and alerts are listed
+    /// with the same filters this way.
+    pub(crate) fn clauses(&self, at: &FilterColumns<'_>, binds: &mut Vec<String>) -> Vec<String> {
+        let r = at.remediation;
+        let mut clauses = Vec::new();
+        let mut add = |clause: String, value: &Option<String>| {
+            if let Some(v) = value {
+                binds.push(v.clone());
+                clauses.push(clause.replace('?', &format!("${}", binds.len())));
+            }
+        };
+        add(format!("{r}.target_namespace = ?"), &self.namespace);
+        add(format!("{r}.target_kind = ?"), &self.kind);
+        add(format!("{r}.target_name = ?"), &self.target);
+        add(format!("{} = ?", at.alertname), &self.alertname);
+        add(format!("{r}.rule_name = ?"), &self.rule);
+        add(format!("{r}.state = ?"), &self.state);
+        add(format!("{} >= ?", at.time), &self.since);
+        add(format!("{} < ?", at.time), &self.until);
+        add(
+            format!(
+                "EXISTS (SELECT 1 FROM attempts a WHERE a.remediation_id = {r}.id AND a.outcome = ?)"
+            ),
+            &self.outcome,
+        );
+        clauses
+    }
+}
+
 /// A position in the newest-first listing: strictly older than this row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor {
@@ -326,26 +365,38 @@ impl Store {
         let mut binds = vec![created, id];
         // A row-value comparison lets both databases walk the (created_at, id) index from the cursor.
         let mut clauses = vec!["(created_at, id) < ($1, $2)".to_owned()];
-        let mut add = |clause: &str, value: &Option<String>| {
-            if let Some(v) = value {
-                binds.push(v.clone());
-                clauses.push(clause.replace('?', &format!("${}", binds.len())));
-            }
-        };
-        add("target_namespace = ?", &filter.namespace);
-        add("target_kind = ?", &filter.kind);
-        add("target_name = ?", &filter.target);
-        add("alertname = ?", &filter.alertname);
-        add("rule_name = ?", &filter.rule);
-        add("state = ?", &filter.state);
-        add("created_at >= ?", &filter.since);
-        add("created_at < ?", &filter.until);
-        add(
-            "EXISTS (SELECT 1 FROM attempts a WHERE a.remediation_id = remediations.id AND a.outcome = ?)",
-            &filter.outcome,
-        );
+        clauses.extend(filter.clauses(
+            &FilterColumns {
+                remediation: "remediations",
+                alertname: "alertname",
+                time: "created_at",
+            },
+            &mut binds,
+        ));
+        let rows = self
+            .page_rows(
+                &format!("SELECT {COLUMNS} FROM remediations"),
+                &clauses,
+                "created_at DESC, id DESC",
+                binds,
+                limit,
+            )
+            .await?;
+        rows.iter().map(record).collect()
+    }
+
+    /// One page of a listing: `select` narrowed by `clauses` (whose `$N` are `binds`, in
+    /// order), in `order`, at most `limit` rows. Remediations and alerts page this way.
+    pub(crate) async fn page_rows(
+        &self,
+        select: &str,
+        clauses: &[String],
+        order: &str,
+        binds: Vec<String>,
+        limit: u32,
+    ) -> Result<Vec<sqlx::any::AnyRow>, StoreError> {
         let sql = format!(
-            "SELECT {COLUMNS} FROM remediations WHERE {} ORDER BY created_at DESC, id DESC LIMIT ${}",
+            "{select} WHERE {} ORDER BY {order} LIMIT ${}",
             clauses.join(" AND "),
             binds.len() + 1
         );
@@ -353,11 +404,10 @@ impl Store {
         for b in binds {
             query = query.bind(b);
         }
-        let rows = query
+        Ok(query
             .bind(i64::from(limit))
             .fetch_all(self.reader())
-            .await?;
-        rows.iter().map(record).collect()
+            .await?)
     }
 
     /// Ids of remediations in a state (crash recovery looks for `pending` and `executing`).

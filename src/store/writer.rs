@@ -854,7 +854,10 @@ mod tests {
                 (0, 1, 0), // c repeated
             ]
         );
-        let incidents = store.list_incidents(10, None, None, None).await.unwrap();
+        let incidents = store
+            .list_incidents(10, None, &Default::default(), None)
+            .await
+            .unwrap();
         let mut states: Vec<_> = incidents
             .iter()
             .map(|i| {

@@ -98,6 +98,16 @@ impl Drop for SalveProcess {
     }
 }
 
+/// Runs a `salve` command (the binary under test) to its end: exit code, stdout, stderr.
+pub fn run_to_end(cmd: &mut std::process::Command) -> (i32, String, String) {
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Whether `program` is there and works: run with `args` (say `--version`), it succeeds.
 pub fn installed(program: &str, args: &[&str]) -> bool {
     std::process::Command::new(program)
@@ -166,11 +176,15 @@ pub fn shipped_policies() -> PathBuf {
 pub fn policies_with_rules(dir: &Path, rules: Option<&str>) -> PathBuf {
     let out = dir.join("policies");
     copy_dir(&shipped_policies(), &out);
-    if let Some(r) = rules {
-        std::fs::write(out.join("rules.yaml"), r).unwrap();
-    }
+    std::fs::write(out.join("rules.yaml"), rules.unwrap_or(WALKTHROUGH_RULES)).unwrap();
     out
 }
+
+/// The rules a test gets when it names none: acting rules for the fixtures' alerts
+/// (HighRequestLatency, KubeDeploymentReplicasMismatch, PodCrashLooping). The shipped
+/// `policies/rules.yaml` holds shadow-mode examples for kube-prometheus instead, tested
+/// on their own in `tests/first_hour.rs`.
+pub const WALKTHROUGH_RULES: &str = include_str!("../fixtures/rules-walkthrough.yaml");
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
