@@ -28,6 +28,7 @@ pub mod crash;
 pub mod engine;
 pub mod http;
 pub mod ingest;
+pub mod knowledge;
 pub mod notify;
 pub mod policy;
 pub mod redact;

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::{
-    FakeKube, Options, eventually, firing_for, firing_with, policies_with_rules, spawn_salve,
+    FakeKube, Options, eventually, firing_for, firing_with, policies_with_rules, resolved,
+    spawn_salve,
 };
 
 /// Runs the `salve` binary in `dir`; returns exit code, stdout and stderr.
@@ -26,15 +27,6 @@ fn salve_in(dir: &Path, args: &[&str]) -> (i32, String, String) {
 
 fn salve(args: &[&str]) -> (i32, String, String) {
     salve_in(Path::new(env!("CARGO_MANIFEST_DIR")), args)
-}
-
-/// The payload of `firing` with its alert resolved.
-fn resolved(firing: &str) -> String {
-    let mut v: Value = serde_json::from_str(firing).unwrap();
-    v["status"] = json!("resolved");
-    v["alerts"][0]["status"] = json!("resolved");
-    v["alerts"][0]["endsAt"] = json!(chrono::Utc::now().to_rfc3339());
-    v.to_string()
 }
 
 #[test]

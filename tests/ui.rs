@@ -451,3 +451,162 @@ rules:
     );
     browser.close().await;
 }
+
+/// The morning after: the list's counts and median time to heal, the alert's name,
+/// status and summary on each row; the knowledge page's actions and heal rates, a link
+/// from it to the remediations behind a row, and on a remediation's page the policy
+/// input in words, the Kubernetes calls, the verification's polls and the workload's
+/// previous remediation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_morning_after_counts_knowledge_and_a_remediation_read_at_a_glance() {
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    let kube = support::FakeKube::start().await;
+    kube.add_deployment("shop", "checkout", 2, "checkout:1.4");
+    kube.add_deployment("kube-system", "coredns", 2, "coredns:1.11");
+    let s = spawn_salve(Options {
+        kube: Some(kube.clone()),
+        rules: Some(
+            r#"
+rules:
+  - name: checkout-latency
+    matchers: ['alertname="HighRequestLatency"']
+    target: { kind: Deployment, name: "{{ deployment }}" }
+    action: { scale: { by: 1, max: 10 } }
+    verify: { within: 1500ms, every: 200ms }
+    cooldown: 0s
+"#
+            .into(),
+        ),
+        ..Options::default()
+    })
+    .await;
+    // 1: not healed in time, escalated.
+    s.post_alerts(&firing_for(
+        "HighRequestLatency",
+        "shop",
+        "checkout",
+        "0000000000000d01",
+    ))
+    .await;
+    s.reached(1, &["escalated"]).await;
+    // 2: healed (the alert resolves while salve verifies).
+    let second = firing_for("HighRequestLatency", "shop", "checkout", "0000000000000d02");
+    s.post_alerts(&second).await;
+    s.reached(2, &["verifying", "escalated"]).await;
+    s.post_alerts(&support::resolved(&second)).await;
+    // 3: denied by the shipped guardrails (a protected namespace).
+    s.post_alerts(&firing_for(
+        "HighRequestLatency",
+        "kube-system",
+        "coredns",
+        "0000000000000d03",
+    ))
+    .await;
+    let items = s.reached(3, &["healed", "escalated", "denied"]).await;
+    let healed_id = items
+        .iter()
+        .find(|r| r["state"] == "healed")
+        .unwrap_or_else(|| panic!("{items:#?}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let escalated_id = items.iter().find(|r| r["state"] == "escalated").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    browser.open(&format!("{}/ui", s.url)).await;
+    let count = async |id: &str| browser.find(&format!("#{id} b")).await.text().await;
+    assert_eq!(count("count-all").await, "3");
+    assert_eq!(count("count-healed").await, "1");
+    assert_eq!(count("count-escalated").await, "1");
+    assert_eq!(count("count-denied").await, "1");
+    assert_eq!(count("count-failed").await, "0");
+    assert_eq!(count("count-awaiting_approval").await, "0");
+    let median = count("median-heal").await;
+    assert!(median.ends_with('s') && median != "-", "{median}");
+    let rows = browser.find_all("tr.remediation").await;
+    assert_eq!(rows.len(), 3);
+    let newest = rows[0].text().await;
+    assert!(
+        newest.contains("HighRequestLatency")
+            && newest.contains("p99 latency above 500ms")
+            && newest.contains("firing")
+            && newest.contains("denied"),
+        "{newest}"
+    );
+    let healed_row = rows[1].text().await;
+    assert!(
+        healed_row.contains("resolved") && healed_row.contains("healed"),
+        "{healed_row}"
+    );
+
+    // The knowledge page, from the navigation.
+    browser
+        .find("nav a[href$='/ui/knowledge']")
+        .await
+        .click()
+        .await;
+    browser
+        .wait_for_url("the knowledge page", |u| u.ends_with("/ui/knowledge"))
+        .await;
+    let table = browser.find("#knowledge").await.text().await;
+    assert!(
+        table.contains("HighRequestLatency")
+            && table.contains("checkout-latency")
+            && table.contains("scale:by=1")
+            && table.contains("1 of 2")
+            && table.contains("50%"),
+        "{table}"
+    );
+    assert_eq!(browser.find_all("#knowledge svg.trend").await.len(), 1);
+    assert!(browser.find_all("script").await.is_empty());
+    browser.find("#knowledge a.behind").await.click().await;
+    browser
+        .wait_for_url("the remediations behind the row", |u| {
+            u.contains("alertname=HighRequestLatency") && u.contains("rule=checkout-latency")
+        })
+        .await;
+    // Behind the row: the two that tried the action (the denied one is the same rule's).
+    assert_eq!(browser.find_all("tr.remediation").await.len(), 3);
+    browser
+        .find(&format!("a[href$='/ui/remediations/{healed_id}']"))
+        .await
+        .click()
+        .await;
+    browser
+        .wait_for_url("the healed remediation", |u| u.ends_with(&healed_id))
+        .await;
+    let policy = browser.find("section.policy").await.text().await;
+    assert!(policy.contains("Allowed by policy"), "{policy}");
+    let calls = browser.find("#calls").await.text().await;
+    assert!(
+        calls.contains("PATCH /apis/apps/v1/namespaces/shop/deployments/checkout/scale?dryRun=All (dry run) -> 200")
+            && calls.contains("PATCH /apis/apps/v1/namespaces/shop/deployments/checkout/scale -> 200"),
+        "{calls}"
+    );
+    assert!(
+        !browser
+            .find_all("section.verification svg.polls circle.poll")
+            .await
+            .is_empty()
+    );
+    let source = browser.source().await;
+    assert!(
+        // The first remediation's scale stood (escalated, not reverted): 3 to 4 now.
+        source.contains("<dt>action.from.replicas</dt><dd>3</dd>")
+            && source.contains("<dt>action.to.replicas</dt><dd>4</dd>"),
+        "the input in words: {}",
+        source.split("class=\"input\"").nth(1).unwrap_or(&source)
+    );
+    browser.find("#prev").await.click().await;
+    browser
+        .wait_for_url("the workload's previous remediation", |u| {
+            u.ends_with(&escalated_id)
+        })
+        .await;
+    assert!(browser.find_all("#next").await.len() == 1);
+    browser.close().await;
+}

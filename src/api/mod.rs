@@ -5,9 +5,11 @@
 //! Kubernetes call, the policy input and verdict, each state change). `/healthz` says
 //! the process is alive; `/readyz` says it can take webhooks (the database answers).
 
+mod charts;
 mod ready;
 mod session;
 mod ui;
+mod ui_knowledge;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -199,6 +201,7 @@ pub fn router(state: ApiState) -> Router {
         Router::new()
             .route("/ui", get(ui::list))
             .route("/ui/remediations/{id}", get(ui::detail))
+            .route("/ui/knowledge", get(ui_knowledge::knowledge))
             .route("/ui/remediations/{id}/{decision}", post(ui::decide))
             .route_layer(axum::middleware::from_fn_with_state(
                 state.clone(),

@@ -41,14 +41,27 @@ th{color:#aaa;font-weight:600}.state{padding:.1rem .5rem;border-radius:.3rem;fon
 .healed{background:#1b5e20}.escalated,.failed,.interrupted{background:#b71c1c}.denied{background:#e65100}\
 .skipped,.dry_run{background:#444}.paused{background:#6a1b9a}.shadowed{background:#37474f}.verifying,.executing,.pending{background:#0d47a1}\
 form input,form select{background:#222;color:#eee;border:1px solid #555;padding:.3rem;margin-right:.5rem}\
-pre{background:#1c1c1c;padding:.6rem;overflow:auto;font-size:13px}.reason{color:#fc8}";
+pre{background:#1c1c1c;padding:.6rem;overflow:auto;font-size:13px}.reason{color:#fc8}\
+.counts{display:flex;gap:1rem;flex-wrap:wrap;margin:1rem 0}.count{background:#1c1c1c;padding:.5rem .9rem;border-radius:.4rem}\
+.count b{display:block;font-size:1.6rem}.firing{color:#f88}.resolved{color:#8f8}nav{margin-bottom:1rem}\
+dl.input{display:grid;grid-template-columns:max-content 1fr;gap:.1rem 1rem}dl.input dt{color:#aaa}dl.input dd{margin:0}";
 
-fn layout(title: &str, body: &str) -> Html<String> {
+/// A page: the title as heading, the body under it.
+pub(super) fn layout(title: &str, body: &str) -> Html<String> {
     Html(format!(
         "<!doctype html><html lang=en><head><meta charset=utf-8><title>{}</title><style>{STYLE}</style></head><body><h1>{}</h1>{body}</body></html>",
         escape(title),
         escape(title)
     ))
+}
+
+/// The links between the audit pages.
+pub(super) fn nav(state: &ApiState) -> String {
+    format!(
+        "<nav><a href=\"{}\">Remediations</a> · <a href=\"{}\">What worked</a></nav>",
+        escape(&state.external_url.path("/ui")),
+        escape(&state.external_url.path("/ui/knowledge")),
+    )
 }
 
 fn input(name: &str, value: &Option<String>, placeholder: &str) -> String {
@@ -130,15 +143,24 @@ pub async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<Html<String>, PageError> {
     let home = state.external_url.path("/ui");
-    let mut body = filter_form(&q, &home) + &logout_form(&state, &headers);
-    let found = page(&state.store, &q).await.map_err(|error| PageError {
+    let mut body = nav(&state) + &filter_form(&q, &home) + &logout_form(&state, &headers);
+    let failed = |error: HttpError| PageError {
         error,
         form: body.clone(),
         home: home.clone(),
-    })?;
+    };
+    let found = page(&state.store, &q).await.map_err(failed)?;
+    let overview = overview(&state, &q).await.map_err(failed)?;
+    let ids: Vec<&str> = found.items.iter().map(|r| r.incident_id.as_str()).collect();
+    let alerts = state
+        .store
+        .alert_briefs(&ids)
+        .await
+        .map_err(|e| failed(e.into()))?;
+    body += &overview;
     let _ = write!(
         body,
-        "<p>{} remediations shown, newest first.</p><table><tr><th>Time (UTC)</th><th>State</th><th>Rule</th><th>Workload</th><th>What salve did</th></tr>",
+        "<p>{} remediations shown, newest first.</p><table><tr><th>Time (UTC)</th><th>Alert</th><th>Alert now</th><th>State</th><th>Rule</th><th>Workload</th><th>What salve did</th></tr>",
         found.items.len()
     );
     for r in &found.items {
@@ -148,10 +170,19 @@ pub async fn list(
             .filter(|x| !r.summary.contains(x.as_str()))
             .map(|x| format!("<div class=reason>{}</div>", escape(x)))
             .collect();
+        let alert = alerts.get(&r.incident_id).cloned().unwrap_or_default();
+        let summary = if alert.summary.is_empty() {
+            String::new()
+        } else {
+            format!("<div class=summary>{}</div>", escape(&alert.summary))
+        };
         let _ = write!(
             body,
-            "<tr class=remediation><td>{}</td><td><span class=\"state {}\">{}</span></td><td>{}</td><td>{}/{}/{}</td><td><a href=\"{home}/remediations/{}\">{}</a>{reasons}</td></tr>",
+            "<tr class=remediation><td>{}</td><td class=alertname>{}{summary}</td><td class=\"alert-status {}\">{}</td><td><span class=\"state {}\">{}</span></td><td>{}</td><td>{}/{}/{}</td><td><a href=\"{home}/remediations/{}\">{}</a>{reasons}</td></tr>",
             escape(r.created_at.get(..19).unwrap_or(&r.created_at)).replace('T', " "),
+            escape(&r.alertname),
+            escape(&alert.status),
+            escape(&alert.status),
             r.state.as_str(),
             r.state.as_str(),
             escape(&r.rule),
@@ -175,6 +206,51 @@ pub async fn list(
         );
     }
     Ok(layout("salve: what was done", &body))
+}
+
+/// How the filtered remediations ended (all of them, not only the page) and the median
+/// time to heal: what an on-call engineer reads first in the morning.
+async fn overview(state: &ApiState, q: &ListQuery) -> Result<String, HttpError> {
+    let filter = q.filter()?;
+    let counts = state.store.state_counts(&filter).await?;
+    let mut heals = state.store.heal_seconds(&filter).await?;
+    let count = |states: &[&str]| -> i64 {
+        counts
+            .iter()
+            .filter(|(s, _)| states.contains(&s.as_str()))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let total: i64 = counts.iter().map(|(_, n)| n).sum();
+    let mut out = format!(
+        "<div class=counts id=counts><div class=count id=count-all><b>{total}</b>remediations</div>"
+    );
+    for (id, label, states) in [
+        ("healed", "healed", &["healed"][..]),
+        ("escalated", "escalated", &["escalated"][..]),
+        ("failed", "failed", &["failed", "interrupted"][..]),
+        ("denied", "denied", &["denied"][..]),
+        ("skipped", "skipped", &["skipped"][..]),
+        (
+            "awaiting_approval",
+            "awaiting approval",
+            &["awaiting_approval"][..],
+        ),
+    ] {
+        let _ = write!(
+            out,
+            "<div class=count id=count-{id}><b>{}</b>{label}</div>",
+            count(states)
+        );
+    }
+    let median =
+        crate::knowledge::median(&mut heals).map_or("-".to_owned(), super::ui_knowledge::seconds);
+    let _ = write!(
+        out,
+        "<div class=count id=median-heal><b>{median}</b>median time to heal ({} heals)</div></div>",
+        heals.len()
+    );
+    Ok(out)
 }
 
 fn query_string(q: &ListQuery) -> String {
@@ -205,7 +281,9 @@ pub async fn detail(
     } = super::detail(&state.store, &id)
         .await
         .map_err(|e| PageError::at(e, &state.external_url))?;
-    let mut body = format!(
+    let mut body = nav(&state);
+    let _ = write!(
+        body,
         "<p><a href=\"{}\">← all remediations</a></p><table class=facts>\
          <tr><th>State</th><td><span class=\"state {}\">{}</span> ({} mode)</td></tr>\
          <tr><th>Summary</th><td id=summary>{}</td></tr><tr><th>Alert</th><td>{}</td></tr>\
@@ -252,6 +330,10 @@ pub async fn detail(
             );
         }
     }
+    body += &neighbours(&state, &id).await?;
+    body += &policy_sections(&timeline);
+    body += &kube_calls(&timeline);
+    body += &verifications(&timeline);
     body += "<h2>Timeline</h2><table id=timeline><tr><th>Time (UTC)</th><th>Step</th><th>What happened</th></tr>";
     for e in &timeline {
         let raw = serde_json::to_string_pretty(&e.detail).unwrap_or_default();
@@ -266,6 +348,159 @@ pub async fn detail(
     }
     body += "</table>";
     Ok(layout(&format!("Remediation {}", r.id), &body))
+}
+
+/// Links to the previous and next remediation of the same workload.
+async fn neighbours(state: &ApiState, id: &str) -> Result<String, PageError> {
+    let (previous, next) = state
+        .store
+        .workload_neighbours(id)
+        .await
+        .map_err(|e| PageError::at(e.into(), &state.external_url))?;
+    let link = |other: Option<String>, rel: &str, text: &str| match other {
+        Some(o) => format!(
+            "<a rel={rel} id={rel} href=\"{}\">{text}</a>",
+            escape(&state.external_url.path(&format!("/ui/remediations/{o}")))
+        ),
+        None => format!(
+            "<span class=none>no {} remediation of this workload</span>",
+            text.trim_matches(|c| c == '←' || c == '→' || c == ' ')
+        ),
+    };
+    Ok(format!(
+        "<p class=neighbours>{} · {}</p>",
+        link(previous, "prev", "← previous"),
+        link(next, "next", "next →")
+    ))
+}
+
+/// Each policy decision readable: the verdict with its reasons, then every field of
+/// the exact input as `path: value` (the raw JSON stays in the timeline's record).
+fn policy_sections(timeline: &[crate::store::TimelineEvent]) -> String {
+    let mut out = String::new();
+    for e in timeline.iter().filter(|e| e.kind == "policy_evaluated") {
+        let v = &e.detail["verdict"];
+        let allowed = v["allowed"] == true;
+        let reasons: String = v["reasons"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(v["approval"].as_array().into_iter().flatten())
+            .filter_map(|r| r.as_str())
+            .map(|r| format!("<li>{}</li>", escape(r)))
+            .collect();
+        let mut fields = Vec::new();
+        flatten("", &e.detail["input"], &mut fields);
+        let rows: String = fields
+            .iter()
+            .map(|(k, v)| format!("<dt>{}</dt><dd>{}</dd>", escape(k), escape(v)))
+            .collect();
+        let _ = write!(
+            out,
+            "<section class=policy><h2>Policy: {}</h2><p class=verdict>{} by policy {}</p><ul class=reasons>{reasons}</ul>\
+             <details><summary>The exact input ({} fields)</summary><dl class=input>{rows}</dl></details></section>",
+            escape(
+                e.detail["input"]["action"]["description"]
+                    .as_str()
+                    .unwrap_or("the change")
+            ),
+            if allowed { "Allowed" } else { "Denied" },
+            escape(
+                v["policy_hash"]
+                    .as_str()
+                    .map_or("", |h| h.get(..12).unwrap_or(h))
+            ),
+            fields.len(),
+        );
+    }
+    out
+}
+
+/// A JSON document as `path: value` lines; lists of plain values on one line.
+fn flatten(path: &str, value: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    use serde_json::Value;
+    let join = |key: &str| {
+        if path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            for (k, v) in map {
+                flatten(&join(k), v, out);
+            }
+        }
+        Value::Array(items) if items.iter().any(|i| i.is_object() || i.is_array()) => {
+            for (i, v) in items.iter().enumerate() {
+                flatten(&format!("{path}[{i}]"), v, out);
+            }
+        }
+        Value::Array(items) => out.push((
+            path.to_owned(),
+            items
+                .iter()
+                .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+                .collect::<Vec<_>>()
+                .join(", "),
+        )),
+        Value::String(s) => out.push((path.to_owned(), s.clone())),
+        Value::Null => out.push((path.to_owned(), "(none)".to_owned())),
+        other => out.push((path.to_owned(), other.to_string())),
+    }
+}
+
+/// The Kubernetes calls, one line each.
+fn kube_calls(timeline: &[crate::store::TimelineEvent]) -> String {
+    let calls: String = timeline
+        .iter()
+        .filter(|e| e.kind == "kube_call")
+        .map(|e| {
+            format!(
+                "<li class=call>{}</li>",
+                escape(&describe_event(&e.kind, &e.detail))
+            )
+        })
+        .collect();
+    if calls.is_empty() {
+        return "<h2>Kubernetes calls</h2><p>None.</p>".to_owned();
+    }
+    format!("<h2>Kubernetes calls</h2><ol id=calls>{calls}</ol>")
+}
+
+/// Each verification's polls as a small time line.
+fn verifications(timeline: &[crate::store::TimelineEvent]) -> String {
+    let mut out = String::new();
+    for e in timeline.iter().filter(|e| e.kind == "verification") {
+        let Some(polls) = e.detail["polls"].as_array() else {
+            continue;
+        };
+        let marks: Vec<super::charts::PollMark<'_>> = polls
+            .iter()
+            .map(|p| super::charts::PollMark {
+                after_seconds: p["after_seconds"].as_f64().unwrap_or(0.0),
+                rollout: (
+                    p["rollout"]["status"].as_str().unwrap_or("unknown"),
+                    p["rollout"]["detail"].as_str().unwrap_or_default(),
+                ),
+                alert: (
+                    p["alert"]["status"].as_str().unwrap_or("unknown"),
+                    p["alert"]["detail"].as_str().unwrap_or_default(),
+                ),
+            })
+            .collect();
+        let _ = write!(
+            out,
+            "<section class=verification><h2>Verification: {}</h2>{}</section>",
+            escape(&describe_event(&e.kind, &e.detail)),
+            super::charts::poll_timeline(
+                &marks,
+                e.detail["window_seconds"].as_f64().unwrap_or(0.0)
+            ),
+        );
+    }
+    out
 }
 
 /// The approve and reject forms' fields.

@@ -79,7 +79,8 @@ pub struct SignatureStats {
 }
 
 /// Outcomes that count as a real try of an action (a verified change).
-const TRIED: &str = "outcome IN ('healed', 'not_healed', 'rollout_failed')";
+/// The outcomes of a step that was tried and judged (what statistics count).
+pub(crate) const TRIED: &str = "outcome IN ('healed', 'not_healed', 'rollout_failed')";
 
 impl Store {
     /// Records a finished step. A remediation resumed after its owner died (nothing was

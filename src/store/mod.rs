@@ -16,6 +16,7 @@ pub mod escalations;
 pub mod incidents;
 pub mod learning;
 pub mod location;
+pub mod overview;
 pub mod owners;
 pub mod pauses;
 pub mod remediations;
