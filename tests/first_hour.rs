@@ -492,11 +492,14 @@ async fn every_listing_honours_output_and_alerts_lists_what_was_received() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shipped_examples_shadow_kube_prometheus_alerts() {
     let (code, stdout, stderr) = salve(&["rules", "check", "policies"]);
-    assert_eq!((code, stdout.as_str()), (0, "ok: 4 rules\n"), "{stderr}");
+    assert_eq!((code, stdout.as_str()), (0, "ok: 5 rules\n"), "{stderr}");
     let kube = FakeKube::start().await;
     kube.add_deployment("shop", "cart", 3, "cart:2.0");
     kube.add_deployment("shop", "search", 4, "search:1.1");
     kube.add_deployment("shop", "checkout", 2, "checkout:1.4");
+    kube.add_deployment("shop", "api", 2, "api:1.0");
+    kube.set_image("shop", "api", "api:1.1");
+    let crashing_pod = kube.add_pod_of("shop", "api");
     let shipped =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/rules.yaml"))
             .unwrap();
@@ -538,14 +541,21 @@ async fn the_shipped_examples_shadow_kube_prometheus_alerts() {
             }),
             "00000000000e0003",
         ),
+        (
+            ksm(
+                json!({"alertname": "KubePodCrashLooping", "pod": crashing_pod,
+                       "container": "app", "reason": "CrashLoopBackOff"}),
+            ),
+            "00000000000e0004",
+        ),
     ] {
         s.post_alerts(&firing_with(labels, fingerprint)).await;
     }
     // A shadow run watches the alert for the rule's window (minutes) after its dry-run.
-    let items = s.reached(3, &["pending", "shadowed"]).await;
-    eventually("three dry-runs", Duration::from_secs(30), async || {
+    let items = s.reached(4, &["pending", "shadowed"]).await;
+    eventually("four dry-runs", Duration::from_secs(30), async || {
         let dry_runs = kube.requests().iter().filter(|w| w.dry_run()).count();
-        if dry_runs == 3 {
+        if dry_runs == 4 {
             Ok(())
         } else {
             Err(format!(
@@ -571,6 +581,7 @@ async fn the_shipped_examples_shadow_kube_prometheus_alerts() {
         [
             ("kube-deployment-replicas-mismatch".into(), "cart".into()),
             ("kube-hpa-maxed-out".into(), "search".into()),
+            ("kube-pod-crashlooping-rollback".into(), "api".into()),
             ("latency-slo-ladder".into(), "checkout".into()),
         ]
     );
@@ -693,4 +704,38 @@ async fn the_openapi_document_is_complete_and_matches_the_router() {
     let (_, alerts) = s.get("/api/v1/alerts").await;
     check("AlertsPage", &alerts);
     check("Incident", &alerts["items"][0]);
+}
+
+/// Offline there is no cluster to find a Pod's workload in: the alert is recorded with
+/// that reason, and nothing is opened.
+#[tokio::test]
+async fn offline_a_pod_alert_has_no_target_and_says_why() {
+    let shipped =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/rules.yaml"))
+            .unwrap();
+    let s = spawn_salve(Options {
+        rules: Some(shipped),
+        ..Options::default()
+    })
+    .await;
+    s.post_alerts(&firing_with(
+        json!({"alertname": "KubePodCrashLooping", "namespace": "shop",
+               "pod": "api-7d9f8c6b5-x2x4q", "job": "kube-state-metrics", "severity": "warning"}),
+        "00000000000e0101",
+    ))
+    .await;
+    let (_, alerts) = eventually("the decision", Duration::from_secs(10), async || {
+        let (status, page) = s.get("/api/v1/alerts").await;
+        match page["items"][0]["decision"].as_str() {
+            Some("undecided") | None => Err(page.to_string()),
+            Some(_) => Ok((status, page)),
+        }
+    })
+    .await;
+    assert_eq!(alerts["items"][0]["decision"], "no_target");
+    assert_eq!(
+        alerts["items"][0]["decision_reason"],
+        "rule kube-pod-crashlooping-rollback matched but cannot name its target: the target is the workload running Pod shop/api-7d9f8c6b5-x2x4q, and salve runs offline, so it cannot look that up"
+    );
+    assert!(s.remediations().await.is_empty());
 }

@@ -754,6 +754,46 @@ async fn the_shipped_rbac_allows_every_action_and_nothing_outside_its_bindings()
         replicas_of(&get_deployment(&client, &elsewhere.name, "web").await),
         1
     );
+
+    // A rule with `target.pod` finds the workload through the Pod's owners, with the
+    // role's `get pods` and `get replicasets`: a real ReplicaSet controller's Pod.
+    use salve::cluster::{Cluster, KubeCluster, TargetRef, WorkloadKind};
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns.name);
+    let pod = support::eventually(
+        "a Pod of web",
+        std::time::Duration::from_secs(30),
+        async || {
+            let list = pods
+                .list(&Default::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            list.items
+                .into_iter()
+                .filter_map(|p| p.metadata.name)
+                .find(|n| n.starts_with("web-"))
+                .ok_or_else(|| "none yet".to_owned())
+        },
+    )
+    .await;
+    let config =
+        kube::config::Kubeconfig::read_from(plane.kubeconfig_with_token(dir.path(), &token))
+            .unwrap();
+    let as_salve = kube::Client::try_from(
+        kube::Config::from_custom_kubeconfig(config, &Default::default())
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let owner = KubeCluster::new(as_salve)
+        .pod_owner(&ns.name, &pod)
+        .await
+        .unwrap();
+    assert_eq!(
+        owner.workload,
+        TargetRef::new(WorkloadKind::Deployment, &ns.name, "web")
+    );
+    assert_eq!(owner.chain.len(), 3, "{:?}", owner.chain);
+    assert!(owner.chain[1].starts_with(&format!("ReplicaSet {}/web-", ns.name)));
 }
 
 /// Starts `salve serve` as its own process against the real control plane.

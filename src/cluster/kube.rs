@@ -8,16 +8,17 @@
 use async_trait::async_trait;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 use super::workload::RESTARTED_AT_ANNOTATION;
 use super::{
-    Autoscaler, Change, Cluster, ClusterError, Notice, RECORD_FIELD_MANAGER, Revision, TargetRef,
-    Workload, WorkloadKind, Written,
+    Autoscaler, Change, Cluster, ClusterError, Notice, PodOwner, RECORD_FIELD_MANAGER, Revision,
+    TargetRef, Workload, WorkloadKind, Written,
 };
 
 /// The field manager salve's writes are attributed to (visible in `managedFields`).
@@ -140,6 +141,61 @@ impl Cluster for KubeCluster {
             .await
             .map_err(cluster_error)?;
         Ok(ns.metadata.annotations.unwrap_or_default())
+    }
+
+    async fn pod_owner(&self, namespace: &str, pod: &str) -> Result<PodOwner, ClusterError> {
+        let controller = |refs: Option<Vec<OwnerReference>>| {
+            refs.unwrap_or_default()
+                .into_iter()
+                .find(|r| r.controller == Some(true))
+        };
+        let mut chain = vec![format!("Pod {namespace}/{pod}")];
+        let found = Api::<Pod>::namespaced(self.client.clone(), namespace)
+            .get(pod)
+            .await
+            .map_err(cluster_error)?;
+        let owner = match controller(found.metadata.owner_references) {
+            Some(o) if o.kind == "ReplicaSet" => {
+                chain.push(format!("ReplicaSet {namespace}/{}", o.name));
+                let rs = Api::<ReplicaSet>::namespaced(self.client.clone(), namespace)
+                    .get(&o.name)
+                    .await
+                    .map_err(cluster_error)?;
+                match controller(rs.metadata.owner_references) {
+                    Some(d) => d,
+                    None => {
+                        return Ok(PodOwner {
+                            workload: Err(format!(
+                                "ReplicaSet {namespace}/{} belongs to no Deployment",
+                                o.name
+                            )),
+                            chain,
+                        });
+                    }
+                }
+            }
+            Some(o) => o,
+            None => {
+                return Ok(PodOwner {
+                    workload: Err(format!("Pod {namespace}/{pod} has no controller")),
+                    chain,
+                });
+            }
+        };
+        let kind = match (owner.kind.as_str(), owner.api_version.as_str()) {
+            ("Deployment", "apps/v1") => Some(WorkloadKind::Deployment),
+            ("StatefulSet", "apps/v1") => Some(WorkloadKind::StatefulSet),
+            _ => None,
+        };
+        chain.push(format!("{} {namespace}/{}", owner.kind, owner.name));
+        let workload = match kind {
+            Some(kind) => TargetRef::new(kind, namespace, &owner.name),
+            None => Err(format!(
+                "Pod {namespace}/{pod} is run by {} {}, which salve does not act on",
+                owner.kind, owner.name
+            )),
+        };
+        Ok(PodOwner { workload, chain })
     }
 
     async fn autoscaler(&self, target: &TargetRef) -> Result<Option<Autoscaler>, ClusterError> {

@@ -313,6 +313,15 @@ impl ClusterError {
     }
 }
 
+/// Where a Pod's owner references led: the workload, or why none is one salve acts on;
+/// and the objects read on the way (`Pod shop/api-7d9f-x2x4q`, `ReplicaSet …`), for the
+/// record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodOwner {
+    pub workload: Result<TargetRef, String>,
+    pub chain: Vec<String>,
+}
+
 /// The calls the engine makes against a cluster; one method, one API call.
 #[async_trait]
 pub trait Cluster: Send + Sync {
@@ -327,6 +336,17 @@ pub trait Cluster: Send + Sync {
     /// LIST the namespace's HorizontalPodAutoscalers and return the one whose
     /// `scaleTargetRef` is the workload, if any.
     async fn autoscaler(&self, target: &TargetRef) -> Result<Option<Autoscaler>, ClusterError>;
+
+    /// GET the Pod, then (for a ReplicaSet's Pod) its ReplicaSet, and follow the
+    /// controlling owner references to the Deployment or StatefulSet that runs it: how a
+    /// rule whose alert names a Pod (`KubePodCrashLooping`) finds its workload. The inner
+    /// error says why there is none (a DaemonSet's or a Job's Pod, no controller).
+    async fn pod_owner(&self, namespace: &str, pod: &str) -> Result<PodOwner, ClusterError> {
+        let _ = (namespace, pod);
+        Err(ClusterError::Unsupported(
+            "this cluster cannot look up a Pod's owner".into(),
+        ))
+    }
 
     /// GET the namespace and return its annotations: an operator pauses salve in a
     /// namespace by annotating it `salve.io/paused: "true"`.

@@ -831,7 +831,8 @@ impl Engine {
             info!(incident = %incident_id, alertname = incident.alert.alertname(), "no rule matches");
             return Ok(());
         };
-        let target = match render_target(rule, &incident.alert.labels) {
+        let (target, found_through) = match self.resolve_target(rule, &incident.alert.labels).await
+        {
             Ok(t) => t,
             Err(reason) => {
                 let reason = format!(
@@ -864,6 +865,7 @@ impl Engine {
             "file": rule.file,
             "matchers": rule.matchers.iter().map(|m| m.to_string()).collect::<Vec<_>>(),
             "target": target,
+            "found_through": found_through,
             "incident_id": incident_id,
             "alert": incident.alert,
             "deliveries_so_far": incident.delivery_count,
@@ -944,10 +946,51 @@ impl Engine {
     }
 }
 
-fn render_target(rule: &Rule, labels: &crate::alert::Labels) -> Result<TargetRef, String> {
-    let namespace = rule.target.namespace.render(labels)?;
-    let name = rule.target.name.render(labels)?;
-    TargetRef::new(rule.target.kind, &namespace, &name)
+impl Engine {
+    /// The rule's target for this alert: named by its labels, or (`target.pod`) the
+    /// workload that runs the Pod they name, looked up through the Pod's and its
+    /// ReplicaSet's owner references; with the objects read on the way. The lookup is a
+    /// read only, and offline there is no cluster to ask, so no target.
+    async fn resolve_target(
+        &self,
+        rule: &Rule,
+        labels: &crate::alert::Labels,
+    ) -> Result<(TargetRef, Option<Vec<String>>), String> {
+        let namespace = rule.target.namespace.render(labels)?;
+        let pod = match (&rule.target.name, &rule.target.pod) {
+            (Some(name), _) => {
+                let name = name.render(labels)?;
+                return Ok((TargetRef::new(rule.target.kind, &namespace, &name)?, None));
+            }
+            (None, Some(pod)) => pod.render(labels)?,
+            (None, None) => return Err("the rule names no target".into()),
+        };
+        let Some(cluster) = &self.inner.cluster else {
+            return Err(format!(
+                "the target is the workload running Pod {namespace}/{pod}, and salve runs offline, so it cannot look that up"
+            ));
+        };
+        let found = tokio::time::timeout(
+            self.inner.limits.call_timeout,
+            cluster.pod_owner(&namespace, &pod),
+        )
+        .await
+        .map_err(|_| {
+            format!(
+                "looking up the workload running Pod {namespace}/{pod} took longer than {}s",
+                self.inner.limits.call_timeout.as_secs()
+            )
+        })?
+        .map_err(|e| format!("cannot look up the workload running Pod {namespace}/{pod}: {e}"))?;
+        let target = found.workload?;
+        if target.kind != rule.target.kind {
+            return Err(format!(
+                "Pod {namespace}/{pod} is run by {target}, and the rule acts on a {}",
+                rule.target.kind
+            ));
+        }
+        Ok((target, Some(found.chain)))
+    }
 }
 
 fn stored_target(kind: &str, namespace: &str, name: &str) -> Option<TargetRef> {

@@ -303,6 +303,21 @@ rules:
         assert!(error_of(&tmpl).reason.contains("without closing"));
         let kind = GOOD.replace("kind: Deployment\n", "kind: DaemonSet\n");
         assert!(error_of(&kind).reason.contains("DaemonSet"));
+        let both = GOOD.replace(
+            r#"name: "{{ deployment }}""#,
+            "name: \"{{ deployment }}\"\n      pod: \"{{ pod }}\"",
+        );
+        assert!(
+            error_of(&both).reason.contains("has both `name` and `pod`"),
+            "{}",
+            error_of(&both)
+        );
+        let neither = GOOD.replace(r#"name: "{{ deployment }}""#, r#"namespace: "{{ ns }}""#);
+        assert!(
+            error_of(&neither).reason.contains("target needs `name`"),
+            "{}",
+            error_of(&neither)
+        );
     }
 
     #[test]

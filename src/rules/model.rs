@@ -140,14 +140,19 @@ impl TryFrom<RawVerify> for VerifySpec {
     }
 }
 
-/// The workload a rule acts on, with its names still to be filled from labels.
+/// The workload a rule acts on, with its names still to be filled from labels: by
+/// `name`, or by `pod`, the name of one of its Pods (what kube-state-metrics' pod alerts,
+/// such as `KubePodCrashLooping`, carry), whose owner salve looks up in the cluster.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TargetTemplate {
     pub kind: WorkloadKind,
     #[serde(default = "namespace_from_label")]
     pub namespace: Template,
-    pub name: Template,
+    #[serde(default)]
+    pub name: Option<Template>,
+    #[serde(default)]
+    pub pod: Option<Template>,
 }
 
 fn namespace_from_label() -> Template {
@@ -424,6 +429,19 @@ impl TryFrom<RawRule> for Rule {
                 ));
             }
         };
+        match (&raw.target.name, &raw.target.pod) {
+            (Some(_), None) | (None, Some(_)) => {}
+            (None, None) => {
+                return Err(format!(
+                    "rule {name:?}: target needs `name` (the workload's) or `pod` (one of its Pods')"
+                ));
+            }
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "rule {name:?}: target has both `name` and `pod`; use one"
+                ));
+            }
+        }
         if steps.contains(&ActionSpec::Rollback) && raw.target.kind != WorkloadKind::Deployment {
             return Err(format!(
                 "rule {name:?}: rollback works on a Deployment only (a {} keeps no ReplicaSet revisions)",

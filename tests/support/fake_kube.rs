@@ -498,6 +498,19 @@ async fn namespace(State(st): Shared, Path(ns): Path<String>) -> Response {
     .into_response()
 }
 
+async fn pod(State(st): Shared, Path((ns, name)): Path<(String, String)>) -> Response {
+    let s = st.lock().unwrap();
+    match s.objects.get(&("pods".to_owned(), ns, name.clone())) {
+        Some(p) => Json(p.clone()).into_response(),
+        None => status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("pods \"{name}\" not found"),
+        )
+        .into_response(),
+    }
+}
+
 async fn object(
     State(st): Shared,
     method: Method,
@@ -773,6 +786,7 @@ impl FakeKube {
                 }),
             )
             .route("/api/v1/namespaces/{ns}", get(namespace))
+            .route("/api/v1/namespaces/{ns}/pods/{name}", get(pod))
             .route("/apis/apps/v1", get(|| async { Json(resource_list()) }))
             // No autoscalers here: salve's question "does an HPA manage it?" gets "no".
             .route(
@@ -841,6 +855,42 @@ impl FakeKube {
         roll_out(&mut obj);
         s.objects
             .insert((resource.to_owned(), ns.to_owned(), name.to_owned()), obj);
+    }
+
+    /// Adds a Pod of the Deployment's current ReplicaSet (owner references as the
+    /// ReplicaSet controller sets them) and returns its name.
+    pub fn add_pod_of(&self, ns: &str, deployment: &str) -> String {
+        let mut s = self.state.lock().unwrap();
+        let revision = |o: &Value| {
+            o["metadata"]["annotations"]["deployment.kubernetes.io/revision"]
+                .as_str()
+                .and_then(|r| r.parse::<i64>().ok())
+                .unwrap_or(0)
+        };
+        let rs = s
+            .objects
+            .iter()
+            .filter(|((r, n, _), o)| {
+                r == "replicasets"
+                    && n == ns
+                    && o["metadata"]["ownerReferences"][0]["name"] == json!(deployment)
+            })
+            .max_by_key(|(_, o)| revision(o))
+            .map(|(_, o)| o.clone())
+            .expect("the Deployment has a ReplicaSet");
+        let rs_name = rs["metadata"]["name"].as_str().unwrap().to_owned();
+        let uid = s.uid();
+        let name = format!("{rs_name}-x2x4q");
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns, "uid": uid, "resourceVersion": s.rv(),
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs_name,
+                                              "uid": rs["metadata"]["uid"], "controller": true, "blockOwnerDeletion": true}]},
+            "spec": rs["spec"]["template"]["spec"].clone(),
+        });
+        s.objects
+            .insert(("pods".to_owned(), ns.to_owned(), name.clone()), pod);
+        name
     }
 
     /// Changes a Deployment's image the way `kubectl set image` does (a new revision).
