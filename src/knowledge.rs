@@ -86,7 +86,10 @@ pub fn summarize(facts: &[AttemptFact], now: DateTime<Utc>, days: usize) -> Vec<
             }
         }
         if let Ok(at) = DateTime::parse_from_rfc3339(&f.finished_at) {
-            let day = (at.with_timezone(&Utc) - start).num_days();
+            // The last span ends at `now`; an attempt that ended at that instant is in it.
+            let day = (at.with_timezone(&Utc) - start)
+                .num_days()
+                .min(days as i64 - 1);
             if let Some(slot) = usize::try_from(day)
                 .ok()
                 .and_then(|d| record.daily.get_mut(d))
@@ -208,10 +211,11 @@ mod tests {
             (3, 3)
         );
         assert_eq!(latency.actions[0].median_seconds_to_heal, Some(70.0));
-        assert_eq!(latency.actions[0].daily, vec![(1, 1), (0, 0), (2, 2)]);
+        // Days are the 24-hour spans ending at `now`: 28 Nov 13:00 falls in the second.
+        assert_eq!(latency.actions[0].daily, vec![(0, 0), (1, 1), (2, 2)]);
         let scale = &latency.actions[1];
         assert_eq!(scale.heal_rate(), 0.5);
-        assert_eq!(scale.daily, vec![(0, 0), (1, 1), (1, 0)]);
+        assert_eq!(scale.daily, vec![(0, 0), (0, 0), (2, 1)]);
         assert_eq!(scale.median_seconds_to_heal, Some(30.0));
         assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), Some(2.5));
         assert_eq!(median(&mut []), None);

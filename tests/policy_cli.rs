@@ -375,7 +375,7 @@ fn check_reports_all_errors_and_rules_check_reports_rule_errors() {
     assert_eq!(salve(&["policy", "check", s(&policies)]).code, 0);
     assert_eq!(
         salve(&["rules", "check", s(&policies)]).stdout,
-        "ok: 3 rules\n"
+        "ok: 5 rules\n"
     );
 
     let rules = dir_with(&[

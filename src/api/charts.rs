@@ -130,7 +130,7 @@ mod tests {
             ],
             10.0,
         );
-        assert_eq!(polls.matches("class=poll").count(), 4);
+        assert_eq!(polls.matches("<circle class=poll ").count(), 4);
         assert!(polls.contains("9.0s: resolved: Prometheus"));
         assert!(!polls.contains("<script"));
     }
