@@ -215,21 +215,29 @@ async fn the_start_up_line_says_why_salve_is_offline_and_which_cluster_it_acts_o
     );
 }
 
-#[test]
-fn dry_run_without_a_cluster_refuses_to_start_and_says_why() {
+/// Runs `salve serve` with `flags` (no kubeconfig in the environment, an empty home) to
+/// a start-up refusal; returns its stderr.
+fn serve_refused(flags: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let policies = policies_with_rules(dir.path(), None);
-    let out = Command::new(env!("CARGO_BIN_EXE_salve"))
-        .args(["serve", "--dry-run", "--listen", "127.0.0.1:0"])
-        .arg("--policies")
-        .arg(&policies)
-        .args(["--database", &format!("{}/kb.db", dir.path().display())])
-        .env_remove("KUBECONFIG")
-        .env("HOME", dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (code, _, stderr) = support::run_to_end(
+        Command::new(env!("CARGO_BIN_EXE_salve"))
+            .arg("serve")
+            .args(flags)
+            .args(["--listen", "127.0.0.1:0"])
+            .arg("--policies")
+            .arg(&policies)
+            .args(["--database", &format!("{}/kb.db", dir.path().display())])
+            .env_remove("KUBECONFIG")
+            .env("HOME", dir.path()),
+    );
+    assert_eq!(code, 2, "{stderr}");
+    stderr
+}
+
+#[test]
+fn dry_run_without_a_cluster_refuses_to_start_and_says_why() {
+    let stderr = serve_refused(&["--dry-run"]);
     assert!(
         stderr.ends_with("salve: Kubernetes configuration: --dry-run reads the cluster and sends server-side dry-runs, but no Kubernetes configuration was found (no --kubeconfig, no $KUBECONFIG or ~/.kube/config, not in a pod); give --kubeconfig, or --offline to record without a cluster\n"),
         "{stderr}"
@@ -238,18 +246,7 @@ fn dry_run_without_a_cluster_refuses_to_start_and_says_why() {
 
 #[test]
 fn a_quoted_tilde_in_kubeconfig_is_explained_in_a_sentence() {
-    let dir = tempfile::tempdir().unwrap();
-    let policies = policies_with_rules(dir.path(), None);
-    let out = Command::new(env!("CARGO_BIN_EXE_salve"))
-        .args(["serve", "--kubeconfig", "~/.kube/config"])
-        .arg("--policies")
-        .arg(&policies)
-        .args(["--database", &format!("{}/kb.db", dir.path().display())])
-        .args(["--listen", "127.0.0.1:0"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = serve_refused(&["--kubeconfig", "~/.kube/config"]);
     assert!(
         stderr.ends_with("salve: Kubernetes configuration: cannot use the kubeconfig ~/.kube/config: No such file or directory (os error 2) (a ~ is not expanded inside quotes; give the full path)\n"),
         "{stderr}"
