@@ -104,12 +104,9 @@ pub async fn knowledge(
     Ok(layout("salve: what worked", &body))
 }
 
-/// A duration in seconds for people: `45s`, `3m 20s`, `1h 5m`.
+/// A duration in whole seconds for people (`45s`, `3m 20s`), as salve's other messages
+/// say durations (humantime).
 pub fn seconds(s: f64) -> String {
-    let s = s.round() as i64;
-    match s {
-        ..60 => format!("{s}s"),
-        60..3600 => format!("{}m {}s", s / 60, s % 60),
-        _ => format!("{}h {}m", s / 3600, (s % 3600) / 60),
-    }
+    let whole = std::time::Duration::from_secs(s.round().max(0.0) as u64);
+    humantime::format_duration(whole).to_string()
 }

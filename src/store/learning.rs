@@ -79,7 +79,6 @@ pub struct SignatureStats {
 }
 
 /// Outcomes that count as a real try of an action (a verified change).
-/// The outcomes of a step that was tried and judged (what statistics count).
 pub(crate) const TRIED: &str = "outcome IN ('healed', 'not_healed', 'rollout_failed')";
 
 impl Store {
