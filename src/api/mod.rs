@@ -54,6 +54,24 @@ async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
 }
 
+/// The cursor of the page after a full one: the last row's (time, id), which the next
+/// page starts strictly before. A page shorter than `limit` is the last.
+fn next_cursor<T>(
+    items: &[T],
+    limit: u32,
+    position: impl Fn(&T) -> (&String, &String),
+) -> Option<String> {
+    let last = items.last().filter(|_| items.len() == limit as usize)?;
+    let (at, id) = position(last);
+    Some(
+        Cursor {
+            created_at: at.clone(),
+            id: id.clone(),
+        }
+        .encode(),
+    )
+}
+
 /// Query parameters of the listing; the same fields are `salve history`'s flags.
 #[derive(Debug, Default, Clone, Deserialize, clap::Args)]
 pub struct ListQuery {
@@ -232,16 +250,7 @@ pub async fn page(store: &Store, q: &ListQuery) -> Result<Page, HttpError> {
     let items = store
         .list_remediations(limit, cursor.as_ref(), &filter)
         .await?;
-    let next = (items.len() == limit as usize)
-        .then(|| items.last())
-        .flatten()
-        .map(|r| {
-            Cursor {
-                created_at: r.created_at.clone(),
-                id: r.id.clone(),
-            }
-            .encode()
-        });
+    let next = next_cursor(&items, limit, |r| (&r.created_at, &r.id));
     Ok(Page { items, next })
 }
 
@@ -291,16 +300,7 @@ pub async fn alerts_page(
     let items = store
         .list_incidents(limit, cursor.as_ref(), &filter, status.status.as_deref())
         .await?;
-    let next = (items.len() == limit as usize)
-        .then(|| items.last())
-        .flatten()
-        .map(|i| {
-            Cursor {
-                created_at: i.first_seen_at.clone(),
-                id: i.id.clone(),
-            }
-            .encode()
-        });
+    let next = next_cursor(&items, limit, |i| (&i.first_seen_at, &i.id));
     Ok(AlertsPage { items, next })
 }
 
