@@ -957,13 +957,12 @@ impl Engine {
         labels: &crate::alert::Labels,
     ) -> Result<(TargetRef, Option<Vec<String>>), String> {
         let namespace = rule.target.namespace.render(labels)?;
-        let pod = match (&rule.target.name, &rule.target.pod) {
-            (Some(name), _) => {
+        let pod = match &rule.target.by {
+            crate::rules::TargetBy::Name(name) => {
                 let name = name.render(labels)?;
                 return Ok((TargetRef::new(rule.target.kind, &namespace, &name)?, None));
             }
-            (None, Some(pod)) => pod.render(labels)?,
-            (None, None) => return Err("the rule names no target".into()),
+            crate::rules::TargetBy::Pod(pod) => pod.render(labels)?,
         };
         let Some(cluster) = &self.inner.cluster else {
             return Err(format!(

@@ -21,7 +21,7 @@ pub mod time_interval;
 
 pub use model::{
     ActionSpec, Direction, GitOps, NoData, ReplicaChange, Rule, RuleMode, ScaleSpec, StepOrder,
-    TargetTemplate, Unavailable, VerifySpec,
+    TargetBy, TargetTemplate, Unavailable, VerifySpec,
 };
 pub use time_interval::TimeInterval;
 

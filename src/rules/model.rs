@@ -140,19 +140,35 @@ impl TryFrom<RawVerify> for VerifySpec {
     }
 }
 
-/// The workload a rule acts on, with its names still to be filled from labels: by
-/// `name`, or by `pod`, the name of one of its Pods (what kube-state-metrics' pod alerts,
-/// such as `KubePodCrashLooping`, carry), whose owner salve looks up in the cluster.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The workload a rule acts on, with its names still to be filled from labels.
+#[derive(Debug, Clone)]
 pub struct TargetTemplate {
     pub kind: WorkloadKind,
-    #[serde(default = "namespace_from_label")]
     pub namespace: Template,
+    pub by: TargetBy,
+}
+
+/// How a rule names its workload.
+#[derive(Debug, Clone)]
+pub enum TargetBy {
+    /// The workload's own name (`name: "{{ deployment }}"`).
+    Name(Template),
+    /// One of its Pods' names (`pod: "{{ pod }}"`), what kube-state-metrics' pod alerts
+    /// such as `KubePodCrashLooping` carry; salve looks the owner up in the cluster.
+    Pod(Template),
+}
+
+/// `target:` as written: `name` or `pod`, exactly one (checked when the rule loads).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    kind: WorkloadKind,
+    #[serde(default = "namespace_from_label")]
+    namespace: Template,
     #[serde(default)]
-    pub name: Option<Template>,
+    name: Option<Template>,
     #[serde(default)]
-    pub pod: Option<Template>,
+    pod: Option<Template>,
 }
 
 fn namespace_from_label() -> Template {
@@ -333,7 +349,7 @@ struct RawRule {
     name: String,
     #[serde(default)]
     matchers: Vec<Matcher>,
-    target: TargetTemplate,
+    target: RawTarget,
     #[serde(default, with = "serde_norway::with::singleton_map")]
     action: Option<RawAction>,
     #[serde(default, with = "serde_norway::with::singleton_map_recursive")]
@@ -429,8 +445,9 @@ impl TryFrom<RawRule> for Rule {
                 ));
             }
         };
-        match (&raw.target.name, &raw.target.pod) {
-            (Some(_), None) | (None, Some(_)) => {}
+        let by = match (raw.target.name, raw.target.pod) {
+            (Some(name), None) => TargetBy::Name(name),
+            (None, Some(pod)) => TargetBy::Pod(pod),
             (None, None) => {
                 return Err(format!(
                     "rule {name:?}: target needs `name` (the workload's) or `pod` (one of its Pods')"
@@ -441,7 +458,7 @@ impl TryFrom<RawRule> for Rule {
                     "rule {name:?}: target has both `name` and `pod`; use one"
                 ));
             }
-        }
+        };
         if steps.contains(&ActionSpec::Rollback) && raw.target.kind != WorkloadKind::Deployment {
             return Err(format!(
                 "rule {name:?}: rollback works on a Deployment only (a {} keeps no ReplicaSet revisions)",
@@ -470,7 +487,11 @@ impl TryFrom<RawRule> for Rule {
         Ok(Rule {
             name,
             matchers,
-            target: raw.target,
+            target: TargetTemplate {
+                kind: raw.target.kind,
+                namespace: raw.target.namespace,
+                by,
+            },
             steps,
             order: raw.order,
             verify: raw.verify.unwrap_or_default(),
