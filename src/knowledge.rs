@@ -39,51 +39,34 @@ pub struct Signature {
 }
 
 /// Sums up `facts` over the `days` days that end at `now`: one [`Signature`] per alert
-/// name and rule (in that order), its actions by key.
+/// name and rule (in that order), its actions best first (heal rate, then attempts).
 pub fn summarize(facts: &[AttemptFact], now: DateTime<Utc>, days: usize) -> Vec<Signature> {
+    use std::collections::BTreeMap;
     let days = days.max(1);
     let start = now - Duration::days(days as i64);
-    let mut signatures: Vec<Signature> = Vec::new();
-    let mut heals: Vec<Vec<Vec<f64>>> = Vec::new();
+    // (alert, rule) -> step key -> the action's record and its heal times.
+    type Actions<'a> = BTreeMap<&'a str, (ActionRecord, Vec<f64>)>;
+    let mut grouped: BTreeMap<(&str, &str), Actions<'_>> = BTreeMap::new();
     for f in facts {
-        let s = match signatures
-            .iter()
-            .position(|s| s.alertname == f.alertname && s.rule == f.rule)
-        {
-            Some(i) => i,
-            None => {
-                signatures.push(Signature {
-                    alertname: f.alertname.clone(),
-                    rule: f.rule.clone(),
-                    actions: Vec::new(),
-                });
-                heals.push(Vec::new());
-                signatures.len() - 1
-            }
-        };
-        let actions = &mut signatures[s].actions;
-        let a = match actions.iter().position(|a| a.step_key == f.step_key) {
-            Some(i) => i,
-            None => {
-                actions.push(ActionRecord {
+        let (record, heals) = grouped
+            .entry((&f.alertname, &f.rule))
+            .or_default()
+            .entry(&f.step_key)
+            .or_insert_with(|| {
+                let record = ActionRecord {
                     step_key: f.step_key.clone(),
                     attempts: 0,
                     healed: 0,
                     median_seconds_to_heal: None,
                     daily: vec![(0, 0); days],
-                });
-                heals[s].push(Vec::new());
-                actions.len() - 1
-            }
-        };
+                };
+                (record, Vec::new())
+            });
         let healed = f.outcome == "healed";
-        let record = &mut actions[a];
         record.attempts += 1;
         if healed {
             record.healed += 1;
-            if let Some(secs) = f.seconds_to_heal {
-                heals[s][a].push(secs);
-            }
+            heals.extend(f.seconds_to_heal);
         }
         if let Ok(at) = DateTime::parse_from_rfc3339(&f.finished_at) {
             // The last span ends at `now`; an attempt that ended at that instant is in it.
@@ -99,18 +82,28 @@ pub fn summarize(facts: &[AttemptFact], now: DateTime<Utc>, days: usize) -> Vec<
             }
         }
     }
-    for (s, signature) in signatures.iter_mut().enumerate() {
-        for (a, action) in signature.actions.iter_mut().enumerate() {
-            action.median_seconds_to_heal = median(&mut heals[s][a]);
-        }
-        signature.actions.sort_by(|x, y| {
-            y.heal_rate()
-                .total_cmp(&x.heal_rate())
-                .then(y.attempts.cmp(&x.attempts))
-        });
-    }
-    signatures.sort_by(|x, y| (&x.alertname, &x.rule).cmp(&(&y.alertname, &y.rule)));
-    signatures
+    grouped
+        .into_iter()
+        .map(|((alertname, rule), actions)| {
+            let mut actions: Vec<ActionRecord> = actions
+                .into_values()
+                .map(|(mut record, mut heals)| {
+                    record.median_seconds_to_heal = median(&mut heals);
+                    record
+                })
+                .collect();
+            actions.sort_by(|x, y| {
+                y.heal_rate()
+                    .total_cmp(&x.heal_rate())
+                    .then(y.attempts.cmp(&x.attempts))
+            });
+            Signature {
+                alertname: alertname.to_owned(),
+                rule: rule.to_owned(),
+                actions,
+            }
+        })
+        .collect()
 }
 
 /// The median of `values` (sorted in place), `None` when empty.
