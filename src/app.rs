@@ -101,32 +101,45 @@ pub async fn connect_cluster(kubeconfig: Option<&Path>) -> Result<ClusterFound, 
                 .map_err(|e| unreadable(path, &e))?;
             (config, path.display().to_string(), context)
         }
+        // What kube::Config::infer does (the kubeconfig, then the pod's environment), with
+        // the kubeconfig read once and kept, for the context the start-up line names.
         None => {
-            let file = Kubeconfig::read().ok();
-            match kube::Config::infer().await {
-                Ok(c) => match file {
-                    Some(kc) => (
-                        c,
-                        std::env::var("KUBECONFIG")
-                            .ok()
-                            .filter(|k| !k.is_empty())
-                            .map_or_else(
-                                || "~/.kube/config".to_owned(),
-                                |k| format!("$KUBECONFIG={k}"),
-                            ),
-                        kc.current_context.unwrap_or_default(),
-                    ),
-                    None => (
+            let from_file = match Kubeconfig::read() {
+                Ok(kc) => {
+                    let context = kc.current_context.clone().unwrap_or_default();
+                    let source = std::env::var("KUBECONFIG")
+                        .ok()
+                        .filter(|k| !k.is_empty())
+                        .map_or_else(
+                            || "~/.kube/config".to_owned(),
+                            |k| format!("$KUBECONFIG={k}"),
+                        );
+                    Some(
+                        kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                            .await
+                            .map(|c| (c, source.clone(), context))
+                            .map_err(|e| format!("{source}: {}", crate::telemetry::sentence(&e))),
+                    )
+                }
+                Err(_) => None,
+            };
+            match from_file {
+                Some(Ok(found)) => found,
+                unusable => match kube::Config::incluster() {
+                    Ok(c) => (
                         c,
                         "the pod's service account".to_owned(),
                         "in-cluster".to_owned(),
                     ),
+                    Err(_) => {
+                        return Ok(ClusterFound::Nothing(match unusable {
+                            Some(Err(why)) => format!(
+                                "the kubeconfig cannot be used ({why}) and salve is not in a pod"
+                            ),
+                            _ => "no Kubernetes configuration was found (no --kubeconfig, no $KUBECONFIG or ~/.kube/config, not in a pod)".to_owned(),
+                        }));
+                    }
                 },
-                Err(_) => {
-                    return Ok(ClusterFound::Nothing(
-                        "no Kubernetes configuration was found (no --kubeconfig, no $KUBECONFIG or ~/.kube/config, not in a pod)".to_owned(),
-                    ));
-                }
             }
         }
     };
