@@ -220,30 +220,26 @@ impl Store {
             source,
         };
         if at.is_postgres() {
-            // One connection first, on its own: a pool that cannot connect says only that
-            // it timed out, and a person needs the reason (refused, no such host, password).
-            match tokio::time::timeout(
-                wait,
-                <sqlx::AnyConnection as sqlx::Connection>::connect_with(&options),
-            )
-            .await
-            {
-                Ok(Ok(conn)) => drop(conn),
-                Ok(Err(e)) => return Err(unreachable(e)),
-                Err(_) => {
-                    return Err(unreachable(sqlx::Error::Io(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("no answer within {}s", wait.as_secs_f64()),
-                    ))));
-                }
-            }
             // PostgreSQL connections are kept open ahead of need: opening one (connect,
             // authenticate) on a webhook's path cost it up to 100 ms when the engine's
             // work had taken every open connection.
-            let pool = pool_options(Backend::Postgres, wait, 10, 10)
-                .connect_with(options)
+            let pool = match pool_options(Backend::Postgres, wait, 10, 10)
+                .connect_with(options.clone())
                 .await
-                .map_err(unreachable)?;
+            {
+                Ok(pool) => pool,
+                // A pool that cannot connect says only that it timed out; one connection
+                // on its own gives a person the reason (refused, no such host, password).
+                Err(pooled) => {
+                    let single = <sqlx::AnyConnection as sqlx::Connection>::connect_with(&options);
+                    return Err(unreachable(
+                        match tokio::time::timeout(wait, single).await {
+                            Ok(Err(cause)) => cause,
+                            Ok(Ok(_)) | Err(_) => pooled,
+                        },
+                    ));
+                }
+            };
             return Ok(Store {
                 writes: writer::Writer::start(pool.clone(), true),
                 writer: pool.clone(),
