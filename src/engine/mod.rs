@@ -906,10 +906,13 @@ impl Engine {
         };
         let store = &self.inner.store;
         let now = Utc::now();
-        let opened = store
-            .remediations_opened_since(now - chrono::Duration::minutes(1))
+        let reading = store
+            .storm_reading(now - chrono::Duration::minutes(1), now)
             .await?;
-        if opened <= i64::from(brake.per_minute) {
+        // A brake that holds already pauses this remediation before its write; only the
+        // first past the limit trips one (and the store settles a race between replicas).
+        let opened = reading.opened;
+        if opened <= i64::from(brake.per_minute) || reading.braking {
             return Ok(None);
         }
         let pause_for =

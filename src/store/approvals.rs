@@ -134,7 +134,7 @@ impl Store {
         sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(remediation_id)
             .bind(step)
-            .fetch_optional(self.reader())
+            .fetch_optional(&mut *self.reader().await?)
             .await?
             .as_ref()
             .map(record_of)
@@ -151,7 +151,7 @@ impl Store {
         );
         sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(remediation_id)
-            .fetch_optional(self.reader())
+            .fetch_optional(&mut *self.reader().await?)
             .await?
             .as_ref()
             .map(record_of)

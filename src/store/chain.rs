@@ -59,11 +59,11 @@ impl Store {
     pub async fn verify_chain(&self) -> Result<ChainReport, StoreError> {
         let unchained: i64 =
             sqlx::query("SELECT COUNT(*) AS n FROM remediation_events WHERE chain_seq IS NULL")
-                .fetch_one(self.reader())
+                .fetch_one(&mut *self.reader().await?)
                 .await?
                 .try_get("n")?;
         let head = sqlx::query("SELECT seq, hash FROM chain_head WHERE id = 1")
-            .fetch_one(self.reader())
+            .fetch_one(&mut *self.reader().await?)
             .await?;
         let (head_seq, head_hash): (i64, String) = (head.try_get("seq")?, head.try_get("hash")?);
         let (mut prev, mut expected_seq, mut events) = (String::new(), 1i64, 0i64);
@@ -79,7 +79,7 @@ impl Store {
                  WHERE chain_seq >= $1 ORDER BY chain_seq LIMIT 1000",
             )
             .bind(expected_seq)
-            .fetch_all(self.reader())
+            .fetch_all(&mut *self.reader().await?)
             .await?;
             if rows.is_empty() {
                 break;

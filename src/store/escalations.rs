@@ -139,7 +139,7 @@ impl Store {
         )
         .bind(timestamp(now))
         .bind(timestamp(refresh_before))
-        .fetch_all(self.reader())
+        .fetch_all(&mut *self.reader().await?)
         .await?;
         let mut due = Vec::new();
         for r in &rows {
@@ -180,7 +180,7 @@ impl Store {
     pub async fn escalation_claimed(&self, remediation_id: &str) -> Result<bool, StoreError> {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM escalations WHERE remediation_id = $1")
             .bind(remediation_id)
-            .fetch_one(self.reader())
+            .fetch_one(&mut *self.reader().await?)
             .await?;
         Ok(row.try_get::<i64, _>("n")? == 1)
     }
@@ -242,7 +242,7 @@ impl Store {
         .bind(&target.name)
         .bind(timestamp(after))
         .bind(excluding)
-        .fetch_optional(self.reader())
+        .fetch_optional(&mut *self.reader().await?)
         .await?;
         row.map(|r| Ok((r.try_get("id")?, r.try_get("alertname")?)))
             .transpose()

@@ -191,7 +191,7 @@ impl Store {
             "SELECT id, alert, status, delivery_count, decision, decision_reason FROM incidents WHERE id = $1",
         )
         .bind(id)
-        .fetch_optional(self.reader())
+        .fetch_optional(&mut *self.reader().await?)
         .await?;
         row.map(|r| {
             let alert_json: String = r.try_get("alert")?;
@@ -218,7 +218,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT id FROM incidents WHERE decision = 'undecided' AND status = 'firing' ORDER BY first_seen_at",
         )
-        .fetch_all(self.reader())
+        .fetch_all(&mut *self.reader().await?)
         .await?;
         rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
     }
@@ -268,7 +268,7 @@ impl Store {
     /// How many deliveries are stored (for tests and the readiness summary).
     pub async fn delivery_count(&self) -> Result<i64, StoreError> {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM deliveries")
-            .fetch_one(self.reader())
+            .fetch_one(&mut *self.reader().await?)
             .await?;
         Ok(row.try_get("n")?)
     }

@@ -143,7 +143,7 @@ impl Store {
             .bind(&target.namespace)
             .bind(&target.name)
             .bind(timestamp(since))
-            .fetch_all(self.reader())
+            .fetch_all(&mut *self.reader().await?)
             .await?;
         rows.iter().map(stats_row).collect()
     }
@@ -160,7 +160,7 @@ impl Store {
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(timestamp(since))
-            .fetch_all(self.reader())
+            .fetch_all(&mut *self.reader().await?)
             .await?;
         rows.iter()
             .map(|r| {
@@ -226,7 +226,7 @@ impl Store {
         )
         .bind(rule)
         .bind(timestamp(since))
-        .fetch_all(self.reader())
+        .fetch_all(&mut *self.reader().await?)
         .await?;
         let mut out: Vec<RuleOutcome> = Vec::new();
         for row in rows {

@@ -29,7 +29,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use std::sync::Arc;
+
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::pool::PoolConnection;
 use sqlx::{AnyPool, Executor};
 
 pub use incidents::{IncidentRecord, NewIncidents};
@@ -133,8 +136,100 @@ pub struct Store {
     writer: AnyPool,
     /// Group commit: every write of this replica goes through it.
     pub(crate) writes: writer::Writer<incidents::Deliveries>,
-    reader: AnyPool,
+    reader: Readers,
     wait: Duration,
+}
+
+/// The read connections: the pool, and on an SQLite file the connections it handed out
+/// kept for the next read. sqlx pings a connection each time it goes back to its pool (a
+/// round trip to the connection's thread, as costly as the read itself, and a storm's
+/// remediation reads a dozen times); an SQLite file does not go away under an open
+/// connection, so a kept one needs no check. A PostgreSQL connection can break (a server
+/// restart): those go back to the pool, whose check drops a broken one.
+#[derive(Clone, Debug)]
+struct Readers {
+    pool: AnyPool,
+    kept: Option<Arc<Kept>>,
+}
+
+/// Read connections kept out of their pool, and the turns to use one: a kept connection
+/// still counts against the pool's size, so a reader that finds none kept may open one
+/// only while fewer than the pool's size are out.
+#[derive(Debug)]
+struct Kept {
+    idle: std::sync::Mutex<Vec<PoolConnection<sqlx::Any>>>,
+    turns: Arc<tokio::sync::Semaphore>,
+    wait: Duration,
+}
+
+impl Kept {
+    fn new(size: u32, wait: Duration) -> Kept {
+        Kept {
+            idle: std::sync::Mutex::default(),
+            turns: Arc::new(tokio::sync::Semaphore::new(size as usize)),
+            wait,
+        }
+    }
+}
+
+/// A read connection, back where it came from when dropped.
+pub(crate) struct Reader {
+    conn: Option<PoolConnection<sqlx::Any>>,
+    kept: Option<(Arc<Kept>, tokio::sync::OwnedSemaphorePermit)>,
+}
+
+impl Readers {
+    async fn get(&self) -> Result<Reader, StoreError> {
+        let Some(kept) = &self.kept else {
+            return Ok(Reader {
+                conn: Some(self.pool.acquire().await?),
+                kept: None,
+            });
+        };
+        let timed_out = || StoreError::Unavailable(sqlx::Error::PoolTimedOut);
+        let turn = tokio::time::timeout(kept.wait, kept.turns.clone().acquire_owned())
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|_| timed_out())?;
+        let idle = kept.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => self.pool.acquire().await?,
+        };
+        Ok(Reader {
+            conn: Some(conn),
+            kept: Some((kept.clone(), turn)),
+        })
+    }
+}
+
+impl std::ops::Deref for Reader {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &sqlx::AnyConnection {
+        self.conn
+            .as_ref()
+            .expect("a reader holds its connection until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Reader {
+    fn deref_mut(&mut self) -> &mut sqlx::AnyConnection {
+        self.conn
+            .as_mut()
+            .expect("a reader holds its connection until dropped")
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        // The connection is back before the turn (dropped after this) is.
+        if let (Some(conn), Some((kept, _turn))) = (self.conn.take(), &self.kept) {
+            kept.idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(conn);
+        }
+    }
 }
 
 impl Store {
@@ -190,7 +285,7 @@ impl Store {
     async fn check_schema(&self, at: &location::Location) -> Result<(), StoreError> {
         let applied: Result<Option<i64>, sqlx::Error> =
             sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
-                .fetch_one(&self.reader)
+                .fetch_one(&mut *self.reader().await?)
                 .await;
         let needed = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
         match applied {
@@ -241,9 +336,9 @@ impl Store {
                 }
             };
             return Ok(Store {
-                writes: writer::Writer::start(pool.clone(), true),
+                writes: writer::Writer::start(pool.clone(), true, true),
                 writer: pool.clone(),
-                reader: pool,
+                reader: Readers { pool, kept: None },
                 wait,
             });
         }
@@ -251,17 +346,25 @@ impl Store {
             .connect_with(options.clone())
             .await
             .map_err(unreachable)?;
-        // An in-memory database exists once per connection: its readers must be the writer.
-        let reader = if matches!(at, location::Location::SqliteMemory { .. }) {
-            writer.clone()
+        // An in-memory database exists once per connection: its readers must be the writer,
+        // and neither may keep it.
+        let in_memory = matches!(at, location::Location::SqliteMemory { .. });
+        let reader = if in_memory {
+            Readers {
+                pool: writer.clone(),
+                kept: None,
+            }
         } else {
-            pool_options(Backend::SqliteReader, wait, 4, 0)
-                .connect_with(options)
-                .await
-                .map_err(unreachable)?
+            Readers {
+                pool: pool_options(Backend::SqliteReader, wait, SQLITE_READERS, 0)
+                    .connect_with(options)
+                    .await
+                    .map_err(unreachable)?,
+                kept: Some(Arc::new(Kept::new(SQLITE_READERS, wait))),
+            }
         };
         Ok(Store {
-            writes: writer::Writer::start(writer.clone(), false),
+            writes: writer::Writer::start(writer.clone(), false, !in_memory),
             writer,
             reader,
             wait,
@@ -289,7 +392,9 @@ impl Store {
 
     /// A trivial query: is the database answering? (`/readyz`)
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        sqlx::query("SELECT 1")
+            .execute(&mut *self.reader().await?)
+            .await?;
         Ok(())
     }
 
@@ -320,8 +425,8 @@ impl Store {
 
     /// Where the query modules read: on SQLite, connections that cannot write, so a read
     /// never waits behind the writer's queue.
-    pub(crate) fn reader(&self) -> &AnyPool {
-        &self.reader
+    pub(crate) async fn reader(&self) -> Result<Reader, StoreError> {
+        self.reader.get().await
     }
 }
 
@@ -333,6 +438,13 @@ enum Backend {
     SqliteReader,
 }
 
+/// SQLite read connections at most.
+const SQLITE_READERS: u32 = 4;
+
+/// How long a PostgreSQL connection may sit idle in the pool before it is checked with a
+/// ping as it is handed out.
+const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
+
 /// A pool of at most `max` connections (`min` kept open), waiting at most `wait` for one.
 fn pool_options(backend: Backend, wait: Duration, max: u32, min: u32) -> AnyPoolOptions {
     let busy_ms = wait.as_millis().max(1);
@@ -340,6 +452,21 @@ fn pool_options(backend: Backend, wait: Duration, max: u32, min: u32) -> AnyPool
         .max_connections(max)
         .min_connections(min)
         .acquire_timeout(wait)
+        // sqlx pings every connection it hands out: one more round trip per read, as
+        // costly as the read. A SQLite file does not go away under an open connection; a
+        // PostgreSQL connection can (a server restart), but one in use a moment ago is
+        // alive, so only one idle for a while is checked first. (A dead one that slips
+        // through fails its query as unavailable: the caller's 503 or retry, and sqlx
+        // drops it on release.)
+        .test_before_acquire(false)
+        .before_acquire(move |conn, meta| {
+            Box::pin(async move {
+                if backend == Backend::Postgres && meta.idle_for > IDLE_BEFORE_PING {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
         .after_connect(move |conn, _meta| {
             Box::pin(async move {
                 if backend == Backend::Postgres {
@@ -381,6 +508,35 @@ pub fn new_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Read connections are kept out of their pool between reads; more readers at once
+    /// than there are connections must wait their turn, not for a pool that never gets
+    /// one back (the pool's wait would run out and every one of them fail).
+    #[tokio::test]
+    async fn more_readers_at_once_than_connections_all_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let store = Store::open_waiting(&url, Duration::from_millis(500))
+            .await
+            .unwrap();
+        let mut reads = tokio::task::JoinSet::new();
+        for _ in 0..4 * SQLITE_READERS {
+            let store = store.clone();
+            reads.spawn(async move {
+                let mut reader = store.reader().await?;
+                // Hold the connection across a pause, as a slow read would.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                sqlx::query("SELECT 1").execute(&mut *reader).await?;
+                Ok::<_, StoreError>(())
+            });
+        }
+        while let Some(read) = reads.join_next().await {
+            read.unwrap().unwrap();
+        }
+        let kept = store.reader.kept.as_ref().unwrap();
+        let idle = kept.idle.lock().unwrap().len();
+        assert!(idle >= 1 && idle <= SQLITE_READERS as usize, "{idle} kept");
+    }
 
     #[test]
     fn timestamps_sort_as_text() {

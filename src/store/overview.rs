@@ -80,7 +80,7 @@ impl Store {
         for b in binds {
             query = query.bind(b);
         }
-        Ok(query.fetch_all(self.reader()).await?)
+        Ok(query.fetch_all(&mut *self.reader().await?).await?)
     }
 
     /// The status and summary annotation of each of these incidents' alerts.
@@ -134,11 +134,11 @@ impl Store {
         };
         let previous: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(near(false)))
             .bind(id)
-            .fetch_optional(self.reader())
+            .fetch_optional(&mut *self.reader().await?)
             .await?;
         let next: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(near(true)))
             .bind(id)
-            .fetch_optional(self.reader())
+            .fetch_optional(&mut *self.reader().await?)
             .await?;
         Ok((previous, next))
     }
@@ -155,7 +155,7 @@ impl Store {
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(since)
-            .fetch_all(self.reader())
+            .fetch_all(&mut *self.reader().await?)
             .await?;
         rows.iter()
             .map(|r| {

@@ -65,7 +65,7 @@ impl Store {
         )
         .bind(timestamp(now))
         .bind(timestamp(now - chrono::Duration::hours(1)))
-        .fetch_one(self.reader())
+        .fetch_one(&mut *self.reader().await?)
         .await?;
         Ok((row.try_get("live")?, row.try_get("lapsed")?))
     }
@@ -87,7 +87,7 @@ impl Store {
         .bind(state.as_str())
         .bind(me)
         .bind(timestamp(now))
-        .fetch_all(self.reader())
+        .fetch_all(&mut *self.reader().await?)
         .await?;
         rows.iter()
             .map(|r| {
@@ -111,7 +111,7 @@ impl Store {
         )
         .bind(state.as_str())
         .bind(me)
-        .fetch_all(self.reader())
+        .fetch_all(&mut *self.reader().await?)
         .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("id")?, r.try_get("incident_id")?)))

@@ -274,7 +274,7 @@ impl Store {
         let sql = format!("SELECT {COLUMNS} FROM pauses WHERE {OPEN} ORDER BY paused_at, id");
         sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(timestamp(now))
-            .fetch_all(self.reader())
+            .fetch_all(&mut *self.reader().await?)
             .await?
             .iter()
             .map(pause_of)
@@ -288,7 +288,7 @@ impl Store {
         namespace: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<Pause>, StoreError> {
-        pause_over_on(self.reader(), namespace, now).await
+        pause_over_on(&mut *self.reader().await?, namespace, now).await
     }
 }
 

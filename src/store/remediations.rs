@@ -223,6 +223,15 @@ pub struct PastVerdict {
     pub reasons: Vec<String>,
 }
 
+/// What [`Store::storm_reading`] found.
+#[derive(Debug, Clone, Copy)]
+pub struct StormReading {
+    /// Remediations opened in the window, by every replica.
+    pub opened: i64,
+    /// A storm brake holds now (tripped by any replica, not resumed, not expired).
+    pub braking: bool,
+}
+
 impl Store {
     /// Every policy verdict recorded since `since`, oldest first.
     pub async fn verdicts_since(
@@ -237,7 +246,7 @@ impl Store {
              ORDER BY e.at, e.remediation_id, e.seq",
         )
         .bind(timestamp(since))
-        .fetch_all(self.reader())
+        .fetch_all(&mut *self.reader().await?)
         .await?;
         rows.iter()
             .map(|r| {
@@ -259,14 +268,28 @@ impl Store {
             .collect()
     }
 
-    /// How many remediations were opened since `since`, by every replica: what the storm
-    /// brake counts.
-    pub async fn remediations_opened_since(&self, since: DateTime<Utc>) -> Result<i64, StoreError> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM remediations WHERE created_at >= $1")
-            .bind(timestamp(since))
-            .fetch_one(self.reader())
-            .await?;
-        Ok(row.try_get("n")?)
+    /// What the storm brake reads before each remediation, in one read: how many were
+    /// opened since `since` by every replica, and whether a storm brake holds at `now`.
+    /// Past the limit in a storm, every remediation would otherwise ask the writer to trip
+    /// a brake that holds already (a write, refused, per remediation).
+    pub async fn storm_reading(
+        &self,
+        since: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<StormReading, StoreError> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM remediations WHERE created_at >= $1) AS opened,
+                    (SELECT COUNT(*) FROM pauses WHERE id LIKE 'storm-brake-%' AND resumed_at IS NULL
+                       AND (expires_at IS NULL OR expires_at > $2)) AS braking",
+        )
+        .bind(timestamp(since))
+        .bind(timestamp(now))
+        .fetch_one(&mut *self.reader().await?)
+        .await?;
+        Ok(StormReading {
+            opened: row.try_get("opened")?,
+            braking: row.try_get::<i64, _>("braking")? > 0,
+        })
     }
 
     /// Opens the remediation for an incident; `None` if the incident already has one.
@@ -325,7 +348,7 @@ impl Store {
         let sql = format!("SELECT {COLUMNS} FROM remediations WHERE id = $1");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(id)
-            .fetch_optional(self.reader())
+            .fetch_optional(&mut *self.reader().await?)
             .await?;
         row.as_ref().map(record).transpose()
     }
@@ -336,7 +359,7 @@ impl Store {
             "SELECT seq, at, kind, detail FROM remediation_events WHERE remediation_id = $1 ORDER BY seq",
         )
         .bind(id)
-        .fetch_all(self.reader())
+        .fetch_all(&mut *self.reader().await?)
         .await?;
         rows.iter()
             .map(|r| {
@@ -406,7 +429,7 @@ impl Store {
         }
         Ok(query
             .bind(i64::from(limit))
-            .fetch_all(self.reader())
+            .fetch_all(&mut *self.reader().await?)
             .await?)
     }
 
@@ -417,7 +440,7 @@ impl Store {
     ) -> Result<Vec<String>, StoreError> {
         let rows = sqlx::query("SELECT id FROM remediations WHERE state = $1 ORDER BY created_at")
             .bind(state.as_str())
-            .fetch_all(self.reader())
+            .fetch_all(&mut *self.reader().await?)
             .await?;
         rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
     }
@@ -607,7 +630,7 @@ impl Store {
             names.join(", ")
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .fetch_all(self.reader())
+            .fetch_all(&mut *self.reader().await?)
             .await?;
         let mut counts: Vec<(String, i64)> = unfinished
             .iter()

@@ -160,6 +160,13 @@ where
     Ok(q.fetch_one(executor).await?.try_get("n")?)
 }
 
+/// A workload's recent remediations, newest first: read for every remediation (its policy
+/// input's history), so it must stay a range of the workload's own rows in
+/// `remediations_target`, however many remediations its namespace has (see migration 7).
+const TARGET_HISTORY: &str = "SELECT id, created_at, acted_at, rule_name, alertname, action, state, summary FROM remediations
+     WHERE target_kind = $1 AND target_namespace = $2 AND target_name = $3 AND created_at >= $4 AND id <> $5
+     ORDER BY created_at DESC, id DESC LIMIT 50";
+
 /// What the store said to an intent to write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteSlot {
@@ -335,7 +342,7 @@ impl Store {
     /// checking that no finished remediation holds one.
     pub async fn locks(&self) -> Result<Vec<(String, String)>, StoreError> {
         let rows = sqlx::query("SELECT target, remediation_id FROM target_locks ORDER BY target")
-            .fetch_all(self.reader())
+            .fetch_all(&mut *self.reader().await?)
             .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("target")?, r.try_get("remediation_id")?)))
@@ -351,7 +358,7 @@ impl Store {
     ) -> Result<Vec<BudgetUse>, StoreError> {
         let mut out = Vec::with_capacity(budgets.len());
         for budget in budgets {
-            let used = used(self.reader(), budget, target, now).await?;
+            let used = used(&mut *self.reader().await?, budget, target, now).await?;
             out.push(BudgetUse {
                 budget: *budget,
                 used,
@@ -370,7 +377,7 @@ impl Store {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM actions WHERE target = $1 AND at >= $2")
             .bind(target.key())
             .bind(timestamp(since))
-            .fetch_one(self.reader())
+            .fetch_one(&mut *self.reader().await?)
             .await?;
         Ok(row.try_get("n")?)
     }
@@ -382,18 +389,14 @@ impl Store {
         since: DateTime<Utc>,
         excluding: &str,
     ) -> Result<Vec<HistoryEntry>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, created_at, acted_at, rule_name, alertname, action, state, summary FROM remediations
-             WHERE target_kind = $1 AND target_namespace = $2 AND target_name = $3 AND created_at >= $4 AND id <> $5
-             ORDER BY created_at DESC, id DESC LIMIT 50",
-        )
-        .bind(target.kind.as_str())
-        .bind(&target.namespace)
-        .bind(&target.name)
-        .bind(timestamp(since))
-        .bind(excluding)
-        .fetch_all(self.reader())
-        .await?;
+        let rows = sqlx::query(TARGET_HISTORY)
+            .bind(target.kind.as_str())
+            .bind(&target.namespace)
+            .bind(&target.name)
+            .bind(timestamp(since))
+            .bind(excluding)
+            .fetch_all(&mut *self.reader().await?)
+            .await?;
         rows.iter()
             .map(|r| {
                 let acted_at: Option<String> = r.try_get("acted_at")?;
@@ -425,7 +428,7 @@ impl Store {
         .bind(target.kind.as_str())
         .bind(&target.namespace)
         .bind(&target.name)
-        .fetch_optional(self.reader())
+        .fetch_optional(&mut *self.reader().await?)
         .await?;
         row.map(|r| Ok((r.try_get("id")?, r.try_get("acted_at")?)))
             .transpose()
@@ -435,7 +438,7 @@ impl Store {
     pub async fn actions_since(&self, since: DateTime<Utc>) -> Result<i64, StoreError> {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM actions WHERE at >= $1")
             .bind(timestamp(since))
-            .fetch_one(self.reader())
+            .fetch_one(&mut *self.reader().await?)
             .await?;
         Ok(row.try_get("n")?)
     }
@@ -462,4 +465,40 @@ async fn renew(
     .await?
     .rows_affected();
     Ok(renewed == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::Row;
+
+    use crate::store::Store;
+
+    /// In a storm in one namespace, the history read once took the namespace's index and
+    /// read every remediation of the namespace: quadratic, most of the engine's time.
+    #[tokio::test]
+    async fn a_workloads_history_is_read_through_its_own_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let store = Store::open(&url).await.unwrap();
+        let explain = format!("EXPLAIN QUERY PLAN {}", super::TARGET_HISTORY);
+        let plan = sqlx::query(sqlx::AssertSqlSafe(explain))
+            .bind("Deployment")
+            .bind("storm")
+            .bind("web-1")
+            .bind("2026-01-01T00:00:00.000000Z")
+            .bind("none")
+            .fetch_all(&mut *store.reader().await.unwrap())
+            .await
+            .unwrap();
+        let plan: Vec<String> = plan
+            .iter()
+            .map(|r| r.try_get::<String, _>("detail").unwrap())
+            .collect();
+        assert_eq!(
+            plan,
+            [
+                "SEARCH remediations USING INDEX remediations_target (target_kind=? AND target_namespace=? AND target_name=? AND created_at>?)"
+            ]
+        );
+    }
 }

@@ -43,15 +43,16 @@ use super::StoreError;
 /// Writes committed in one transaction at most.
 const MAX_BATCH: usize = 256;
 
-/// Other writes committed in one transaction at most while deliveries wait: a webhook's
-/// answer waits for at most this much of the engine's work (a few hundred µs), and the
-/// engine still moves on between two batches of deliveries.
-const MAX_JOBS_BESIDE_DELIVERIES: usize = 4;
-
-/// Other writes committed in one transaction at most when no delivery waits: enough to
-/// spread a commit's cost, few enough (a few ms) that a delivery arriving meanwhile is
-/// answered soon.
+/// Other writes (the engine's) committed in one transaction at most: enough to spread a
+/// commit's cost over many.
 const MAX_JOBS: usize = 32;
+
+/// How long a batch of other writes runs on while deliveries wait: then it commits what
+/// it ran and the deliveries go next, so a webhook's answer waits for at most this much of
+/// the engine's work, and in a flood of webhooks the engine still gets about as much of
+/// the writer as they do (a fixed few writes per turn starved it: a storm's decisions
+/// trailed its acknowledgements by seconds).
+const JOBS_TURN_BESIDE_DELIVERIES: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// The open transaction a write runs in, with the batch's view of the audit chain's head.
 pub struct WriteTx {
@@ -245,8 +246,9 @@ impl<C: Coalesced> std::fmt::Debug for Writer<C> {
 }
 
 impl<C: Coalesced> Writer<C> {
-    /// Starts the writer task on `pool` (it uses one connection of it at a time).
-    pub fn start(pool: AnyPool, postgres: bool) -> Writer<C> {
+    /// Starts the writer task on `pool` (it uses one connection of it at a time, and keeps
+    /// it while writes wait if `keep`: not when readers share a one-connection pool).
+    pub fn start(pool: AnyPool, postgres: bool, keep: bool) -> Writer<C> {
         let (jobs, job_queue) = mpsc::channel(4 * MAX_BATCH);
         let (floods, flood_queue) = mpsc::channel(4 * MAX_BATCH);
         let batches = Arc::new(AtomicU64::new(0));
@@ -254,7 +256,7 @@ impl<C: Coalesced> Writer<C> {
             jobs: job_queue,
             floods: flood_queue,
         };
-        tokio::spawn(write_batches(pool, postgres, queues, batches.clone()));
+        tokio::spawn(write_batches(pool, postgres, keep, queues, batches.clone()));
         Writer {
             jobs,
             floods,
@@ -357,6 +359,12 @@ struct Db {
     pool: AnyPool,
     postgres: bool,
     seqs: Arc<std::sync::Mutex<HashMap<String, i64>>>,
+    /// The connection of the last batch, kept while more writes wait: sqlx pings a
+    /// connection each time it goes back to the pool (a round trip per batch for nothing).
+    /// Given back when the queues run empty, so `salve migrate` or a test can have it.
+    held: Option<PoolConnection<AnyDb>>,
+    /// Whether to keep it (not when readers share a one-connection pool with the writer).
+    keep: bool,
 }
 
 /// The writer task's two queues: coalesced items (webhook deliveries) and other writes.
@@ -368,17 +376,23 @@ struct Queues<C: Coalesced> {
 async fn write_batches<C: Coalesced>(
     pool: AnyPool,
     postgres: bool,
+    keep: bool,
     mut queues: Queues<C>,
     batches: Arc<AtomicU64>,
 ) {
-    let db = Db {
+    let mut db = Db {
         pool,
         postgres,
         seqs: Arc::default(),
+        held: None,
+        keep,
     };
     let mut floods = Vec::with_capacity(MAX_BATCH);
     let mut jobs = Vec::with_capacity(MAX_JOBS);
     loop {
+        if queues.floods.is_empty() && queues.jobs.is_empty() {
+            db.held = None;
+        }
         // Wait for the first write, then take what else waits without waiting for more.
         tokio::select! {
             biased;
@@ -391,13 +405,7 @@ async fn write_batches<C: Coalesced>(
                 Err(_) => break,
             }
         }
-        // When deliveries wait, the engine's records take a short turn between them.
-        let max_jobs = if floods.is_empty() {
-            MAX_JOBS
-        } else {
-            MAX_JOBS_BESIDE_DELIVERIES
-        };
-        while jobs.len() < max_jobs {
+        while jobs.len() < MAX_JOBS {
             match queues.jobs.try_recv() {
                 Ok(j) => jobs.push(j),
                 Err(_) => break,
@@ -410,11 +418,14 @@ async fn write_batches<C: Coalesced>(
         // The deliveries first, in a transaction of their own: a webhook's answer waits
         // for its batch's commit, not for the engine's records behind it.
         if !floods.is_empty() {
-            store_floods(&db, &mut floods, &batches).await;
+            store_floods(&mut db, &mut floods, &batches).await;
         }
         if !jobs.is_empty() {
-            let answers = commit_batch(&db, &mut jobs).await;
-            answer_jobs(&mut jobs, answers, &batches);
+            // The engine's records take a turn, cut short when deliveries wait (what is
+            // left of it runs after them).
+            let deliveries_wait = || !queues.floods.is_empty();
+            let (answers, ran) = commit_batch(&mut db, &mut jobs, deliveries_wait).await;
+            answer_jobs(&mut jobs, ran, answers, &batches);
         }
     }
 }
@@ -422,7 +433,7 @@ async fn write_batches<C: Coalesced>(
 /// Stores a batch of coalesced items in one transaction and answers each. If that fails
 /// for a reason that is not transient, each is stored alone, so that one bad item is
 /// refused alone.
-async fn store_floods<C: Coalesced>(db: &Db, floods: &mut Vec<Flood<C>>, batches: &AtomicU64) {
+async fn store_floods<C: Coalesced>(db: &mut Db, floods: &mut Vec<Flood<C>>, batches: &AtomicU64) {
     let (items, callers): (Vec<C::Item>, Vec<_>) = floods
         .drain(..)
         .map(|f| (f.item, (f.answer, f.orphaned)))
@@ -458,31 +469,39 @@ async fn store_floods<C: Coalesced>(db: &Db, floods: &mut Vec<Flood<C>>, batches
 
 /// One transaction storing `items`, committed; one result per item.
 async fn store_together<C: Coalesced>(
-    db: &Db,
+    db: &mut Db,
     items: &[C::Item],
 ) -> Result<Vec<C::Stored>, StoreError> {
     let mut tx = begin(db).await?;
     match C::store(&mut tx, items).await {
-        Ok(stored) if stored.len() == items.len() => end(tx, Ending::Commit).await.map(|()| stored),
+        Ok(stored) if stored.len() == items.len() => {
+            end(db, tx, Ending::Commit).await.map(|()| stored)
+        }
         Ok(_) => {
             let wrong = "a batch answered for the wrong number of items";
-            Err(abort(tx, StoreError::Corrupt(wrong.into())).await)
+            Err(abort(db, tx, StoreError::Corrupt(wrong.into())).await)
         }
-        Err(e) => Err(abort(tx, e).await),
+        Err(e) => Err(abort(db, tx, e).await),
     }
 }
 
-/// Answers each write of a batch with its result, or all with the batch's failure.
-fn answer_jobs(jobs: &mut Vec<Job>, answers: Result<Results, StoreError>, batches: &AtomicU64) {
+/// Answers each of the first `ran` writes with its result, or all of them with the
+/// batch's failure; the rest wait for the next batch.
+fn answer_jobs(
+    jobs: &mut Vec<Job>,
+    ran: usize,
+    answers: Result<Results, StoreError>,
+    batches: &AtomicU64,
+) {
     match answers {
         Ok(results) => {
             batches.fetch_add(1, Ordering::Relaxed);
-            for (job, result) in jobs.drain(..).zip(results) {
+            for (job, result) in jobs.drain(..ran).zip(results) {
                 answer(job.answer, result, job.orphaned);
             }
         }
         Err(e) => {
-            for job in jobs.drain(..) {
+            for job in jobs.drain(..ran) {
                 let _ = job.answer.send(Err(batch_failed(&e)));
             }
         }
@@ -499,21 +518,38 @@ fn batch_failed(e: &StoreError) -> StoreError {
     }
 }
 
-/// Runs the batch's writes in one transaction and commits it; each write's own result, or
-/// `Err` when the transaction as a whole failed (nothing of it is stored).
-async fn commit_batch(db: &Db, batch: &mut [Job]) -> Result<Results, StoreError> {
-    let mut tx = begin(db).await?;
-    match run_jobs(&mut tx, batch).await {
-        Ok((results, ending)) => end(tx, ending).await.map(|()| results),
-        Err(e) => Err(abort(tx, e).await),
+/// Runs the batch's writes in one transaction, stopping early once its turn is over and
+/// `deliveries_wait`, and commits it: how many ran, and each one's own result, or `Err`
+/// when the transaction as a whole failed (nothing of it is stored).
+async fn commit_batch(
+    db: &mut Db,
+    batch: &mut [Job],
+    deliveries_wait: impl Fn() -> bool,
+) -> (Result<Results, StoreError>, usize) {
+    let mut tx = match begin(db).await {
+        Ok(tx) => tx,
+        Err(e) => return (Err(e), batch.len()),
+    };
+    let turn_ends = std::time::Instant::now() + JOBS_TURN_BESIDE_DELIVERIES;
+    let over = || std::time::Instant::now() >= turn_ends && deliveries_wait();
+    match run_jobs(&mut tx, batch, over).await {
+        Ok((results, ending)) => {
+            let ran = results.len();
+            (end(db, tx, ending).await.map(|()| results), ran)
+        }
+        Err(e) => (Err(abort(db, tx, e).await), batch.len()),
     }
 }
 
-/// Opens a batch's transaction.
-async fn begin(db: &Db) -> Result<WriteTx, StoreError> {
+/// Opens a batch's transaction, on the connection kept from the last batch if there is one.
+async fn begin(db: &mut Db) -> Result<WriteTx, StoreError> {
     let postgres = db.postgres;
+    let conn = match db.held.take() {
+        Some(conn) => conn,
+        None => db.pool.acquire().await?,
+    };
     let mut tx = WriteTx {
-        conn: db.pool.acquire().await?,
+        conn,
         postgres,
         chain: None,
         chain_moved: false,
@@ -530,30 +566,35 @@ async fn begin(db: &Db) -> Result<WriteTx, StoreError> {
     if postgres {
         // Every batch locks the chain's head first: one lock, one order, no deadlock.
         if let Err(e) = tx.chain_head().await {
-            return Err(abort(tx, e).await);
+            return Err(abort(db, tx, e).await);
         }
     }
     Ok(tx)
 }
 
-/// Ends a batch's transaction as its writes asked.
-async fn end(mut tx: WriteTx, ending: Ending) -> Result<(), StoreError> {
+/// Ends a batch's transaction as its writes asked; the connection is kept for the next.
+async fn end(db: &mut Db, mut tx: WriteTx, ending: Ending) -> Result<(), StoreError> {
     let ended = match ending {
         Ending::Commit => finish(&mut tx).await,
         // A lone write that failed or asked to be discarded: its transaction was its own.
         Ending::RollBack => tx.run("ROLLBACK").await,
     };
     match ended {
-        Ok(()) => Ok(()),
-        Err(e) => Err(abort(tx, e).await),
+        Ok(()) => {
+            db.held = db.keep.then_some(tx.conn);
+            Ok(())
+        }
+        Err(e) => Err(abort(db, tx, e).await),
     }
 }
 
 /// Rolls a failed batch back and returns why it failed. A connection whose rollback
-/// failed is closed: its state is unknown, so it must not go back to the pool.
-async fn abort(mut tx: WriteTx, why: StoreError) -> StoreError {
+/// failed is closed: its state is unknown, so it must not be used again.
+async fn abort(db: &mut Db, mut tx: WriteTx, why: StoreError) -> StoreError {
     if tx.run("ROLLBACK").await.is_err() {
         let _ = tx.conn.close().await;
+    } else {
+        db.held = db.keep.then_some(tx.conn);
     }
     why
 }
@@ -566,16 +607,25 @@ enum Ending {
 
 type Results = Vec<Result<Box<dyn Any + Send>, StoreError>>;
 
-/// Each job in a savepoint of its own (a lone job needs none: the transaction is its own).
+/// Each job in a savepoint of its own (a lone job needs none: the transaction is its own),
+/// until the batch's jobs run out or `over` says its turn is: one result per job that ran.
 /// Ending one savepoint and opening the next is one round trip to the database.
-async fn run_jobs(tx: &mut WriteTx, batch: &mut [Job]) -> Result<(Results, Ending), StoreError> {
+async fn run_jobs(
+    tx: &mut WriteTx,
+    batch: &mut [Job],
+    over: impl Fn() -> bool,
+) -> Result<(Results, Ending), StoreError> {
     let alone = batch.len() == 1;
     let mut results = Vec::with_capacity(batch.len());
     if !alone {
         tx.run("SAVEPOINT salve_write").await?;
     }
-    let last = batch.len() - 1;
+    let mut last = batch.len() - 1;
     for (i, job) in batch.iter_mut().enumerate() {
+        // The last job of a cut-short turn ends the savepoints.
+        if i < last && over() {
+            last = i;
+        }
         let work = std::mem::replace(
             &mut job.work,
             Box::new(|_| Box::pin(async { Err(StoreError::Corrupt("a write ran twice".into())) })),
@@ -606,6 +656,9 @@ async fn run_jobs(tx: &mut WriteTx, batch: &mut [Job]) -> Result<(Results, Endin
             (false, true) => "ROLLBACK TO SAVEPOINT salve_write; RELEASE SAVEPOINT salve_write",
         };
         sqlx::raw_sql(sql).execute(tx.conn()).await?;
+        if i == last {
+            break;
+        }
     }
     Ok((results, Ending::Commit))
 }
@@ -931,7 +984,7 @@ mod tests {
             .execute(&pool)
             .await
             .unwrap();
-        let writer = super::Writer::<Numbers>::start(pool.clone(), false);
+        let writer = super::Writer::<Numbers>::start(pool.clone(), false, false);
         // Hold the writer so that the three numbers queue up for one batch.
         let (release, released) = tokio::sync::oneshot::channel::<()>();
         let (started, running) = tokio::sync::oneshot::channel::<()>();
