@@ -788,10 +788,12 @@ async fn transient_api_failures_are_retried_and_a_write_that_may_have_landed_is_
 }
 
 #[tokio::test]
-async fn a_replica_with_every_permit_taken_keeps_its_heartbeat() {
-    // One permit, held by a remediation verifying for 20 s, and a second incident waiting
-    // for it: the worker must keep beating meanwhile, or every other replica would take
-    // this live one for dead and settle its work.
+async fn a_replica_with_every_turn_taken_keeps_its_heartbeat_and_still_decides() {
+    // One turn to drive, held by a remediation verifying for 20 s, and a second incident
+    // arriving: the worker must keep beating meanwhile, or every other replica would take
+    // this live one for dead and settle its work. And the second incident is decided at
+    // once (in a storm, every alert is decided at the store's pace): its remediation
+    // opens and waits for the turn.
     let kube = FakeKube::start().await;
     kube.add_deployment("shop", "checkout", 2, "checkout:1.4");
     kube.add_deployment("shop", "cart", 2, "cart:1.0");
@@ -838,7 +840,17 @@ async fn a_replica_with_every_permit_taken_keeps_its_heartbeat() {
             "the heartbeat lapsed: expires {expires}, now {now}"
         );
     }
-    // The second incident is still waiting for the permit, not dropped.
-    let waiting = s.salve.store.undecided_firing_incidents().await.unwrap();
-    assert_eq!(waiting.len(), 1, "{waiting:?}");
+    // The second incident was decided, not dropped; its remediation waits for the turn.
+    let undecided = s.salve.store.undecided_firing_incidents().await.unwrap();
+    assert!(undecided.is_empty(), "{undecided:?}");
+    let states = |name: &str, items: &[Value]| -> Vec<Value> {
+        items
+            .iter()
+            .filter(|r| r["target"]["name"] == name)
+            .map(|r| r["state"].clone())
+            .collect()
+    };
+    let items = s.remediations().await;
+    assert_eq!(states("checkout", &items), ["verifying"], "{items:#?}");
+    assert_eq!(states("cart", &items), ["pending"], "{items:#?}");
 }

@@ -97,6 +97,14 @@ pub(super) enum Ending {
 impl Engine {
     /// Takes the lock, runs the remediation to an end, records it.
     pub(super) async fn drive(&self, mut run: Run<'_>) -> Result<(), EngineError> {
+        // A turn to drive (a storm's remediations were opened before they wait here). A
+        // stop ends the wait: the remediation stays pending with this replica, and the
+        // next owner resumes it once this one is gone.
+        let turn = self.unless_stopping(self.inner.drives.acquire()).await;
+        let Some(Ok(_turn)) = turn else {
+            info!(remediation = %run.id, "stopping before this remediation's turn to drive; it stays pending for the next owner");
+            return Ok(());
+        };
         if run.rule.mode == RuleMode::Shadow {
             // A shadow rule writes nothing, so it takes no workload lock: watching an
             // alert for minutes must not make a real remediation of the workload skip.

@@ -106,9 +106,9 @@ pub struct Limits {
     pub conflict_retries: u32,
     /// Longest wait for one Kubernetes API call.
     pub call_timeout: Duration,
-    /// Remediations handled at once (on different workloads). Above the hourly budget of
+    /// Remediations driven at once (on different workloads). Above the hourly budget of
     /// real changes, so remediations verifying their change (minutes each) never hold
-    /// every permit and the rest of a storm is still decided meanwhile.
+    /// every turn. Deciding is not bounded by it (see [`DECIDING_AT_ONCE`]).
     pub concurrency: usize,
     /// Policy evaluation threads, their queue and memory ceiling.
     pub policy: PoolLimits,
@@ -216,6 +216,10 @@ struct Inner {
     /// Where Rego runs: off the async runtime, bounded in time, memory and queue.
     policy: EvaluationPool,
     in_flight: Mutex<HashSet<String>>,
+    /// Turns to drive a remediation (`Limits::concurrency` at once). Deciding takes none:
+    /// in a storm every alert is decided (its remediation opened, or no rule recorded)
+    /// at the pace of the store, while the remediations drive at their own.
+    drives: Arc<Semaphore>,
     /// This replica: `host/incarnation`, the owner of what it creates and adopts.
     owner: String,
     /// Cancelled on shutdown: ladders stop before their next write.
@@ -269,6 +273,10 @@ impl crate::ingest::IncidentSink for WorkQueue {
     }
 }
 
+/// Incidents being decided at once (each then waits for its turn to drive): enough that
+/// a storm's decisions share the writer's batches, few enough to bound what it holds.
+const DECIDING_AT_ONCE: usize = 512;
+
 /// How old a stored-but-undecided incident must be before the sweep decides it.
 const SWEEP_MIN_AGE: chrono::Duration = chrono::Duration::seconds(60);
 
@@ -309,6 +317,7 @@ impl Engine {
                 mode,
                 decisions,
                 policy: EvaluationPool::start(limits.policy.clone()),
+                drives: Arc::new(Semaphore::new(limits.concurrency)),
                 limits,
                 in_flight: Mutex::new(HashSet::new()),
                 owner: format!("{}/{}", host_name(), uuid::Uuid::now_v7().simple()),
@@ -355,7 +364,7 @@ impl Engine {
                 asked.cancelled().await;
                 stopping.cancel();
             });
-            let permits = Arc::new(Semaphore::new(engine.inner.limits.concurrency));
+            let permits = Arc::new(Semaphore::new(DECIDING_AT_ONCE));
             let mut tasks = JoinSet::new();
             let mut sweep = tokio::time::interval(engine.inner.limits.sweep_every);
             let mut heartbeat = tokio::time::interval(engine.inner.limits.heartbeat_ttl / 3);
