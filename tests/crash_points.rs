@@ -65,6 +65,17 @@ fn serve(
     })
 }
 
+/// [`serve`] with the storm brake off: a test that opens more remediations in a minute
+/// than the brake allows (20) would otherwise see them paused before any reaches its
+/// write, however fast the store is (the brake has its own tests).
+fn serve_without_brake(dir: &Path, database: &str, kubeconfig: &Path, log: &str) -> Serve {
+    let log = dir.join(log);
+    Serve::start(dir, database, kubeconfig, real::free_port(), &log, |cmd| {
+        cmd.args(["--shutdown-grace", "2s", "--storm-brake-per-minute", "0"])
+            .env("RUST_LOG", "info");
+    })
+}
+
 async fn post(http: &reqwest::Client, s: &Serve, body: &str) -> Result<u16, String> {
     http.post(format!("{}/api/v1/alerts", s.url))
         .body(body.to_owned())
@@ -290,7 +301,7 @@ async fn sigterm_under_a_backlog_stops_within_the_grace_period_and_loses_nothing
     let http = reqwest::Client::new();
     let log = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
 
-    let mut first = serve(dir.path(), &database, &kubeconfig, None, "first.log");
+    let mut first = serve_without_brake(dir.path(), &database, &kubeconfig, "first.log");
     for i in 0..30u32 {
         let body = support::firing_for(
             "HighRequestLatency",
@@ -341,7 +352,7 @@ async fn sigterm_under_a_backlog_stops_within_the_grace_period_and_loses_nothing
     // The next life settles what was in flight and decides what was never reached (with
     // short windows now, so it is not the permits that the test waits for).
     policies_with_rules(dir.path(), Some(RULES));
-    let second = serve(dir.path(), &database, &kubeconfig, None, "second.log");
+    let second = serve_without_brake(dir.path(), &database, &kubeconfig, "second.log");
     let store = Store::connect(&database).await.unwrap();
     eventually(
         "every incident decided",
