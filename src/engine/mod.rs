@@ -108,7 +108,7 @@ pub struct Limits {
     pub call_timeout: Duration,
     /// Remediations driven at once (on different workloads). Above the hourly budget of
     /// real changes, so remediations verifying their change (minutes each) never hold
-    /// every turn. Deciding is not bounded by it (see [`DECIDING_AT_ONCE`]).
+    /// every turn. Deciding is not bounded by it (up to 512 incidents are decided at once).
     pub concurrency: usize,
     /// Policy evaluation threads, their queue and memory ceiling.
     pub policy: PoolLimits,

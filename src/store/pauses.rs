@@ -118,6 +118,9 @@ const COLUMNS: &str = "id, namespace, reason, paused_by, paused_at, expires_at";
 /// In force at `$1`: not resumed, not expired.
 const OPEN: &str = "resumed_at IS NULL AND (expires_at IS NULL OR expires_at > $1)";
 
+/// Which pauses are the storm brake's (their ids are `storm-brake-<minute>`).
+const BRAKE: &str = "id LIKE 'storm-brake-%'";
+
 fn pause_of(row: &AnyRow) -> Result<Pause, StoreError> {
     Ok(Pause {
         id: Some(row.try_get("id")?),
@@ -154,6 +157,15 @@ where
         .transpose()
 }
 
+/// What [`Store::storm_reading`] found.
+#[derive(Debug, Clone, Copy)]
+pub struct StormReading {
+    /// Remediations opened in the window, by every replica.
+    pub opened: i64,
+    /// A storm brake holds now (tripped by any replica, not resumed, not expired).
+    pub braking: bool,
+}
+
 impl Store {
     /// Records a pause; it holds from now, for every replica.
     pub async fn pause(&self, new: &NewPause, now: DateTime<Utc>) -> Result<Pause, StoreError> {
@@ -187,6 +199,30 @@ impl Store {
         Ok(pause)
     }
 
+    /// What the storm brake reads before each remediation, in one read: how many were
+    /// opened since `since` by every replica, and whether a storm brake holds at `now`.
+    /// Past the limit in a storm, every remediation would otherwise ask the writer to trip
+    /// a brake that holds already (a write, refused, per remediation).
+    pub async fn storm_reading(
+        &self,
+        since: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<StormReading, StoreError> {
+        let sql = format!(
+            "SELECT (SELECT COUNT(*) FROM remediations WHERE created_at >= $2) AS opened,
+                    (SELECT COUNT(*) FROM pauses WHERE {OPEN} AND {BRAKE}) AS braking"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(timestamp(now))
+            .bind(timestamp(since))
+            .fetch_one(&mut *self.reader().await?)
+            .await?;
+        Ok(StormReading {
+            opened: row.try_get("opened")?,
+            braking: row.try_get::<i64, _>("braking")? > 0,
+        })
+    }
+
     /// The storm brake's pause, recorded unless one is in force already or `id` (the
     /// minute it trips in) was taken by another replica: `false` then, and nothing is
     /// recorded. So a storm trips the brake once, however long it lasts while paused;
@@ -200,7 +236,7 @@ impl Store {
         let (id, new) = (id.to_owned(), new.clone());
         self.write(move |tx| {
             Box::pin(async move {
-                let sql = format!("SELECT id FROM pauses WHERE {OPEN} AND id LIKE 'storm-brake-%'");
+                let sql = format!("SELECT id FROM pauses WHERE {OPEN} AND {BRAKE}");
                 let braking = sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(timestamp(now))
                     .fetch_optional(tx.conn())

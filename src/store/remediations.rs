@@ -223,15 +223,6 @@ pub struct PastVerdict {
     pub reasons: Vec<String>,
 }
 
-/// What [`Store::storm_reading`] found.
-#[derive(Debug, Clone, Copy)]
-pub struct StormReading {
-    /// Remediations opened in the window, by every replica.
-    pub opened: i64,
-    /// A storm brake holds now (tripped by any replica, not resumed, not expired).
-    pub braking: bool,
-}
-
 impl Store {
     /// Every policy verdict recorded since `since`, oldest first.
     pub async fn verdicts_since(
@@ -266,30 +257,6 @@ impl Store {
                 })
             })
             .collect()
-    }
-
-    /// What the storm brake reads before each remediation, in one read: how many were
-    /// opened since `since` by every replica, and whether a storm brake holds at `now`.
-    /// Past the limit in a storm, every remediation would otherwise ask the writer to trip
-    /// a brake that holds already (a write, refused, per remediation).
-    pub async fn storm_reading(
-        &self,
-        since: DateTime<Utc>,
-        now: DateTime<Utc>,
-    ) -> Result<StormReading, StoreError> {
-        let row = sqlx::query(
-            "SELECT (SELECT COUNT(*) FROM remediations WHERE created_at >= $1) AS opened,
-                    (SELECT COUNT(*) FROM pauses WHERE id LIKE 'storm-brake-%' AND resumed_at IS NULL
-                       AND (expires_at IS NULL OR expires_at > $2)) AS braking",
-        )
-        .bind(timestamp(since))
-        .bind(timestamp(now))
-        .fetch_one(&mut *self.reader().await?)
-        .await?;
-        Ok(StormReading {
-            opened: row.try_get("opened")?,
-            braking: row.try_get::<i64, _>("braking")? > 0,
-        })
     }
 
     /// Opens the remediation for an incident; `None` if the incident already has one.

@@ -13,9 +13,9 @@
 //! wait go in one transaction of a few multi-row statements, first, so that a webhook's
 //! answer waits for its own batch and not for the engine's records. Every other write (the
 //! engine's) runs in a savepoint of its own (one that fails, or asks to be discarded, is
-//! rolled back alone), in a batch of its own after the deliveries': a short one (a few
-//! writes) while deliveries wait, so the engine keeps moving during a flood of webhooks,
-//! a longer one when none wait.
+//! rolled back alone), in a batch of its own after the deliveries', cut short after a
+//! turn of 2 ms when deliveries wait, so a webhook waits for little of the engine's work
+//! and the engine keeps moving during a flood of webhooks.
 //!
 //! The audit chain's head is read once per batch and written once at its end ("chain per
 //! batch"): events still form one unbroken line that `salve audit verify` checks link by
