@@ -161,28 +161,25 @@ impl Store {
         self.writes.store((d.clone(), now), None).await
     }
 
-    /// [`Store::record_delivery`] for the webhook: the new incidents go to `sink` once the
-    /// delivery is committed, even when the webhook stopped waiting meanwhile (it answered
-    /// 503 after `--db-wait`; the delivery must still be decided at once, not by the slow
-    /// sweep).
+    /// [`Store::record_delivery`] for the webhook: the writer hands the new incidents to
+    /// `sink` as soon as the delivery is committed, before the webhook hears of it. So
+    /// they are decided at once, not by the slow sweep, even when the webhook stopped
+    /// waiting meanwhile: it answered 503 after `--db-wait`, or its client hung up just as
+    /// the commit landed (the answer sent, never read).
     pub async fn record_delivery_handing_on(
         &self,
         d: Delivery,
         now: DateTime<Utc>,
         sink: std::sync::Arc<dyn crate::ingest::IncidentSink>,
     ) -> Result<NewIncidents, StoreError> {
-        let orphan_sink = sink.clone();
-        let stored = self
-            .writes
+        self.writes
             .store(
                 (d, now),
-                Some(Box::new(move |stored: NewIncidents| {
-                    orphan_sink.submit(stored.to_decide)
+                Some(Box::new(move |stored: &NewIncidents| {
+                    sink.submit(stored.to_decide.clone())
                 })),
             )
-            .await?;
-        sink.submit(stored.to_decide.clone());
-        Ok(stored)
+            .await
     }
 
     /// One incident, with its alert as last stored.

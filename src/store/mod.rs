@@ -408,7 +408,7 @@ impl Store {
             + Send
             + 'static,
     {
-        self.writes.write(work, None).await
+        self.writes.write(work).await
     }
 
     /// One statement as a write of its own (binds owned), returning the rows it touched.

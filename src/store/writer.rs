@@ -186,13 +186,9 @@ type Work = Box<
         + Send,
 >;
 
-/// What to do with a committed write's result when its caller stopped waiting.
-type Orphaned = Box<dyn FnOnce(Box<dyn Any + Send>) + Send>;
-
 struct Job {
     work: Work,
     answer: oneshot::Sender<Result<Box<dyn Any + Send>, StoreError>>,
-    orphaned: Option<Orphaned>,
 }
 
 /// Writes of one kind that arrive in floods (the webhook's deliveries), stored together:
@@ -216,8 +212,12 @@ pub trait Coalesced: Send + Sync + 'static {
 struct Flood<C: Coalesced> {
     item: C::Item,
     answer: oneshot::Sender<Result<C::Stored, StoreError>>,
-    orphaned: Option<Box<dyn FnOnce(C::Stored) + Send>>,
+    committed: Option<Committed<C>>,
 }
+
+/// What must follow a coalesced item's commit whether or not its caller still waits
+/// (handing new incidents to the engine): the writer runs it before it answers.
+pub type Committed<C> = Box<dyn FnOnce(&<C as Coalesced>::Stored) + Send>;
 
 /// Hands writes to the writer task; cheap to clone. The task ends with the last handle.
 pub struct Writer<C: Coalesced> {
@@ -271,13 +271,8 @@ impl<C: Coalesced> Writer<C> {
 
     /// Runs `work` in the next batch; returns once that batch is committed. A caller that
     /// stops waiting before its batch begins is not written at all; one that stops
-    /// waiting later is written, and its result goes to `orphaned` (so what must follow a
-    /// commit, handing new incidents to the engine, still happens).
-    pub async fn write<T, F>(
-        &self,
-        work: F,
-        orphaned: Option<Box<dyn FnOnce(T) + Send>>,
-    ) -> Result<T, StoreError>
+    /// waiting later is written all the same.
+    pub async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: for<'c> FnOnce(&'c mut WriteTx) -> BoxFuture<'c, Result<T, StoreError>> + Send + 'static,
@@ -285,19 +280,8 @@ impl<C: Coalesced> Writer<C> {
         let work: Work = Box::new(move |tx| {
             Box::pin(async move { work(tx).await.map(|t| Box::new(t) as Box<dyn Any + Send>) })
         });
-        let orphaned = orphaned.map(|then| -> Orphaned {
-            Box::new(move |out: Box<dyn Any + Send>| {
-                if let Ok(t) = out.downcast::<T>() {
-                    then(*t);
-                }
-            })
-        });
         let (answer, answered) = oneshot::channel();
-        let job = Job {
-            work,
-            answer,
-            orphaned,
-        };
+        let job = Job { work, answer };
         let out = ask(&self.jobs, job, answered).await?;
         out.downcast::<T>()
             .map(|t| *t)
@@ -306,17 +290,19 @@ impl<C: Coalesced> Writer<C> {
 
     /// Stores `item` with the others of its kind waiting now (see [`Coalesced`]); returns
     /// once they are committed. Like [`Writer::write`]: not stored if the caller stopped
-    /// waiting before its batch began, and handed to `orphaned` if it stopped later.
+    /// waiting before its batch began. Once it is committed, `committed` runs on what was
+    /// stored, in the writer, before the caller is answered: so it runs even if the caller
+    /// stops waiting at that very moment (its answer sent, but never read).
     pub async fn store(
         &self,
         item: C::Item,
-        orphaned: Option<Box<dyn FnOnce(C::Stored) + Send>>,
+        committed: Option<Committed<C>>,
     ) -> Result<C::Stored, StoreError> {
         let (answer, answered) = oneshot::channel();
         let flood = Flood {
             item,
             answer,
-            orphaned,
+            committed,
         };
         ask(&self.floods, flood, answered).await
     }
@@ -335,18 +321,9 @@ async fn ask<R, T>(
     answered.await.unwrap_or_else(|_| Err(stopped()))
 }
 
-/// Answers a caller with its committed write's result; if the caller stopped waiting,
-/// the result goes to `orphaned` (what must follow the commit still happens).
-fn answer<T>(
-    caller: oneshot::Sender<Result<T, StoreError>>,
-    result: Result<T, StoreError>,
-    orphaned: Option<impl FnOnce(T)>,
-) {
-    if let Err(Ok(out)) = caller.send(result) {
-        if let Some(then) = orphaned {
-            then(out);
-        }
-    }
+/// Answers a caller (who may have stopped waiting) with its write's result.
+fn answer<T>(caller: oneshot::Sender<Result<T, StoreError>>, result: Result<T, StoreError>) {
+    let _ = caller.send(result);
 }
 
 /// The writer is gone (salve is stopping): a retryable answer.
@@ -436,7 +413,7 @@ async fn write_batches<C: Coalesced>(
 async fn store_floods<C: Coalesced>(db: &mut Db, floods: &mut Vec<Flood<C>>, batches: &AtomicU64) {
     let (items, callers): (Vec<C::Item>, Vec<_>) = floods
         .drain(..)
-        .map(|f| (f.item, (f.answer, f.orphaned)))
+        .map(|f| (f.item, (f.answer, f.committed)))
         .unzip();
     let answers = match store_together::<C>(db, &items).await {
         Ok(stored) => {
@@ -462,8 +439,11 @@ async fn store_floods<C: Coalesced>(db: &mut Db, floods: &mut Vec<Flood<C>>, bat
             answers
         }
     };
-    for ((caller, orphaned), result) in callers.into_iter().zip(answers) {
-        answer(caller, result, orphaned);
+    for ((caller, committed), result) in callers.into_iter().zip(answers) {
+        if let (Ok(stored), Some(then)) = (&result, committed) {
+            then(stored);
+        }
+        answer(caller, result);
     }
 }
 
@@ -497,7 +477,7 @@ fn answer_jobs(
         Ok(results) => {
             batches.fetch_add(1, Ordering::Relaxed);
             for (job, result) in jobs.drain(..ran).zip(results) {
-                answer(job.answer, result, job.orphaned);
+                answer(job.answer, result);
             }
         }
         Err(e) => {
@@ -842,6 +822,40 @@ mod tests {
         assert_eq!((report.events, report.first_break), (3, None));
     }
 
+    /// Remembers the incidents handed to it.
+    #[derive(Default)]
+    struct Handed(std::sync::Mutex<Vec<String>>);
+
+    impl crate::ingest::IncidentSink for Handed {
+        fn submit(&self, incident_ids: Vec<String>) {
+            self.0.lock().unwrap().extend(incident_ids);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_committed_incident_is_handed_on_though_the_webhook_never_reads_its_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let handed = std::sync::Arc::new(Handed::default());
+        let d = crate::alert::Delivery::parse(FIRING.as_bytes()).unwrap();
+        let (release, held) = hold(&store).await;
+        // The webhook queues its delivery, then waits for the commit; its client hangs up
+        // as the commit lands: the future is never polled again.
+        let mut webhook = Box::pin(store.record_delivery_handing_on(d, Utc::now(), handed.clone()));
+        assert!(futures::poll!(&mut webhook).is_pending());
+        release.send(()).unwrap();
+        held.await;
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while handed.0.lock().unwrap().is_empty() && std::time::Instant::now() < until {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        drop(webhook);
+        let ids = handed.0.lock().unwrap().clone();
+        assert_eq!(ids.len(), 1, "the new incident is handed on exactly once");
+        let incident = store.incident(&ids[0]).await.unwrap().unwrap();
+        assert_eq!(incident.decision, "undecided");
+    }
+
     /// A copy of the fixture's alert with `fingerprint`, firing or resolved.
     fn delivery(fingerprint: &str, resolved: bool) -> crate::alert::Delivery {
         let mut v: serde_json::Value = serde_json::from_str(FIRING).unwrap();
@@ -992,16 +1006,13 @@ mod tests {
             let writer = writer.clone();
             tokio::spawn(async move {
                 writer
-                    .write(
-                        move |_tx| {
-                            Box::pin(async move {
-                                let _ = started.send(());
-                                let _ = released.await;
-                                Ok(())
-                            })
-                        },
-                        None,
-                    )
+                    .write(move |_tx| {
+                        Box::pin(async move {
+                            let _ = started.send(());
+                            let _ = released.await;
+                            Ok(())
+                        })
+                    })
                     .await
             })
         };
