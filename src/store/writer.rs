@@ -1092,8 +1092,13 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_bad_item_fails_alone_and_the_others_of_its_batch_are_stored() {
+    /// A writer of [`Numbers`] on a fresh database, held inside another write (which
+    /// first stores `written`, if given) while 1, -1 and 2 queue behind it, then let go:
+    /// each number's answer, the batches committed from when they queued, and the numbers
+    /// stored.
+    async fn numbers_queued_behind_a_write(
+        written: Option<i64>,
+    ) -> (Vec<Result<i64, String>>, u64, Vec<i64>) {
         sqlx::any::install_default_drivers();
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("n.db").display());
@@ -1107,24 +1112,30 @@ mod tests {
             .await
             .unwrap();
         let writer = super::Writer::<Numbers>::start(pool.clone(), false, false);
-        // Hold the writer so that the three numbers queue up for one batch.
         let (release, released) = tokio::sync::oneshot::channel::<()>();
         let (started, running) = tokio::sync::oneshot::channel::<()>();
         let held = {
             let writer = writer.clone();
             tokio::spawn(async move {
                 writer
-                    .write(move |_tx| {
+                    .write(move |tx| {
                         Box::pin(async move {
+                            if let Some(n) = written {
+                                sqlx::query("INSERT INTO numbers (n) VALUES ($1)")
+                                    .bind(n)
+                                    .execute(tx.conn())
+                                    .await?;
+                            }
                             let _ = started.send(());
                             let _ = released.await;
-                            Ok(())
+                            Ok(written)
                         })
                     })
                     .await
             })
         };
         running.await.unwrap();
+        let before = writer.batches();
         let mut answers = Vec::new();
         for (k, n) in [1i64, -1, 2].into_iter().enumerate() {
             let sender = writer.clone();
@@ -1134,19 +1145,41 @@ mod tests {
             }
         }
         release.send(()).unwrap();
-        held.await.unwrap().unwrap();
+        assert_eq!(held.await.unwrap().unwrap(), written);
         let mut got = Vec::new();
         for a in answers {
             got.push(a.await.unwrap().map_err(|e| e.to_string()));
         }
-        assert_eq!(got[0], Ok(1));
-        assert!(got[1].as_ref().unwrap_err().contains("a negative number"));
-        assert_eq!(got[2], Ok(2));
         let stored: Vec<(i64,)> = sqlx::query_as("SELECT n FROM numbers ORDER BY n")
             .fetch_all(&pool)
             .await
             .unwrap();
-        assert_eq!(stored, [(1,), (2,)]);
+        let stored = stored.into_iter().map(|(n,)| n).collect();
+        (got, writer.batches() - before, stored)
+    }
+
+    #[tokio::test]
+    async fn a_bad_item_fails_alone_and_the_others_of_its_batch_are_stored() {
+        // The three numbers queue up for one batch behind a write that holds the writer.
+        let (got, _, stored) = numbers_queued_behind_a_write(None).await;
+        assert_eq!(got[0], Ok(1));
+        assert!(got[1].as_ref().unwrap_err().contains("a negative number"));
+        assert_eq!(got[2], Ok(2));
+        assert_eq!(stored, [1, 2]);
+    }
+
+    /// Deliveries that queue while the engine's writes run join their transaction; when
+    /// storing them together fails, the engine's writes still commit, and each delivery
+    /// is stored alone after.
+    #[tokio::test]
+    async fn a_failed_delivery_batch_in_the_engines_transaction_leaves_the_engines_writes() {
+        let (got, batches, stored) = numbers_queued_behind_a_write(Some(100)).await;
+        assert_eq!(got[0], Ok(1));
+        assert!(got[1].as_ref().unwrap_err().contains("a negative number"));
+        assert_eq!(got[2], Ok(2));
+        // The engine's batch, then 1 and 2 each alone (-1's was rolled back).
+        assert_eq!(batches, 3);
+        assert_eq!(stored, [1, 2, 100]);
     }
 
     #[tokio::test]
