@@ -489,14 +489,7 @@ async fn store_in_savepoint<C: Coalesced>(
 ) -> Result<Vec<C::Stored>, StoreError> {
     tx.run("SAVEPOINT salve_deliveries").await?;
     let chain_before = (tx.chain.clone(), tx.chain_moved);
-    let stored = match C::store(tx, items).await {
-        Ok(stored) if stored.len() == items.len() => Ok(stored),
-        Ok(_) => Err(StoreError::Corrupt(
-            "a batch answered for the wrong number of items".into(),
-        )),
-        Err(e) => Err(e),
-    };
-    match stored {
+    match store_each::<C>(tx, items).await {
         Ok(stored) => {
             tx.seqs.keep_write();
             tx.run("RELEASE SAVEPOINT salve_deliveries").await?;
@@ -580,16 +573,23 @@ async fn store_together<C: Coalesced>(
     items: &[C::Item],
 ) -> Result<Vec<C::Stored>, StoreError> {
     let mut tx = begin(db).await?;
-    match C::store(&mut tx, items).await {
-        Ok(stored) if stored.len() == items.len() => {
-            end(db, tx, Ending::Commit).await.map(|()| stored)
-        }
-        Ok(_) => {
-            let wrong = "a batch answered for the wrong number of items";
-            Err(abort(db, tx, StoreError::Corrupt(wrong.into())).await)
-        }
+    match store_each::<C>(&mut tx, items).await {
+        Ok(stored) => end(db, tx, Ending::Commit).await.map(|()| stored),
         Err(e) => Err(abort(db, tx, e).await),
     }
+}
+
+/// Stores `items` in the open transaction: one result per item, or an error.
+async fn store_each<C: Coalesced>(
+    tx: &mut WriteTx,
+    items: &[C::Item],
+) -> Result<Vec<C::Stored>, StoreError> {
+    let stored = C::store(tx, items).await?;
+    if stored.len() != items.len() {
+        let wrong = "a batch answered for the wrong number of items";
+        return Err(StoreError::Corrupt(wrong.into()));
+    }
+    Ok(stored)
 }
 
 /// Answers each of the first `ran` writes with its result, or all of them with the
