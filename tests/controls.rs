@@ -75,8 +75,20 @@ async fn status_and_json(resp: reqwest::Response) -> (u16, Value) {
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
-/// Runs the `salve` binary; returns exit code, stdout and stderr.
-fn salve_cli(args: &[&str]) -> (i32, String, String) {
+/// Runs the `salve` binary; returns exit code, stdout and stderr. It runs on a blocking
+/// thread: a test's runtime has one thread, and the salve under test runs on it, so
+/// waiting for the command there would stop that salve mid-transaction, and a command
+/// that needs its lock (`salve approve` on PostgreSQL waits for the audit chain's head)
+/// would wait for ever.
+async fn salve_cli(args: &[&str]) -> (i32, String, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || salve_cli_blocking(&args))
+        .await
+        .unwrap()
+}
+
+/// [`salve_cli`] for a test with no salve running beside it.
+fn salve_cli_blocking(args: &[impl AsRef<std::ffi::OsStr>]) -> (i32, String, String) {
     support::run_to_end(
         Command::new(env!("CARGO_BIN_EXE_salve"))
             .args(args)
@@ -155,7 +167,8 @@ async fn a_pause_from_the_cli_records_each_would_be_change_and_resume_lets_salve
         &s.database,
         "--reason",
         "deploy freeze",
-    ]);
+    ])
+    .await;
     assert_eq!(code, 0, "{out}{err}");
     let first = out.lines().next().unwrap();
     assert!(
@@ -225,7 +238,7 @@ async fn a_pause_from_the_cli_records_each_would_be_change_and_resume_lets_salve
         s.metrics().await
     );
 
-    let (code, out, err) = salve_cli(&["resume", "--database", &s.database]);
+    let (code, out, err) = salve_cli(&["resume", "--database", &s.database]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.starts_with("Ended: salve is paused everywhere by alice"),
@@ -234,7 +247,7 @@ async fn a_pause_from_the_cli_records_each_would_be_change_and_resume_lets_salve
     assert!(out.contains("salve is not paused anywhere"), "{out}");
     let (_, ready) = s.get("/readyz").await;
     assert_eq!(ready["paused"], json!([]), "{ready}");
-    let (code, out, _) = salve_cli(&["resume", "--database", &s.database]);
+    let (code, out, _) = salve_cli(&["resume", "--database", &s.database]).await;
     assert_eq!(
         (code, out.lines().next().unwrap()),
         (
@@ -762,7 +775,7 @@ async fn a_shadow_rule_runs_everything_but_the_write_and_its_report_says_what_it
     );
 
     let (code, out, err) =
-        salve_cli(&["rules", "report", "shadow-scale", "--database", &s.database]);
+        salve_cli(&["rules", "report", "shadow-scale", "--database", &s.database]).await;
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert!(
@@ -801,7 +814,8 @@ async fn a_shadow_rule_runs_everything_but_the_write_and_its_report_says_what_it
         &s.database,
         "-o",
         "json",
-    ]);
+    ])
+    .await;
     let report: Value = serde_json::from_str(&json).unwrap();
     // A rule on trial pages no one, not even when policy denies it.
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
@@ -1077,7 +1091,7 @@ async fn an_approve_rule_waits_for_a_human_and_writes_once_approved() {
         2
     );
 
-    let (code, out, err) = salve_cli(&["approve", &id, "--database", &s.database]);
+    let (code, out, err) = salve_cli(&["approve", &id, "--database", &s.database]).await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         out.trim_end(),
@@ -1107,7 +1121,7 @@ async fn an_approve_rule_waits_for_a_human_and_writes_once_approved() {
         2,
         "judged again on fresh state after the approval"
     );
-    let (code, _, err) = salve_cli(&["approve", &id, "--database", &s.database]);
+    let (code, _, err) = salve_cli(&["approve", &id, "--database", &s.database]).await;
     assert_eq!(code, 1);
     assert!(
         err.contains("waits for no approval; nothing was approved"),
@@ -1629,7 +1643,7 @@ rules:
 
 #[test]
 fn salve_help_lists_the_controls() {
-    let (code, out, err) = salve_cli(&["--help"]);
+    let (code, out, err) = salve_cli_blocking(&["--help"]);
     assert_eq!(code, 0, "{err}");
     for command in ["pause", "resume", "pauses", "approve", "reject"] {
         assert!(
@@ -1638,7 +1652,7 @@ fn salve_help_lists_the_controls() {
             "{command} missing from:\n{out}"
         );
     }
-    let (code, out, _) = salve_cli(&["pause", "--help"]);
+    let (code, out, _) = salve_cli_blocking(&["pause", "--help"]);
     assert_eq!(code, 0);
     for flag in ["--namespace", "--reason", "--for", "--by"] {
         assert!(out.contains(flag), "{flag} missing from:\n{out}");
