@@ -152,17 +152,16 @@ async fn retention_prunes_old_payloads_by_sealing_and_keeps_the_record() {
         .await;
     s.finished(2).await;
 
-    let out = Command::new(env!("CARGO_BIN_EXE_salve"))
-        .args([
-            "audit",
-            "prune",
-            "--older-than",
-            "90d",
-            "--database",
-            &database,
-        ])
-        .output()
-        .unwrap();
+    let mut prune = Command::new(env!("CARGO_BIN_EXE_salve"));
+    prune.args([
+        "audit",
+        "prune",
+        "--older-than",
+        "90d",
+        "--database",
+        &database,
+    ]);
+    let out = support::output_beside_salve(prune).await;
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(
         out.status.success() && text.starts_with("pruned 1 payloads"),

@@ -75,27 +75,25 @@ async fn status_and_json(resp: reqwest::Response) -> (u16, Value) {
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
-/// Runs the `salve` binary; returns exit code, stdout and stderr. It runs on a blocking
-/// thread: a test's runtime has one thread, and the salve under test runs on it, so
-/// waiting for the command there would stop that salve mid-transaction, and a command
-/// that needs its lock (`salve approve` on PostgreSQL waits for the audit chain's head)
-/// would wait for ever.
+/// Runs the `salve` binary beside the salve under test ([`support::output_beside_salve`]);
+/// returns exit code, stdout and stderr.
 async fn salve_cli(args: &[&str]) -> (i32, String, String) {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || salve_cli_blocking(&args))
-        .await
-        .unwrap()
+    support::exit_and_text(support::output_beside_salve(salve_command(args)).await)
 }
 
 /// [`salve_cli`] for a test with no salve running beside it.
 fn salve_cli_blocking(args: &[impl AsRef<std::ffi::OsStr>]) -> (i32, String, String) {
-    support::run_to_end(
-        Command::new(env!("CARGO_BIN_EXE_salve"))
-            .args(args)
-            .env("USER", "alice")
-            .env_remove("SUDO_USER")
-            .env_remove("SALVE_DATABASE_URL"),
-    )
+    support::run_to_end(&mut salve_command(args))
+}
+
+/// The `salve` binary with `args`, run by a known user and no database in the environment.
+fn salve_command(args: &[impl AsRef<std::ffi::OsStr>]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_salve"));
+    cmd.args(args)
+        .env("USER", "alice")
+        .env_remove("SUDO_USER")
+        .env_remove("SALVE_DATABASE_URL");
+    cmd
 }
 
 fn host() -> String {

@@ -100,7 +100,21 @@ impl Drop for SalveProcess {
 
 /// Runs a `salve` command (the binary under test) to its end: exit code, stdout, stderr.
 pub fn run_to_end(cmd: &mut std::process::Command) -> (i32, String, String) {
-    let out = cmd.output().unwrap();
+    exit_and_text(cmd.output().unwrap())
+}
+
+/// Runs `cmd` to its end on a blocking thread. A test's runtime has one thread and the
+/// salve under test runs on it: waiting for a command there would stop that salve
+/// mid-transaction, and a command that needs its lock (a write on PostgreSQL waits for
+/// the audit chain's head) would wait for ever.
+pub async fn output_beside_salve(mut cmd: std::process::Command) -> std::process::Output {
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+/// A finished command's exit code (-1 if a signal ended it), stdout and stderr.
+pub fn exit_and_text(out: std::process::Output) -> (i32, String, String) {
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
