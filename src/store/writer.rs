@@ -385,10 +385,9 @@ async fn write_batches<C: Coalesced>(
         // shutdown) is not written: it will be decided again.
         jobs.retain(|job| !job.answer.is_closed());
         if jobs.is_empty() {
-            take_waiting(&mut queues.floods, &mut floods, MAX_BATCH);
-            floods.retain(|f| !f.answer.is_closed());
-            if !floods.is_empty() {
-                store_floods(&mut db, &mut floods, &batches).await;
+            let (items, callers) = take_deliveries(&mut queues.floods, &mut floods);
+            if !items.is_empty() {
+                store_floods::<C>(&mut db, items, callers, &batches).await;
             }
         } else {
             commit_cycle(
@@ -411,6 +410,20 @@ fn take_waiting<T>(queue: &mut mpsc::Receiver<T>, taken: &mut Vec<T>, limit: usi
             Err(_) => break,
         }
     }
+}
+
+/// Every delivery taken or waiting now (up to a batch), but those whose caller stopped
+/// waiting: what to store, and whom to answer.
+fn take_deliveries<C: Coalesced>(
+    waiting: &mut mpsc::Receiver<Flood<C>>,
+    floods: &mut Vec<Flood<C>>,
+) -> (Vec<C::Item>, Vec<FloodCaller<C>>) {
+    take_waiting(waiting, floods, MAX_BATCH);
+    floods
+        .drain(..)
+        .filter(|f| !f.answer.is_closed())
+        .map(|f| (f.item, (f.answer, f.committed)))
+        .unzip()
 }
 
 /// One transaction: a turn of the engine's writes (cut short once its time is up and
@@ -454,12 +467,7 @@ async fn commit_cycle<C: Coalesced>(
     };
     // Every delivery waiting by now, in a savepoint: if storing them together fails,
     // the engine's writes still commit, and the deliveries are stored each alone after.
-    take_waiting(waiting, floods, MAX_BATCH);
-    floods.retain(|f| !f.answer.is_closed());
-    let (items, callers): (Vec<C::Item>, Vec<_>) = floods
-        .drain(..)
-        .map(|f| (f.item, (f.answer, f.committed)))
-        .unzip();
+    let (items, callers) = take_deliveries(waiting, floods);
     let stored = match items.is_empty() {
         true => Ok(Vec::new()),
         false => store_in_savepoint::<C>(&mut tx, &items).await,
@@ -510,11 +518,12 @@ async fn store_in_savepoint<C: Coalesced>(
 }
 
 /// Stores a batch of coalesced items in one transaction and answers each.
-async fn store_floods<C: Coalesced>(db: &mut Db, floods: &mut Vec<Flood<C>>, batches: &AtomicU64) {
-    let (items, callers): (Vec<C::Item>, Vec<_>) = floods
-        .drain(..)
-        .map(|f| (f.item, (f.answer, f.committed)))
-        .unzip();
+async fn store_floods<C: Coalesced>(
+    db: &mut Db,
+    items: Vec<C::Item>,
+    callers: Vec<FloodCaller<C>>,
+    batches: &AtomicU64,
+) {
     let stored = store_together::<C>(db, &items).await;
     if stored.is_ok() {
         batches.fetch_add(1, Ordering::Relaxed);
