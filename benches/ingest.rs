@@ -1,6 +1,8 @@
 //! Alert storms: how fast salve acknowledges and decides, next to a bare server.
 //!
-//! Starts salve in-process (offline, the shipped rules) and a bare axum server that
+//! Starts salve in-process (offline, the shipped guardrails, the walkthrough's rules: every
+//! alert matches an acting rule and opens a remediation, and the storm brake is off, so
+//! each one is driven to its end: the hardest case) and a bare axum server that
 //! parses the same JSON (`Delivery::parse`) and answers 200, and drives both with the
 //! same built-in load generator:
 //! - fixed concurrency (16 connections) for throughput: distinct single-alert webhooks,
