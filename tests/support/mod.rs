@@ -213,18 +213,58 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// The names of the databases a test makes on PostgreSQL: a prefix, then a UUIDv7.
+const TEST_DATABASE_PREFIX: &str = "salve_test_";
+const REPLICAS_DATABASE_PREFIX: &str = "salve_replicas_";
+
+/// Drops, once per test process, the databases that earlier runs left on the PostgreSQL
+/// server: each test makes its own and none is dropped as it ends (a test that fails
+/// leaves its database to look at). Only those made over an hour ago, as the UUIDv7 in
+/// the name tells, and not in use (PostgreSQL refuses to drop one that has a session).
+async fn drop_stale_databases(conn: &mut sqlx::PgConnection) {
+    static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if STARTED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    let Ok(names) = sqlx::query_scalar::<_, String>("SELECT datname FROM pg_database")
+        .fetch_all(&mut *conn)
+        .await
+    else {
+        return;
+    };
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    for name in names {
+        let made = [TEST_DATABASE_PREFIX, REPLICAS_DATABASE_PREFIX]
+            .iter()
+            .find_map(|prefix| name.strip_prefix(prefix))
+            .and_then(|id| uuid::Uuid::try_parse(id).ok())
+            .and_then(|id| id.get_timestamp())
+            .map(|t| {
+                let (secs, nanos) = t.to_unix();
+                std::time::UNIX_EPOCH + Duration::new(secs, nanos)
+            });
+        if made.is_some_and(|made| made < hour_ago) {
+            let drop = format!("DROP DATABASE IF EXISTS {name}");
+            let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
+                .execute(&mut *conn)
+                .await;
+        }
+    }
+}
+
 /// A fresh, empty database for one test.
 pub async fn fresh_database(dir: &Path) -> String {
     match std::env::var("SALVE_TEST_DATABASE").as_deref() {
         Ok("postgres") => {
             let admin = std::env::var("SALVE_TEST_POSTGRES_URL")
                 .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-            let name = format!("salve_test_{}", uuid::Uuid::now_v7().simple());
+            let name = format!("{TEST_DATABASE_PREFIX}{}", uuid::Uuid::now_v7().simple());
             let mut conn = sqlx::PgConnection::connect(&admin)
                 .await
                 .unwrap_or_else(|e| {
                     panic!("SALVE_TEST_DATABASE=postgres but {admin} is unreachable: {e}")
                 });
+            drop_stale_databases(&mut conn).await;
             sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
                 .execute(&mut conn)
                 .await
@@ -249,7 +289,11 @@ pub async fn postgres_database(test: &str) -> Option<String> {
             return None;
         }
     };
-    let name = format!("salve_replicas_{}", uuid::Uuid::now_v7().simple());
+    drop_stale_databases(&mut conn).await;
+    let name = format!(
+        "{REPLICAS_DATABASE_PREFIX}{}",
+        uuid::Uuid::now_v7().simple()
+    );
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut conn)
         .await
