@@ -284,9 +284,9 @@ async fn raw_sqlite_commits(seconds: f64) -> f64 {
 }
 
 async fn postgres_reachable() -> bool {
-    let url = std::env::var("SALVE_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-    sqlx::PgConnection::connect(&url).await.is_ok()
+    sqlx::PgConnection::connect(&support::postgres_admin_url())
+        .await
+        .is_ok()
 }
 
 /// A fresh salve for each phase, so no phase pays for the backlog an earlier one left.

@@ -256,21 +256,13 @@ async fn drop_stale_databases(conn: &mut sqlx::PgConnection) {
 pub async fn fresh_database(dir: &Path) -> String {
     match std::env::var("SALVE_TEST_DATABASE").as_deref() {
         Ok("postgres") => {
-            let admin = std::env::var("SALVE_TEST_POSTGRES_URL")
-                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-            let name = format!("{TEST_DATABASE_PREFIX}{}", uuid::Uuid::now_v7().simple());
+            let admin = postgres_admin_url();
             let mut conn = sqlx::PgConnection::connect(&admin)
                 .await
                 .unwrap_or_else(|e| {
                     panic!("SALVE_TEST_DATABASE=postgres but {admin} is unreachable: {e}")
                 });
-            drop_stale_databases(&mut conn).await;
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                .execute(&mut conn)
-                .await
-                .unwrap();
-            let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
-            format!("{base}/{name}")
+            create_database(&mut conn, &admin, TEST_DATABASE_PREFIX).await
         }
         _ => format!("sqlite://{}", dir.join("salve.db").display()),
     }
@@ -280,8 +272,7 @@ pub async fn fresh_database(dir: &Path) -> String {
 /// need one whatever backend the suite runs on (several replicas); `None` after saying
 /// loudly that `test` did not run (under CI a missing PostgreSQL fails).
 pub async fn postgres_database(test: &str) -> Option<String> {
-    let admin = std::env::var("SALVE_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let admin = postgres_admin_url();
     let mut conn = match sqlx::PgConnection::connect(&admin).await {
         Ok(c) => c,
         Err(e) => {
@@ -289,17 +280,26 @@ pub async fn postgres_database(test: &str) -> Option<String> {
             return None;
         }
     };
-    drop_stale_databases(&mut conn).await;
-    let name = format!(
-        "{REPLICAS_DATABASE_PREFIX}{}",
-        uuid::Uuid::now_v7().simple()
-    );
+    Some(create_database(&mut conn, &admin, REPLICAS_DATABASE_PREFIX).await)
+}
+
+/// The PostgreSQL server the tests make their databases on.
+pub fn postgres_admin_url() -> String {
+    std::env::var("SALVE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// Makes a database named `prefix` and a UUIDv7 on the server `conn` is on (after
+/// dropping what earlier runs left), and returns its URL.
+async fn create_database(conn: &mut sqlx::PgConnection, admin: &str, prefix: &str) -> String {
+    drop_stale_databases(conn).await;
+    let name = format!("{prefix}{}", uuid::Uuid::now_v7().simple());
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
+        .execute(&mut *conn)
         .await
         .unwrap();
-    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
-    Some(format!("{base}/{name}"))
+    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(admin);
+    format!("{base}/{name}")
 }
 
 /// How a test salve is set up.
