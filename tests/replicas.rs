@@ -1,5 +1,6 @@
 //! Several salve replicas on one PostgreSQL: an HA Alertmanager pair posts the same
 //! alert to both at once, and exactly one remediation (one Kubernetes write) follows.
+//! And the connections they keep to it: each with Nagle's algorithm off.
 //! Needs a real PostgreSQL (`SALVE_TEST_POSTGRES_URL`); skips loudly without one,
 //! fails under CI.
 
@@ -104,4 +105,73 @@ rules:
     );
     assert!(support::events(&detail, "revert").is_empty());
     assert_eq!(kube.writes().len(), 1, "{:?}", kube.writes());
+}
+
+/// sqlx 0.9.0 leaves Nagle's algorithm on, and a statement sent in two parts then waits
+/// 40 ms for the server's delayed acknowledgement: salve turns it off on every PostgreSQL
+/// connection it opens. The server names each connection's client port; the test finds
+/// the socket of this process with that port and reads the option back.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_postgresql_connection_of_salve_has_nagle_off() {
+    use sqlx::Connection;
+    use std::os::fd::{BorrowedFd, RawFd};
+
+    let Some(database) = support::postgres_database("the TCP_NODELAY test").await else {
+        return;
+    };
+    let s = spawn_salve(Options {
+        database: Some(database.clone()),
+        ..Options::default()
+    })
+    .await;
+    let name = database.rsplit('/').next().unwrap().to_owned();
+    let mut admin = sqlx::PgConnection::connect(&support::postgres_admin_url())
+        .await
+        .unwrap();
+    let ports: Vec<(i32, i32)> = sqlx::query_as(
+        "SELECT client_port, inet_server_port() FROM pg_stat_activity WHERE datname = $1 AND client_port > 0",
+    )
+    .bind(&name)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert!(
+        !ports.is_empty(),
+        "salve keeps connections open to {name} over TCP (the test needs a TCP URL)"
+    );
+
+    let mut nodelay = std::collections::HashMap::new();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap() {
+        let Ok(fd) = entry
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .parse::<RawFd>()
+        else {
+            continue;
+        };
+        // SAFETY: only read from; a descriptor closed meanwhile makes the calls fail.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let socket = socket2::SockRef::from(&fd);
+        let port = |a: std::io::Result<socket2::SockAddr>| {
+            a.ok()
+                .and_then(|a| a.as_socket())
+                .map(|a| i32::from(a.port()))
+        };
+        if let (Some(local), Some(remote)) = (port(socket.local_addr()), port(socket.peer_addr())) {
+            if let Ok(on) = socket.tcp_nodelay() {
+                nodelay.insert((local, remote), on);
+            }
+        }
+    }
+    for (local, remote) in &ports {
+        assert_eq!(
+            nodelay.get(&(*local, *remote)),
+            Some(&true),
+            "salve's connection from port {local} to {remote} has TCP_NODELAY set ({} connections)",
+            ports.len()
+        );
+    }
+    s.salve.stop().await;
 }

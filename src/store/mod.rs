@@ -16,6 +16,7 @@ pub mod escalations;
 pub mod incidents;
 pub mod learning;
 pub mod location;
+mod nodelay;
 pub mod overview;
 pub mod owners;
 pub mod pauses;
@@ -35,6 +36,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{AnyPool, Executor};
 
 pub use incidents::{IncidentRecord, NewIncidents};
+pub use nodelay::disable_nagle;
 pub use remediations::{EventKind, NewRemediation, RemediationRecord, TimelineEvent};
 
 /// A failure of the knowledge base, split by what the caller should do about it.
@@ -469,7 +471,7 @@ fn pool_options(backend: Backend, wait: Duration, max: u32, min: u32) -> AnyPool
         .after_connect(move |conn, _meta| {
             Box::pin(async move {
                 if backend == Backend::Postgres {
-                    return Ok(());
+                    return nodelay::disable_nagle(conn).await;
                 }
                 // WAL lets readers run beside the writer; FULL sync makes a commit (and so
                 // a 2xx to Alertmanager) survive power loss; busy_timeout waits for another
