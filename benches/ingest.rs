@@ -13,7 +13,9 @@
 //!
 //! On SQLite, and on PostgreSQL when `SALVE_TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`) answers. Also prints the raw SQLite
-//! reference: one connection, one transaction per insert, `synchronous=FULL`.
+//! reference: one connection, one transaction per insert, `synchronous=FULL`; and, on
+//! PostgreSQL, what one 20 KB statement costs on sqlx's socket as it comes and with
+//! `TCP_NODELAY` as salve sets it (over TLS the first waits for a delayed ACK).
 //! Run: `cargo bench --bench ingest` (`SALVE_BENCH_SECONDS` sets each phase's length,
 //! `SALVE_BENCH_ONLY=sqlite` or `postgres` benches one backend).
 
@@ -177,18 +179,15 @@ async fn bare_server() -> String {
     url
 }
 
-/// Watches the store (every 2 ms) from before the first webhook until every one of
-/// `count` alerts (numbered from 0) is decided; when each was first seen decided.
+/// Watches the store (every 2 ms) on `pool`, connected before the first webhook is sent,
+/// until every one of `count` alerts (numbered from 0) is decided; when each was first
+/// seen decided. (Connecting here, after the sending began, made the first alerts look
+/// decided as late as the connection was ready: 100 ms on PostgreSQL over TLS.)
 async fn watch_decisions(
-    database: String,
+    pool: sqlx::AnyPool,
     count: usize,
     within: Duration,
 ) -> std::collections::HashMap<String, Instant> {
-    let pool = sqlx::any::AnyPoolOptions::new()
-        .max_connections(1)
-        .connect(&database)
-        .await
-        .unwrap();
     let mut seen = std::collections::HashMap::new();
     let until = Instant::now() + within;
     while seen.len() < count && Instant::now() < until {
@@ -215,11 +214,13 @@ async fn decisions(
     count: usize,
     seconds: f64,
 ) -> (Vec<Duration>, Duration) {
-    let watcher = tokio::spawn(watch_decisions(
-        s.database.clone(),
-        count,
-        Duration::from_secs(120),
-    ));
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
+        .connect(&s.database)
+        .await
+        .unwrap();
+    let watcher = tokio::spawn(watch_decisions(pool, count, Duration::from_secs(120)));
     let sent = paced(url, 0, count, seconds).await;
     let decided = watcher.await.unwrap();
     let first = sent.iter().map(|(_, t)| *t).min().unwrap();
@@ -281,6 +282,43 @@ async fn raw_sqlite_commits(seconds: f64) -> f64 {
         n += 1;
     }
     n as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Median time of a transaction holding one 20 KB INSERT on a new PostgreSQL connection,
+/// on sqlx's socket as it comes or after [`salve::store::disable_nagle`]; and whether the
+/// connection runs over TLS (where a statement that large is two writes).
+async fn large_statement(nagle_off: bool) -> (Duration, bool) {
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&support::postgres_admin_url())
+        .await
+        .unwrap();
+    if nagle_off {
+        salve::store::disable_nagle(&mut conn).await.unwrap();
+    }
+    let (tls,): (bool,) = sqlx::query_as(
+        "SELECT COALESCE((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    conn.execute("CREATE TEMPORARY TABLE big (v TEXT)")
+        .await
+        .unwrap();
+    let value = "x".repeat(20 * 1024);
+    let mut took = Vec::new();
+    for _ in 0..40 {
+        let started = Instant::now();
+        let mut tx = conn.begin().await.unwrap();
+        sqlx::query("INSERT INTO big (v) VALUES ($1)")
+            .bind(&value)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        took.push(started.elapsed());
+    }
+    took.sort();
+    (quantile(&took, 0.5), tls)
 }
 
 async fn postgres_reachable() -> bool {
@@ -393,6 +431,15 @@ async fn main() {
         return;
     }
     if postgres_reachable().await {
+        let (nagle, tls) = large_statement(false).await;
+        let (no_nagle, _) = large_statement(true).await;
+        println!("\n## PostgreSQL reference");
+        println!(
+            "PostgreSQL ({}), one 20 KB INSERT per transaction: p50 {} on sqlx's socket as it comes, {} with TCP_NODELAY as salve sets it",
+            if tls { "over TLS" } else { "no TLS" },
+            ms(nagle),
+            ms(no_nagle)
+        );
         // SAFETY: as above; spawn_salve reads it to pick the backend.
         unsafe { std::env::set_var("SALVE_TEST_DATABASE", "postgres") };
         bench_backend("PostgreSQL", &bare_single, &bare_batch, seconds).await;
