@@ -4,6 +4,9 @@
 //! Target: p99 <= 20 ms. Run: `cargo bench --bench audit`
 //! (`SALVE_BENCH_ROWS` changes the row count; `SALVE_TEST_POSTGRES_URL` the server).
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use std::time::Instant;
 
 use salve::store::Store;
@@ -152,20 +155,12 @@ async fn main() {
     );
     run("SQLite", &sqlite, false, rows).await;
 
-    let admin = std::env::var("SALVE_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let admin = support::postgres_admin_url();
     match sqlx::PgConnection::connect(&admin).await {
         Ok(mut conn) => {
-            let name = format!("salve_bench_{}", uuid::Uuid::now_v7().simple());
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                .execute(&mut conn)
-                .await
-                .unwrap();
-            let base = admin
-                .rsplit_once('/')
-                .map(|(b, _)| b.to_owned())
-                .unwrap_or(admin.clone());
-            run("PostgreSQL", &format!("{base}/{name}"), true, rows).await;
+            let url = support::create_database(&mut conn, &admin, "salve_bench_").await;
+            run("PostgreSQL", &url, true, rows).await;
+            let name = url.rsplit('/').next().unwrap_or_default();
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "DROP DATABASE {name} WITH (FORCE)"
             )))

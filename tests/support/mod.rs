@@ -290,8 +290,8 @@ pub fn postgres_admin_url() -> String {
 }
 
 /// Makes a database named `prefix` and a UUIDv7 on the server `conn` is on (after
-/// dropping what earlier runs left), and returns its URL.
-async fn create_database(conn: &mut sqlx::PgConnection, admin: &str, prefix: &str) -> String {
+/// dropping what earlier test runs left), and returns its URL.
+pub async fn create_database(conn: &mut sqlx::PgConnection, admin: &str, prefix: &str) -> String {
     drop_stale_databases(conn).await;
     let name = format!("{prefix}{}", uuid::Uuid::now_v7().simple());
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
