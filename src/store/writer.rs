@@ -28,6 +28,10 @@
 //!
 //! Every statement is a round trip to the database (on SQLite, to sqlx's worker thread),
 //! and the writer is one line of them: fewer statements per alert is what makes it faster.
+//! So statements go together where they can: a batch of the engine's writes begins, reads
+//! the chain's head and opens its first savepoint in one round trip, and writes the head
+//! and commits in one; the last savepoint is not released before the commit (the commit
+//! keeps it).
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -128,14 +132,13 @@ impl WriteTx {
         self.discard = true;
     }
 
-    /// The audit chain's head before the next event: `(seq, hash)` of the last one.
+    /// The audit chain's head before the next event: `(seq, hash)` of the last one (read
+    /// as the batch began, or now if it was not, then moved by its appends).
     pub async fn chain_head(&mut self) -> Result<(i64, String), StoreError> {
         if let Some(head) = &self.chain {
             return Ok(head.clone());
         }
-        let lock = if self.postgres { " FOR UPDATE" } else { "" };
-        let sql = format!("SELECT seq, hash FROM chain_head WHERE id = 1{lock}");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let row = sqlx::query("SELECT seq, hash FROM chain_head WHERE id = 1")
             .fetch_one(&mut *self.conn)
             .await?;
         let head: (i64, String) = (row.try_get("seq")?, row.try_get("hash")?);
@@ -437,7 +440,7 @@ async fn commit_cycle<C: Coalesced>(
     jobs: &mut Vec<Job>,
     batches: &AtomicU64,
 ) {
-    let mut tx = match begin(db).await {
+    let mut tx = match begin(db, Opening::Writes(jobs.len())).await {
         Ok(tx) => tx,
         Err(e) => {
             let ran = jobs.len();
@@ -490,7 +493,8 @@ async fn commit_cycle<C: Coalesced>(
 }
 
 /// Stores coalesced items inside the open transaction, in a savepoint that a failure
-/// rolls back (a transient failure is returned as is: the transaction is lost).
+/// rolls back (a transient failure is returned as is: the transaction is lost). Kept,
+/// it is left open for the commit that must follow.
 async fn store_in_savepoint<C: Coalesced>(
     tx: &mut WriteTx,
     items: &[C::Item],
@@ -499,8 +503,8 @@ async fn store_in_savepoint<C: Coalesced>(
     let chain_before = (tx.chain.clone(), tx.chain_moved);
     match store_each::<C>(tx, items).await {
         Ok(stored) => {
+            // Left open: the commit that follows keeps it.
             tx.seqs.keep_write();
-            tx.run("RELEASE SAVEPOINT salve_deliveries").await?;
             Ok(stored)
         }
         Err(e) if e.is_transient() => Err(e),
@@ -581,7 +585,7 @@ async fn store_together<C: Coalesced>(
     db: &mut Db,
     items: &[C::Item],
 ) -> Result<Vec<C::Stored>, StoreError> {
-    let mut tx = begin(db).await?;
+    let mut tx = begin(db, Opening::Deliveries).await?;
     match store_each::<C>(&mut tx, items).await {
         Ok(stored) => end(db, tx, Ending::Commit).await.map(|()| stored),
         Err(e) => Err(abort(db, tx, e).await),
@@ -637,35 +641,71 @@ fn batch_failed(e: &StoreError) -> StoreError {
     }
 }
 
+/// What a batch is about to run, which decides how it begins.
+#[derive(Clone, Copy)]
+enum Opening {
+    /// Webhook deliveries alone: they do not touch the audit chain.
+    Deliveries,
+    /// This many of the engine's writes (most append to the audit chain).
+    Writes(usize),
+}
+
 /// Opens a batch's transaction, on the connection kept from the last batch if there is one.
-async fn begin(db: &mut Db) -> Result<WriteTx, StoreError> {
+/// For the engine's writes it reads the audit chain's head and opens the first write's
+/// savepoint (when several will run) in the same round trip. On PostgreSQL every batch
+/// reads the head, to lock it first: one lock, one order, no deadlock.
+async fn begin(db: &mut Db, opening: Opening) -> Result<WriteTx, StoreError> {
     let postgres = db.postgres;
-    let conn = match db.held.take() {
+    let mut conn = match db.held.take() {
         Some(conn) => conn,
         None => db.pool.acquire().await?,
     };
-    let mut tx = WriteTx {
-        conn,
-        postgres,
-        chain: None,
-        chain_moved: false,
-        discard: false,
-        seqs: Seqs {
-            known: db.seqs.clone(),
-            ..Seqs::default()
-        },
-    };
-    // SQLite: take the write lock at once (another process, `salve migrate` say, may hold
+    // SQLite takes the write lock at once (another process, `salve migrate` say, may hold
     // it: busy_timeout waits), rather than fail to upgrade a read later.
-    tx.run(if postgres { "BEGIN" } else { "BEGIN IMMEDIATE" })
-        .await?;
-    if postgres {
-        // Every batch locks the chain's head first: one lock, one order, no deadlock.
-        if let Err(e) = tx.chain_head().await {
-            return Err(abort(db, tx, e).await);
+    let sql = match (postgres, opening) {
+        (false, Opening::Deliveries) => "BEGIN IMMEDIATE",
+        (true, Opening::Deliveries | Opening::Writes(..=1)) => {
+            "BEGIN; SELECT seq, hash FROM chain_head WHERE id = 1 FOR UPDATE"
+        }
+        (true, Opening::Writes(_)) => {
+            "BEGIN; SELECT seq, hash FROM chain_head WHERE id = 1 FOR UPDATE; SAVEPOINT salve_write"
+        }
+        (false, Opening::Writes(..=1)) => {
+            "BEGIN IMMEDIATE; SELECT seq, hash FROM chain_head WHERE id = 1"
+        }
+        (false, Opening::Writes(_)) => {
+            "BEGIN IMMEDIATE; SELECT seq, hash FROM chain_head WHERE id = 1; SAVEPOINT salve_write"
+        }
+    };
+    // Statements given as a plain string are prepared once and kept (on SQLite; on
+    // PostgreSQL, without bound values, they go as one simple query).
+    let head = async {
+        let rows = conn.fetch_all(sql).await?;
+        match rows.last() {
+            None if sql == "BEGIN IMMEDIATE" => Ok(None),
+            None => Err(StoreError::Corrupt(
+                "the audit chain's head row is missing".into(),
+            )),
+            Some(row) => Ok(Some((row.try_get("seq")?, row.try_get("hash")?))),
         }
     }
-    Ok(tx)
+    .await;
+    match head {
+        Ok(chain) => Ok(WriteTx {
+            conn,
+            postgres,
+            chain,
+            chain_moved: false,
+            discard: false,
+            seqs: Seqs {
+                known: db.seqs.clone(),
+                ..Seqs::default()
+            },
+        }),
+        // Whether the transaction began is not known: `roll_back` undoes what did, and
+        // closes a connection that had none to undo (its state is not known either).
+        Err(e) => Err(roll_back(db, conn, e).await),
+    }
 }
 
 /// Ends a batch's transaction as its writes asked; the connection is kept for the next.
@@ -686,11 +726,16 @@ async fn end(db: &mut Db, mut tx: WriteTx, ending: Ending) -> Result<(), StoreEr
 
 /// Rolls a failed batch back and returns why it failed. A connection whose rollback
 /// failed is closed: its state is unknown, so it must not be used again.
-async fn abort(db: &mut Db, mut tx: WriteTx, why: StoreError) -> StoreError {
-    if tx.run("ROLLBACK").await.is_err() {
-        let _ = tx.conn.close().await;
+async fn abort(db: &mut Db, tx: WriteTx, why: StoreError) -> StoreError {
+    roll_back(db, tx.conn, why).await
+}
+
+/// [`abort`] on the bare connection.
+async fn roll_back(db: &mut Db, mut conn: PoolConnection<AnyDb>, why: StoreError) -> StoreError {
+    if conn.execute("ROLLBACK").await.is_err() {
+        let _ = conn.close().await;
     } else {
-        db.held = db.keep.then_some(tx.conn);
+        db.held = db.keep.then_some(conn);
     }
     why
 }
@@ -703,9 +748,10 @@ enum Ending {
 
 type Results = Vec<Result<Box<dyn Any + Send>, StoreError>>;
 
-/// Each job in a savepoint of its own (a lone job needs none: the transaction is its own),
-/// until the batch's jobs run out or `over` says its turn is: one result per job that ran.
-/// Ending one savepoint and opening the next is one round trip to the database.
+/// Each job in a savepoint of its own (a lone job needs none: the transaction is its own;
+/// [`begin`] opened the first), until the batch's jobs run out or `over` says its turn is:
+/// one result per job that ran. Ending one savepoint and opening the next is one round
+/// trip to the database; the last is left open for the commit.
 async fn run_jobs(
     tx: &mut WriteTx,
     batch: &mut [Job],
@@ -713,9 +759,6 @@ async fn run_jobs(
 ) -> Result<(Results, Ending), StoreError> {
     let alone = batch.len() == 1;
     let mut results = Vec::with_capacity(batch.len());
-    if !alone {
-        tx.run("SAVEPOINT salve_write").await?;
-    }
     let mut last = batch.len() - 1;
     for (i, job) in batch.iter_mut().enumerate() {
         // The last job of a cut-short turn ends the savepoints.
@@ -743,15 +786,17 @@ async fn run_jobs(
         if alone {
             continue;
         }
+        // The last write's savepoint stays open, emptied if it is not kept: the commit
+        // keeps what it holds.
         let sql = match (keep, i == last) {
             (true, false) => "RELEASE SAVEPOINT salve_write; SAVEPOINT salve_write",
-            (true, true) => "RELEASE SAVEPOINT salve_write",
+            (true, true) => break,
             (false, false) => {
                 "ROLLBACK TO SAVEPOINT salve_write; RELEASE SAVEPOINT salve_write; SAVEPOINT salve_write"
             }
-            (false, true) => "ROLLBACK TO SAVEPOINT salve_write; RELEASE SAVEPOINT salve_write",
+            (false, true) => "ROLLBACK TO SAVEPOINT salve_write",
         };
-        sqlx::raw_sql(sql).execute(tx.conn()).await?;
+        tx.run(sql).await?;
         if i == last {
             break;
         }
@@ -759,16 +804,38 @@ async fn run_jobs(
     Ok((results, Ending::Commit))
 }
 
-/// Writes the chain's head as the batch left it, and commits.
+/// Writes the chain's head as the batch left it, and commits, in one round trip. A
+/// savepoint still open (the batch's last write, its deliveries) is committed with the
+/// transaction: releasing it first would be a round trip for nothing.
 async fn finish(tx: &mut WriteTx) -> Result<(), StoreError> {
-    if let (true, Some((seq, hash))) = (tx.chain_moved, tx.chain.clone()) {
-        sqlx::query("UPDATE chain_head SET seq = $1, hash = $2 WHERE id = 1")
-            .bind(seq)
-            .bind(hash)
-            .execute(&mut *tx.conn)
-            .await?;
+    match (tx.chain_moved, tx.chain.clone()) {
+        // SQLite binds values in a statement of several (and keeps it prepared).
+        (true, Some((seq, hash))) if !tx.postgres => {
+            sqlx::query("UPDATE chain_head SET seq = $1, hash = $2 WHERE id = 1; COMMIT")
+                .bind(seq)
+                .bind(hash)
+                .execute(&mut *tx.conn)
+                .await?;
+        }
+        // PostgreSQL binds none there: the values are written into the statement, a
+        // number and a hash that is hex (checked).
+        (true, Some((seq, hash))) if hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            let sql =
+                format!("UPDATE chain_head SET seq = {seq}, hash = '{hash}' WHERE id = 1; COMMIT");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(tx.conn())
+                .await?;
+        }
+        (true, Some((seq, hash))) => {
+            sqlx::query("UPDATE chain_head SET seq = $1, hash = $2 WHERE id = 1")
+                .bind(seq)
+                .bind(hash)
+                .execute(&mut *tx.conn)
+                .await?;
+            tx.run("COMMIT").await?;
+        }
+        _ => tx.run("COMMIT").await?,
     }
-    tx.run("COMMIT").await?;
     tx.seqs.keep_batch();
     Ok(())
 }
@@ -1116,10 +1183,15 @@ mod tests {
             .connect(&url)
             .await
             .unwrap();
-        sqlx::query("CREATE TABLE numbers (n BIGINT)")
-            .execute(&pool)
-            .await
-            .unwrap();
+        // Every batch reads the audit chain's head as it begins.
+        sqlx::raw_sql(
+            "CREATE TABLE numbers (n BIGINT);
+             CREATE TABLE chain_head (id INTEGER PRIMARY KEY, seq BIGINT NOT NULL, hash TEXT NOT NULL);
+             INSERT INTO chain_head (id, seq, hash) VALUES (1, 0, '')",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
         let writer = super::Writer::<Numbers>::start(pool.clone(), false, false);
         let (release, released) = tokio::sync::oneshot::channel::<()>();
         let (started, running) = tokio::sync::oneshot::channel::<()>();
