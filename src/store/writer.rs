@@ -677,16 +677,17 @@ async fn begin(db: &mut Db, opening: Opening) -> Result<WriteTx, StoreError> {
             "BEGIN IMMEDIATE; SELECT seq, hash FROM chain_head WHERE id = 1; SAVEPOINT salve_write"
         }
     };
+    let reads_head = postgres || matches!(opening, Opening::Writes(_));
     // Statements given as a plain string are prepared once and kept (on SQLite; on
     // PostgreSQL, without bound values, they go as one simple query).
     let head = async {
         let rows = conn.fetch_all(sql).await?;
-        match rows.last() {
-            None if sql == "BEGIN IMMEDIATE" => Ok(None),
-            None => Err(StoreError::Corrupt(
+        match (rows.last(), reads_head) {
+            (_, false) => Ok(None),
+            (Some(row), true) => Ok(Some((row.try_get("seq")?, row.try_get("hash")?))),
+            (None, true) => Err(StoreError::Corrupt(
                 "the audit chain's head row is missing".into(),
             )),
-            Some(row) => Ok(Some((row.try_get("seq")?, row.try_get("hash")?))),
         }
     }
     .await;
