@@ -73,6 +73,9 @@ pub enum StoreError {
     /// The database is not (or not yet) a knowledge base of this salve's schema.
     #[error("{0}")]
     Schema(String),
+    /// The writer's thread could not be started (the system is out of threads or memory).
+    #[error("cannot start the database writer's thread: {0}")]
+    Writer(#[source] std::io::Error),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -337,7 +340,7 @@ impl Store {
                 }
             };
             return Ok(Store {
-                writes: writer::Writer::start(pool.clone(), true, true),
+                writes: writer::Writer::start(pool.clone(), true, true)?,
                 writer: pool.clone(),
                 reader: Readers { pool, kept: None },
                 wait,
@@ -365,7 +368,7 @@ impl Store {
             }
         };
         Ok(Store {
-            writes: writer::Writer::start(writer.clone(), false, !in_memory),
+            writes: writer::Writer::start(writer.clone(), false, !in_memory)?,
             writer,
             reader,
             wait,
