@@ -978,14 +978,14 @@ mod tests {
     async fn on_sqlite_the_writes_run_on_the_writers_own_thread() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir).await;
-        let ran_on = store
+        let (ran_on, name) = store
             .writes
-            .write(|_| Box::pin(async { Ok(std::thread::current().id()) }))
-            .await
-            .unwrap();
-        let name = store
-            .writes
-            .write(|_| Box::pin(async { Ok(std::thread::current().name().map(str::to_owned)) }))
+            .write(|_| {
+                Box::pin(async {
+                    let thread = std::thread::current();
+                    Ok((thread.id(), thread.name().map(str::to_owned)))
+                })
+            })
             .await
             .unwrap();
         assert_ne!(ran_on, std::thread::current().id());
