@@ -27,13 +27,12 @@
 //! append need not read it first (see [`WriteTx::next_seq`]).
 //!
 //! Every statement is a round trip to the database (on SQLite, to sqlx's worker thread),
-//! and the writer is one line of them: fewer statements per alert is what makes it faster,
-//! and so does a writer that is not kept waiting at each answer (on SQLite it has a thread
-//! of its own: see [`Writer::start`]).
+//! and the writer is one line of them: fewer statements per alert is what makes it faster.
 //! So statements go together where they can: a batch of the engine's writes begins, reads
 //! the chain's head and opens its first savepoint in one round trip, and writes the head
 //! and commits in one; the last savepoint is not released before the commit (the commit
-//! keeps it).
+//! keeps it). And the writer must not be kept waiting at each answer: on SQLite it has a
+//! thread of its own (see [`Writer::start`]).
 
 use std::any::Any;
 use std::collections::HashMap;
