@@ -63,11 +63,11 @@ const JOBS_TURN_BESIDE_DELIVERIES: std::time::Duration = std::time::Duration::fr
 
 /// How many waiting deliveries end a turn of the engine's writes before its time is up.
 /// In a flood of webhooks many wait at once, and each waited out the whole turn: cut
-/// once four wait, single-alert webhooks on SQLite went from 3,670–4,170 to 5,830–6,500
-/// req/s. In a storm paced at an alert a millisecond few wait at a time, so the engine
-/// keeps its full turns and decides as fast as before (1,000 alerts decided in
-/// 1.04–1.08 s against 1.03–1.11 s). A shorter turn instead (250 µs) gained less
-/// (4,810–5,170 req/s) and slowed that storm (1.09–1.31 s).
+/// once four wait, single-alert webhooks on SQLite went from 3,430–4,170 to 5,680–6,500
+/// req/s (on PostgreSQL from 3,050–3,440 to 3,660–4,630). In a storm paced at an alert a
+/// millisecond few wait at a time, so the engine keeps its full turns and decides as fast
+/// as before (1,000 alerts decided in 1.03–1.08 s against 1.03–1.05 s). A shorter turn
+/// instead (250 µs) gained less (4,810–5,170 req/s) and slowed that storm (1.09–1.31 s).
 const DELIVERIES_END_THE_TURN: usize = 4;
 
 /// The open transaction a write runs in, with the batch's view of the audit chain's head.
