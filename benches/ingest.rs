@@ -9,7 +9,8 @@
 //!   and 10-alert batches;
 //! - fixed arrival rate for latency, timed from each request's *scheduled* start, so a
 //!   stalled server cannot hide its queue (no coordinated omission);
-//! - webhook → decision recorded, at 100 alerts/s, and a storm of 1,000 alerts in 1 s.
+//! - webhook → decision recorded, at 100 alerts/s, and a storm of 1,000 alerts in 1 s;
+//!   and how many alerts of the single-alert flood were decided by its end.
 //!
 //! On SQLite, and on PostgreSQL when `SALVE_TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`) answers. Also prints the raw SQLite
@@ -327,6 +328,23 @@ async fn postgres_reachable() -> bool {
         .is_ok()
 }
 
+/// How many of the bench's alerts are decided so far: in a flood that saturates the
+/// writer, how much of it the engine got beside the webhooks.
+async fn decided_count(s: &TestSalve) -> i64 {
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&s.database)
+        .await
+        .unwrap();
+    sqlx::query_as::<_, (i64,)>(
+        "SELECT COUNT(*) FROM incidents WHERE decision <> 'undecided' AND alertname = 'HighRequestLatency'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap()
+    .0
+}
+
 /// A fresh salve for each phase, so no phase pays for the backlog an earlier one left.
 async fn fresh() -> (TestSalve, String) {
     let s = spawn_salve(Options::default()).await;
@@ -337,6 +355,7 @@ async fn fresh() -> (TestSalve, String) {
 async fn bench_backend(name: &str, bare_single: &Run, bare_batch: &Run, seconds: f64) {
     let (s, url) = fresh().await;
     let (single, _) = closed_loop(&url, 0, 1, seconds).await;
+    let decided_in_flood = decided_count(&s).await;
     s.salve.stop().await;
     let (s, url) = fresh().await;
     let (batch, _) = closed_loop(&url, 0, 10, seconds).await;
@@ -364,6 +383,10 @@ async fn bench_backend(name: &str, bare_single: &Run, bare_batch: &Run, seconds:
         single.errors,
         bare_single.per_second(1),
         single.per_second(1) / bare_single.per_second(1)
+    );
+    println!(
+        "  of them decided by the flood's end (the engine's share of the writer): {decided_in_flood} of {}",
+        single.ok
     );
     println!(
         "10-alert batches, {CONNECTIONS} connections: {:.0} alerts/s ({} errors), bare {:.0} alerts/s, ratio {:.2}",
