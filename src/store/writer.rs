@@ -938,8 +938,33 @@ mod tests {
 
     /// Holds the writer inside a write until `release` is sent, so that what is sent
     /// meanwhile queues up for the next batch.
-    async fn hold(store: &Store) -> (tokio::sync::oneshot::Sender<()>, impl Future<Output = ()>) {
-        hold_writer(&store.writes).await
+    async fn hold<C: super::Coalesced>(
+        writer: &super::Writer<C>,
+    ) -> (tokio::sync::oneshot::Sender<()>, impl Future<Output = ()>) {
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let (started, running) = tokio::sync::oneshot::channel::<()>();
+        let w = writer.clone();
+        let held = tokio::spawn(async move {
+            w.write(move |_tx| {
+                Box::pin(async move {
+                    let _ = started.send(());
+                    let _ = released.await;
+                    Ok(())
+                })
+            })
+            .await
+            .unwrap();
+        });
+        running.await.unwrap();
+        (release, async move { held.await.unwrap() })
+    }
+
+    /// Returns once at least `n` items wait in `queue` (the writer is held meanwhile, so
+    /// they wait for its next batch).
+    async fn queued<T>(queue: &tokio::sync::mpsc::Sender<T>, n: usize) {
+        while queue.max_capacity() - queue.capacity() < n {
+            tokio::task::yield_now().await;
+        }
     }
 
     #[tokio::test]
@@ -947,16 +972,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir).await;
         let d = crate::alert::Delivery::parse(FIRING.as_bytes()).unwrap();
-        let (release, held) = hold(&store).await;
+        let (release, held) = hold(&store.writes).await;
         let before = store.writes.batches();
         // The same delivery twice (an HA pair's copies arriving together).
         let (a, b) = (store.clone(), store.clone());
         let (d1, d2) = (d.clone(), d.clone());
         let first = tokio::spawn(async move { a.record_delivery(&d1, Utc::now()).await });
         let second = tokio::spawn(async move { b.record_delivery(&d2, Utc::now()).await });
-        while store.writes.floods.capacity() > store.writes.floods.max_capacity() - 2 {
-            tokio::task::yield_now().await;
-        }
+        queued(&store.writes.floods, 2).await;
         release.send(()).unwrap();
         held.await;
         let (first, second) = (
@@ -1010,7 +1033,7 @@ mod tests {
         let hour = std::time::Duration::from_secs(3600);
         let writer =
             Writer::<Deliveries>::start_with_turn(store.writer.clone(), false, true, hour).unwrap();
-        let (release, held) = hold_writer(&writer).await;
+        let (release, held) = hold(&writer).await;
         // Ten writes queue behind the held one, to run together in the next batch; the
         // first waits there until the deliveries queue.
         let (started, running) = tokio::sync::oneshot::channel::<()>();
@@ -1033,9 +1056,7 @@ mod tests {
                 .await
                 .unwrap()
             }));
-            while writer.jobs.capacity() > writer.jobs.max_capacity() - writes.len() {
-                tokio::task::yield_now().await;
-            }
+            queued(&writer.jobs, writes.len()).await;
         }
         release.send(()).unwrap();
         held.await;
@@ -1048,9 +1069,7 @@ mod tests {
                 async move { w.store((d, Utc::now()), None).await },
             ));
         }
-        while writer.floods.capacity() > writer.floods.max_capacity() - deliveries {
-            tokio::task::yield_now().await;
-        }
+        queued(&writer.floods, deliveries).await;
         go.send(()).unwrap();
         for s in stored {
             s.await.unwrap().unwrap();
@@ -1060,28 +1079,6 @@ mod tests {
             before.push(w.await.unwrap());
         }
         before
-    }
-
-    /// [`hold`], on any writer (a test's own too).
-    async fn hold_writer(
-        writer: &super::Writer<crate::store::incidents::Deliveries>,
-    ) -> (tokio::sync::oneshot::Sender<()>, impl Future<Output = ()>) {
-        let (release, released) = tokio::sync::oneshot::channel::<()>();
-        let (started, running) = tokio::sync::oneshot::channel::<()>();
-        let w = writer.clone();
-        let held = tokio::spawn(async move {
-            w.write(move |_tx| {
-                Box::pin(async move {
-                    let _ = started.send(());
-                    let _ = released.await;
-                    Ok(())
-                })
-            })
-            .await
-            .unwrap();
-        });
-        running.await.unwrap();
-        (release, async move { held.await.unwrap() })
     }
 
     #[tokio::test]
@@ -1105,7 +1102,7 @@ mod tests {
         let store = store(&dir).await;
         let id = remediation(&store).await;
 
-        let (release, held) = hold(&store).await;
+        let (release, held) = hold(&store.writes).await;
         let event = |n: i64| {
             let (store, id) = (store.clone(), id.clone());
             tokio::spawn(async move {
@@ -1136,9 +1133,7 @@ mod tests {
             Ok(7)
         });
         let also_kept = event(2);
-        while store.writes.jobs.capacity() > store.writes.jobs.max_capacity() - 4 {
-            tokio::task::yield_now().await;
-        }
+        queued(&store.writes.jobs, 4).await;
         let before = store.writes.batches();
         release.send(()).unwrap();
         held.await;
@@ -1174,7 +1169,7 @@ mod tests {
         let store = store(&dir).await;
         let handed = std::sync::Arc::new(Handed::default());
         let d = crate::alert::Delivery::parse(FIRING.as_bytes()).unwrap();
-        let (release, held) = hold(&store).await;
+        let (release, held) = hold(&store.writes).await;
         // The webhook queues its delivery, then waits for the commit; its client hangs up
         // as the commit lands: the future is never polled again.
         let mut webhook = Box::pin(store.record_delivery_handing_on(d, Utc::now(), handed.clone()));
@@ -1209,7 +1204,7 @@ mod tests {
     async fn deliveries_stored_together_fold_as_if_one_after_the_other() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir).await;
-        let (release, held) = hold(&store).await;
+        let (release, held) = hold(&store.writes).await;
         let before = store.writes.batches();
         // Alert a fires, resolves, and a stale firing copy follows; alert b's resolved copy
         // comes first, then a late firing copy; c is a plain repeat of a firing.
@@ -1229,9 +1224,7 @@ mod tests {
                 sender.record_delivery(&d, Utc::now()).await
             }));
             // Queued in this order.
-            while store.writes.floods.capacity() > store.writes.floods.max_capacity() - k - 1 {
-                tokio::task::yield_now().await;
-            }
+            queued(&store.writes.floods, k + 1).await;
         }
         release.send(()).unwrap();
         held.await;
@@ -1373,9 +1366,7 @@ mod tests {
         for (k, n) in [1i64, -1, 2].into_iter().enumerate() {
             let sender = writer.clone();
             answers.push(tokio::spawn(async move { sender.store(n, None).await }));
-            while writer.floods.capacity() > writer.floods.max_capacity() - k - 1 {
-                tokio::task::yield_now().await;
-            }
+            queued(&writer.floods, k + 1).await;
         }
         release.send(()).unwrap();
         assert_eq!(held.await.unwrap().unwrap(), written);
