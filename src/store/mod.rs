@@ -484,8 +484,24 @@ fn pool_options(backend: Backend, wait: Duration, max: u32, min: u32) -> AnyPool
                 let busy = format!("PRAGMA busy_timeout = {busy_ms}");
                 conn.execute(sqlx::AssertSqlSafe(busy)).await?;
                 conn.execute("PRAGMA foreign_keys = ON").await?;
-                if backend == Backend::SqliteReader {
-                    conn.execute("PRAGMA query_only = ON").await?;
+                match backend {
+                    Backend::SqliteReader => {
+                        conn.execute("PRAGMA query_only = ON").await?;
+                    }
+                    // Every write runs in a savepoint of its own within its batch (see
+                    // `writer`), and SQLite copies each page a savepoint changes into a
+                    // statement journal first: a temporary file once it passes 64 KiB,
+                    // so under a storm about 2,000 copies a second went to disk as write
+                    // calls beside the WAL's 3,600 frames. That journal only undoes a
+                    // savepoint of the open transaction (a crash loses the transaction
+                    // anyway and the WAL undoes it), so it need not be a file: in memory
+                    // it costs a copy, and its size is bounded by a batch's writes. The
+                    // readers keep temporary files on disk: a large sort of theirs may
+                    // not fit in memory.
+                    Backend::SqliteWriter => {
+                        conn.execute("PRAGMA temp_store = MEMORY").await?;
+                    }
+                    Backend::Postgres => {}
                 }
                 Ok(())
             })
@@ -512,6 +528,7 @@ pub fn new_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sqlx::Row;
 
     /// Read connections are kept out of their pool between reads; more readers at once
     /// than there are connections must wait their turn, not for a pool that never gets
@@ -540,6 +557,34 @@ mod tests {
         let kept = store.reader.kept.as_ref().unwrap();
         let idle = kept.idle.lock().unwrap().len();
         assert!(idle >= 1 && idle <= SQLITE_READERS as usize, "{idle} kept");
+    }
+
+    /// The writer keeps its savepoints' statement journal in memory (no write calls for
+    /// it); the readers keep temporary files on disk, where a large sort fits.
+    #[tokio::test]
+    async fn only_the_writer_keeps_temporary_files_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let store = Store::open(&url).await.unwrap();
+        const MEMORY: i64 = 2;
+        let writer: i64 = store
+            .write(|tx| {
+                Box::pin(async move {
+                    let row = sqlx::query("PRAGMA temp_store")
+                        .fetch_one(tx.conn())
+                        .await?;
+                    Ok(row.try_get(0)?)
+                })
+            })
+            .await
+            .unwrap();
+        assert_eq!(writer, MEMORY);
+        let row = sqlx::query("PRAGMA temp_store")
+            .fetch_one(&mut *store.reader().await.unwrap())
+            .await
+            .unwrap();
+        let reader: i64 = row.try_get(0).unwrap();
+        assert_ne!(reader, MEMORY);
     }
 
     #[test]
