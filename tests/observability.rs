@@ -265,6 +265,22 @@ async fn metrics_after_a_remediation_pass_promtool_and_say_what_salve_did() {
     ] {
         assert_eq!(sample(&text, series), Some(want), "{series} in\n{text}");
     }
+    // The writer's tally: the delivery and the engine's writes, committed in batches;
+    // and its queues (a heartbeat's write may be in one at the scrape).
+    for series in [
+        "salve_store_batches_total",
+        "salve_store_writes_total{kind=\"delivery\"}",
+        "salve_store_writes_total{kind=\"engine\"}",
+    ] {
+        assert!(
+            sample(&text, series).is_some_and(|n| n >= 1.0),
+            "{series} in\n{text}"
+        );
+    }
+    for kind in ["delivery", "engine"] {
+        let series = format!("salve_store_writes_waiting{{kind=\"{kind}\"}}");
+        assert!(sample(&text, &series).is_some(), "{series} in\n{text}");
+    }
     // The one step, with the outcome the record gives it.
     let detail = s.detail(done[0]["id"].as_str().unwrap()).await;
     let verification = &support::events(&detail, "verification")[0]["detail"];

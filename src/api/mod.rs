@@ -383,6 +383,7 @@ async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> impl Into
             tracing::warn!(error = %e, "metrics: the knowledge base did not answer");
         }
     }
+    state.metrics.observe_writer(&state.store.writer_load());
     let format = Exposition::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     (
         [(header::CONTENT_TYPE, format.content_type())],

@@ -388,6 +388,11 @@ impl Store {
             .unwrap_or(Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut)))
     }
 
+    /// This replica's writer: what it has committed, and what waits for it (`/metrics`).
+    pub fn writer_load(&self) -> writer::WriterLoad {
+        self.writes.load()
+    }
+
     /// Applies the migrations in `migrations/` that have not run yet.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.writer).await?;

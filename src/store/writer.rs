@@ -241,8 +241,42 @@ pub type Committed<C> = Box<dyn FnOnce(&<C as Coalesced>::Stored) + Send>;
 pub struct Writer<C: Coalesced> {
     jobs: mpsc::Sender<Job>,
     floods: mpsc::Sender<Flood<C>>,
-    /// Transactions committed so far (each one a batch of writes).
-    batches: Arc<AtomicU64>,
+    tally: Arc<Tally>,
+}
+
+/// What the writer task has committed so far.
+#[derive(Default)]
+struct Tally {
+    /// Transactions committed (each one a batch of writes).
+    batches: AtomicU64,
+    /// The engine's writes run in committed transactions (one whose savepoint was undone
+    /// counts: it ran).
+    engine_writes: AtomicU64,
+    /// Webhook deliveries stored in committed transactions.
+    deliveries: AtomicU64,
+}
+
+impl Tally {
+    fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// What a writer has committed, and what waits for it: in a storm, a backlog that grows
+/// scrape after scrape is a writer that cannot keep up, and writes per batch say how well
+/// it groups them (so `/metrics` shows both).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterLoad {
+    /// Transactions committed.
+    pub batches: u64,
+    /// The engine's writes run in committed transactions.
+    pub engine_writes: u64,
+    /// Webhook deliveries stored in committed transactions.
+    pub deliveries: u64,
+    /// The engine's writes waiting in the writer's queue.
+    pub engine_writes_waiting: usize,
+    /// Deliveries waiting in the writer's queue.
+    pub deliveries_waiting: usize,
 }
 
 impl<C: Coalesced> Clone for Writer<C> {
@@ -250,7 +284,7 @@ impl<C: Coalesced> Clone for Writer<C> {
         Writer {
             jobs: self.jobs.clone(),
             floods: self.floods.clone(),
-            batches: self.batches.clone(),
+            tally: self.tally.clone(),
         }
     }
 }
@@ -290,7 +324,7 @@ impl<C: Coalesced> Writer<C> {
     ) -> Result<Writer<C>, StoreError> {
         let (jobs, job_queue) = mpsc::channel(4 * MAX_BATCH);
         let (floods, flood_queue) = mpsc::channel(4 * MAX_BATCH);
-        let batches = Arc::new(AtomicU64::new(0));
+        let tally = Arc::new(Tally::default());
         let queues = Queues {
             jobs: job_queue,
             floods: flood_queue,
@@ -303,7 +337,7 @@ impl<C: Coalesced> Writer<C> {
             keep,
             turn,
         };
-        let writing = write_batches(db, queues, batches.clone());
+        let writing = write_batches(db, queues, tally.clone());
         if postgres {
             tokio::spawn(writing);
         } else {
@@ -319,13 +353,25 @@ impl<C: Coalesced> Writer<C> {
         Ok(Writer {
             jobs,
             floods,
-            batches,
+            tally,
         })
     }
 
     /// How many batches were committed so far.
     pub fn batches(&self) -> u64 {
-        self.batches.load(Ordering::Relaxed)
+        self.tally.batches.load(Ordering::Relaxed)
+    }
+
+    /// What this writer has committed so far, and what waits in its queues now.
+    pub fn load(&self) -> WriterLoad {
+        let waiting = |max: usize, free: usize| max.saturating_sub(free);
+        WriterLoad {
+            batches: self.batches(),
+            engine_writes: self.tally.engine_writes.load(Ordering::Relaxed),
+            deliveries: self.tally.deliveries.load(Ordering::Relaxed),
+            engine_writes_waiting: waiting(self.jobs.max_capacity(), self.jobs.capacity()),
+            deliveries_waiting: waiting(self.floods.max_capacity(), self.floods.capacity()),
+        }
     }
 
     /// Runs `work` in the next batch; returns once that batch is committed. A caller that
@@ -411,7 +457,7 @@ struct Queues<C: Coalesced> {
     floods: mpsc::Receiver<Flood<C>>,
 }
 
-async fn write_batches<C: Coalesced>(mut db: Db, mut queues: Queues<C>, batches: Arc<AtomicU64>) {
+async fn write_batches<C: Coalesced>(mut db: Db, mut queues: Queues<C>, tally: Arc<Tally>) {
     let mut floods = Vec::with_capacity(MAX_BATCH);
     let mut jobs = Vec::with_capacity(MAX_JOBS);
     loop {
@@ -433,17 +479,10 @@ async fn write_batches<C: Coalesced>(mut db: Db, mut queues: Queues<C>, batches:
         if jobs.is_empty() {
             let (items, callers) = take_deliveries(&mut queues.floods, &mut floods);
             if !items.is_empty() {
-                store_floods::<C>(&mut db, items, callers, &batches).await;
+                store_floods::<C>(&mut db, items, callers, &tally).await;
             }
         } else {
-            commit_cycle(
-                &mut db,
-                &mut queues.floods,
-                &mut floods,
-                &mut jobs,
-                &batches,
-            )
-            .await;
+            commit_cycle(&mut db, &mut queues.floods, &mut floods, &mut jobs, &tally).await;
         }
     }
 }
@@ -482,8 +521,9 @@ async fn commit_cycle<C: Coalesced>(
     waiting: &mut mpsc::Receiver<Flood<C>>,
     floods: &mut Vec<Flood<C>>,
     jobs: &mut Vec<Job>,
-    batches: &AtomicU64,
+    tally: &Tally,
 ) {
+    let batches = &tally.batches;
     let mut tx = match begin(db, Opening::Writes(jobs.len())).await {
         Ok(tx) => tx,
         Err(e) => {
@@ -529,12 +569,16 @@ async fn commit_cycle<C: Coalesced>(
     };
     match ended {
         Ok(stored) => {
+            Tally::add(&tally.engine_writes, ran);
+            if let Ok(stored) = &stored {
+                Tally::add(&tally.deliveries, stored.len());
+            }
             answer_jobs(jobs, ran, Ok(results), batches);
-            answer_floods::<C>(db, items, callers, stored, batches).await;
+            answer_floods::<C>(db, items, callers, stored, tally).await;
         }
         Err(e) => {
             fail_jobs(jobs, ran, &e);
-            answer_floods::<C>(db, items, callers, Err(e), batches).await;
+            answer_floods::<C>(db, items, callers, Err(e), tally).await;
         }
     }
 }
@@ -573,13 +617,14 @@ async fn store_floods<C: Coalesced>(
     db: &mut Db,
     items: Vec<C::Item>,
     callers: Vec<FloodCaller<C>>,
-    batches: &AtomicU64,
+    tally: &Tally,
 ) {
     let stored = store_together::<C>(db, &items).await;
     if stored.is_ok() {
-        batches.fetch_add(1, Ordering::Relaxed);
+        Tally::add(&tally.batches, 1);
+        Tally::add(&tally.deliveries, items.len());
     }
-    answer_floods::<C>(db, items, callers, stored, batches).await;
+    answer_floods::<C>(db, items, callers, stored, tally).await;
 }
 
 /// A flood's caller: where its answer goes, and what must follow its commit.
@@ -596,7 +641,7 @@ async fn answer_floods<C: Coalesced>(
     items: Vec<C::Item>,
     callers: Vec<FloodCaller<C>>,
     stored: Result<Vec<C::Stored>, StoreError>,
-    batches: &AtomicU64,
+    tally: &Tally,
 ) {
     let answers = match stored {
         Ok(stored) => stored.into_iter().map(Ok).collect(),
@@ -608,7 +653,8 @@ async fn answer_floods<C: Coalesced>(
             for item in &items {
                 let alone = store_together::<C>(db, std::slice::from_ref(item)).await;
                 if alone.is_ok() {
-                    batches.fetch_add(1, Ordering::Relaxed);
+                    Tally::add(&tally.batches, 1);
+                    Tally::add(&tally.deliveries, 1);
                 }
                 answers.push(alone.and_then(|mut stored| {
                     stored
@@ -967,6 +1013,52 @@ mod tests {
         }
     }
 
+    /// The writer's load says what waits in its queues while it is busy, and what it
+    /// committed once it is done.
+    #[tokio::test]
+    async fn the_writers_load_counts_what_waits_and_what_it_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let d = crate::alert::Delivery::parse(FIRING.as_bytes()).unwrap();
+        let before = store.writer_load();
+        let (release, held) = hold(&store.writes).await;
+        let mut waiting = Vec::new();
+        for _ in 0..2 {
+            let (s, d) = (store.clone(), d.clone());
+            waiting.push(tokio::spawn(async move {
+                s.record_delivery(&d, Utc::now()).await.map(|_| ())
+            }));
+        }
+        for _ in 0..3 {
+            let s = store.clone();
+            waiting.push(tokio::spawn(async move {
+                s.write(|_tx| Box::pin(async { Ok(()) })).await
+            }));
+        }
+        queued(&store.writes.floods, 2).await;
+        queued(&store.writes.jobs, 3).await;
+        let busy = store.writer_load();
+        assert_eq!(
+            (busy.deliveries_waiting, busy.engine_writes_waiting),
+            (2, 3)
+        );
+        assert_eq!(busy.batches, before.batches);
+        release.send(()).unwrap();
+        held.await;
+        for w in waiting {
+            w.await.unwrap().unwrap();
+        }
+        let after = store.writer_load();
+        assert_eq!(
+            (after.deliveries_waiting, after.engine_writes_waiting),
+            (0, 0)
+        );
+        assert_eq!(after.deliveries - before.deliveries, 2);
+        // The write that held the writer, and the three behind it.
+        assert_eq!(after.engine_writes - before.engine_writes, 4);
+        assert!(after.batches > before.batches);
+    }
+
     #[tokio::test]
     async fn writes_that_wait_together_commit_together_and_see_each_other() {
         let dir = tempfile::tempdir().unwrap();
@@ -1041,7 +1133,7 @@ mod tests {
         let mut signals = Some((started, gone));
         let mut writes = Vec::new();
         for _ in 0..10 {
-            let (batches, w) = (writer.batches.clone(), writer.clone());
+            let (tally, w) = (writer.tally.clone(), writer.clone());
             let first = signals.take();
             writes.push(tokio::spawn(async move {
                 w.write(move |_| {
@@ -1050,7 +1142,7 @@ mod tests {
                             let _ = started.send(());
                             let _ = gone.await;
                         }
-                        Ok(batches.load(Ordering::Relaxed))
+                        Ok(tally.batches.load(Ordering::Relaxed))
                     })
                 })
                 .await

@@ -53,6 +53,9 @@ pub struct Metrics {
     paused: Family<Labels, Gauge>,
     replicas: Family<Labels, Gauge>,
     database_errors: Counters,
+    writer_batches: Counter,
+    writer_writes: Counters,
+    writer_waiting: Family<Labels, Gauge>,
 }
 
 /// Registers metrics and remembers the names their series take, so a check can tell
@@ -272,6 +275,24 @@ impl Metrics {
             "Knowledge-base operations that failed, by operation (write, ping, scrape)",
             database_errors.clone(),
         );
+        let writer_batches = Counter::default();
+        r.register(
+            "salve_store_batches",
+            "Transactions this replica's writer committed: each a batch of writes and one sync to disk",
+            writer_batches.clone(),
+        );
+        let writer_writes = Counters::default();
+        r.register(
+            "salve_store_writes",
+            "Writes this replica's writer committed, by kind (delivery: a webhook delivery; engine: one of the engine's writes)",
+            writer_writes.clone(),
+        );
+        let writer_waiting = Family::default();
+        r.register(
+            "salve_store_writes_waiting",
+            "Writes waiting for this replica's writer, by kind: a backlog that keeps growing is a writer that cannot keep up",
+            writer_waiting.clone(),
+        );
         Metrics {
             names: r.names,
             registry: r.registry,
@@ -297,6 +318,9 @@ impl Metrics {
             paused,
             replicas,
             database_errors,
+            writer_batches,
+            writer_writes,
+            writer_waiting,
         }
     }
 
@@ -428,6 +452,25 @@ impl Metrics {
         self.database_errors
             .get_or_create(&labels([("operation", operation)]))
             .inc();
+    }
+
+    /// This replica's writer now (read at scrape: it keeps its own tally).
+    pub fn observe_writer(&self, load: &crate::store::writer::WriterLoad) {
+        let store = |counter: &Counter, n: u64| {
+            counter
+                .inner()
+                .store(n, std::sync::atomic::Ordering::Relaxed)
+        };
+        store(&self.writer_batches, load.batches);
+        for (kind, committed, waiting) in [
+            ("delivery", load.deliveries, load.deliveries_waiting),
+            ("engine", load.engine_writes, load.engine_writes_waiting),
+        ] {
+            let kind = labels([("kind", kind)]);
+            store(&self.writer_writes.get_or_create(&kind), committed);
+            let waiting = i64::try_from(waiting).unwrap_or(i64::MAX);
+            self.writer_waiting.get_or_create(&kind).set(waiting);
+        }
     }
 
     /// What the knowledge base says now: unfinished remediations by state, replicas, and
@@ -613,6 +656,35 @@ mod tests {
             "{open}"
         );
         assert!(open.ends_with("# EOF\n"));
+    }
+
+    /// The writer keeps its own tally; each scrape shows it as it is then, not added up.
+    #[test]
+    fn the_writers_load_is_shown_as_it_is_at_each_scrape() {
+        let m = Metrics::new();
+        let mut load = crate::store::writer::WriterLoad {
+            batches: 3,
+            engine_writes: 7,
+            deliveries: 5,
+            engine_writes_waiting: 2,
+            deliveries_waiting: 0,
+        };
+        m.observe_writer(&load);
+        load.batches = 4;
+        load.deliveries = 9;
+        load.engine_writes_waiting = 0;
+        load.deliveries_waiting = 6;
+        m.observe_writer(&load);
+        let text = m.encode(Exposition::Text);
+        for want in [
+            "salve_store_batches_total 4\n",
+            "salve_store_writes_total{kind=\"delivery\"} 9\n",
+            "salve_store_writes_total{kind=\"engine\"} 7\n",
+            "salve_store_writes_waiting{kind=\"delivery\"} 6\n",
+            "salve_store_writes_waiting{kind=\"engine\"} 0\n",
+        ] {
+            assert!(text.contains(want), "{want} in {text}");
+        }
     }
 
     #[test]
