@@ -10,7 +10,8 @@
 //! - fixed arrival rate for latency, timed from each request's *scheduled* start, so a
 //!   stalled server cannot hide its queue (no coordinated omission);
 //! - webhook → decision recorded, at 100 alerts/s, and a storm of 1,000 alerts in 1 s;
-//!   and how many alerts of the single-alert flood were decided by its end.
+//!   and how many alerts of the single-alert flood were decided by its end; and, for that
+//!   flood and the storm, how the writer grouped their writes (its batches, writes per batch).
 //!
 //! On SQLite, and on PostgreSQL when `SALVE_TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`) answers. Also prints the raw SQLite
@@ -27,6 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use salve::store::writer::WriterLoad;
 use serde_json::{Value, json};
 use sqlx::{Connection, Executor};
 use support::{Options, TestSalve, firing_with, spawn_salve};
@@ -338,6 +340,18 @@ async fn decided_count(s: &TestSalve) -> usize {
     rows.len()
 }
 
+/// What the writer committed between two readings of its load, per batch: how well it
+/// grouped the phase's writes.
+fn writer_batches(before: WriterLoad, after: WriterLoad) -> String {
+    let batches = after.batches - before.batches;
+    let per_batch = |n: u64| n as f64 / batches.max(1) as f64;
+    format!(
+        "{batches} batches, {:.1} deliveries and {:.1} engine writes per batch",
+        per_batch(after.deliveries - before.deliveries),
+        per_batch(after.engine_writes - before.engine_writes)
+    )
+}
+
 /// A fresh salve for each phase, so no phase pays for the backlog an earlier one left.
 async fn fresh() -> (TestSalve, String) {
     let s = spawn_salve(Options::default()).await;
@@ -347,7 +361,9 @@ async fn fresh() -> (TestSalve, String) {
 
 async fn bench_backend(name: &str, bare_single: &Run, bare_batch: &Run, seconds: f64) {
     let (s, url) = fresh().await;
+    let before = s.salve.store.writer_load();
     let (single, _) = closed_loop(&url, 0, 1, seconds).await;
+    let single_writer = writer_batches(before, s.salve.store.writer_load());
     let decided_in_flood = decided_count(&s).await;
     s.salve.stop().await;
     let (s, url) = fresh().await;
@@ -365,7 +381,9 @@ async fn bench_backend(name: &str, bare_single: &Run, bare_batch: &Run, seconds:
     let (decided_100, _) = decisions(&s, &url, sent, seconds).await;
     s.salve.stop().await;
     let (s, url) = fresh().await;
+    let before = s.salve.store.writer_load();
     let (decided_storm, storm_all) = decisions(&s, &url, 1000, 1.0).await;
+    let storm_writer = writer_batches(before, s.salve.store.writer_load());
     let storm_done = decided_storm.len();
     s.salve.stop().await;
 
@@ -381,6 +399,7 @@ async fn bench_backend(name: &str, bare_single: &Run, bare_batch: &Run, seconds:
         "  of them decided by the flood's end (the engine's share of the writer): {decided_in_flood} of {}",
         single.ok
     );
+    println!("  the writer in the flood: {single_writer}");
     println!(
         "10-alert batches, {CONNECTIONS} connections: {:.0} alerts/s ({} errors), bare {:.0} alerts/s, ratio {:.2}",
         batch.per_second(10),
@@ -412,6 +431,7 @@ async fn bench_backend(name: &str, bare_single: &Run, bare_batch: &Run, seconds:
         ms(quantile(&decided_storm, 0.5)),
         ms(quantile(&decided_storm, 0.99))
     );
+    println!("  the writer in the storm: {storm_writer}");
 }
 
 #[tokio::main]
