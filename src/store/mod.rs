@@ -394,8 +394,21 @@ impl Store {
     }
 
     /// Applies the migrations in `migrations/` that have not run yet.
+    ///
+    /// On SQLite they run with temporary files on disk: the writer keeps them in memory
+    /// (see `pool_options`), and there SQLite sorts all of a new index's rows in memory,
+    /// hundreds of megabytes for an index over a large table.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR.run(&self.writer).await?;
+        let mut conn = self.writer.acquire().await?;
+        let sqlite = conn.backend_name() == "SQLite";
+        if sqlite {
+            conn.execute("PRAGMA temp_store = DEFAULT").await?;
+        }
+        let ran = MIGRATOR.run(&mut *conn).await;
+        if sqlite {
+            conn.execute("PRAGMA temp_store = MEMORY").await?;
+        }
+        ran?;
         Ok(())
     }
 
@@ -565,7 +578,8 @@ mod tests {
     }
 
     /// The writer keeps its savepoints' statement journal in memory (no write calls for
-    /// it); the readers keep temporary files on disk, where a large sort fits.
+    /// it), again once the migrations that opened the store (which sort on disk) are
+    /// done; the readers keep temporary files on disk, where a large sort fits.
     #[tokio::test]
     async fn only_the_writer_keeps_temporary_files_in_memory() {
         let dir = tempfile::tempdir().unwrap();
