@@ -206,30 +206,6 @@ fn write_kubeconfig(path: &Path, server: &str, ca: &Path, user: &str, token: &st
     std::fs::write(path, text).unwrap();
 }
 
-/// A free loopback port *below* the kernel's ephemeral range: a port the kernel handed
-/// out (port 0) and that was released can be taken again by any outgoing connection
-/// before the child binds it, which once kept the apiserver from starting.
-fn free_port() -> u16 {
-    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| {
-            r.split_whitespace()
-                .next()
-                .and_then(|p| p.parse::<u16>().ok())
-        })
-        .unwrap_or(32768);
-    let low = 20000.min(ephemeral_start.saturating_sub(4000));
-    let span = u32::from(ephemeral_start - low);
-    let seed = uuid::Uuid::new_v4().as_u128();
-    for i in 0..span {
-        let port = low + ((seed as u32).wrapping_add(i) % span) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free loopback port below {ephemeral_start}")
-}
-
 fn openssl(dir: &Path, args: &[&str]) -> Result<(), String> {
     let out = Command::new("openssl")
         .args(args)
@@ -409,8 +385,12 @@ fn start_here(
         format!("{admin},admin,admin-uid,\"system:masters\"\n{kcm},system:kube-controller-manager,kcm-uid,\"system:masters\"\n"),
     )
     .map_err(|e| e.to_string())?;
-    let (etcd_port, peer_port, api_port, kcm_port) =
-        (free_port(), free_port(), free_port(), free_port());
+    let (etcd_port, peer_port, api_port, kcm_port) = (
+        super::real::free_port(),
+        super::real::free_port(),
+        super::real::free_port(),
+        super::real::free_port(),
+    );
     let server = format!("https://127.0.0.1:{api_port}");
     let ca = pki.join("ca.crt");
     let admin_kubeconfig = dir.join("admin.kubeconfig");

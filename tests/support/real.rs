@@ -27,13 +27,36 @@ pub fn binaries_present() -> bool {
     false
 }
 
-/// A free loopback port (bound, then released for the child to take).
+/// A free loopback port for a child process to listen on, *below* the kernel's
+/// ephemeral range. A port the kernel hands out (port 0) and that was released can be
+/// taken again by any outgoing connection before the child binds it: that once kept the
+/// apiserver from starting, and later Prometheus ("bind: address already in use"). Below
+/// the range only an explicit bind takes a port. A port is given once per test process
+/// (two taken before either is bound must differ), and one that does not bind now (a
+/// child of an earlier test still holds it) is passed over.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: Mutex<std::collections::BTreeSet<u16>> =
+        Mutex::new(std::collections::BTreeSet::new());
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| {
+            r.split_whitespace()
+                .next()
+                .and_then(|p| p.parse::<u16>().ok())
+        })
+        .unwrap_or(32768);
+    let low = 20000.min(ephemeral_start.saturating_sub(4000));
+    let span = u32::from(ephemeral_start - low);
+    let seed = uuid::Uuid::new_v4().as_u128();
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for i in 0..span {
+        let port = low + ((seed as u32).wrapping_add(i) % span) as u16;
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return port;
+        }
+    }
+    panic!("no free loopback port below {ephemeral_start}")
 }
 
 /// An exporter serving `checkout_latency_seconds{namespace="shop",deployment="checkout"}`.
