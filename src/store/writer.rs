@@ -523,12 +523,11 @@ async fn commit_cycle<C: Coalesced>(
     jobs: &mut Vec<Job>,
     tally: &Tally,
 ) {
-    let batches = &tally.batches;
     let mut tx = match begin(db, Opening::Writes(jobs.len())).await {
         Ok(tx) => tx,
         Err(e) => {
             let ran = jobs.len();
-            return answer_jobs(jobs, ran, Err(e), batches);
+            return answer_jobs(jobs, ran, Err(e), tally);
         }
     };
     let turn_ends = std::time::Instant::now() + db.turn;
@@ -547,12 +546,12 @@ async fn commit_cycle<C: Coalesced>(
             // A lone write that failed or asked to be discarded: the transaction was its
             // own. The deliveries go next.
             let ended = end(db, tx, Ending::RollBack).await.map(|()| results);
-            return answer_jobs(jobs, 1, ended, batches);
+            return answer_jobs(jobs, 1, ended, tally);
         }
         Err(e) => {
             let e = abort(db, tx, e).await;
             let ran = jobs.len();
-            return answer_jobs(jobs, ran, Err(e), batches);
+            return answer_jobs(jobs, ran, Err(e), tally);
         }
     };
     // Every delivery waiting by now, in a savepoint: if storing them together fails,
@@ -573,7 +572,7 @@ async fn commit_cycle<C: Coalesced>(
             if let Ok(stored) = &stored {
                 Tally::add(&tally.deliveries, stored.len());
             }
-            answer_jobs(jobs, ran, Ok(results), batches);
+            answer_jobs(jobs, ran, Ok(results), tally);
             answer_floods::<C>(db, items, callers, stored, tally).await;
         }
         Err(e) => {
@@ -704,11 +703,11 @@ fn answer_jobs(
     jobs: &mut Vec<Job>,
     ran: usize,
     answers: Result<Results, StoreError>,
-    batches: &AtomicU64,
+    tally: &Tally,
 ) {
     match answers {
         Ok(results) => {
-            batches.fetch_add(1, Ordering::Relaxed);
+            Tally::add(&tally.batches, 1);
             for (job, result) in jobs.drain(..ran).zip(results) {
                 answer(job.answer, result);
             }
