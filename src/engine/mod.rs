@@ -538,21 +538,11 @@ impl Engine {
         &self,
         cutoff: chrono::DateTime<Utc>,
     ) -> Result<Vec<String>, EngineError> {
-        let ids = self.inner.store.undecided_firing_incidents().await?;
-        Ok(ids
-            .into_iter()
-            .filter(|id| {
-                uuid::Uuid::parse_str(id)
-                    .ok()
-                    .and_then(|u| u.get_timestamp())
-                    .and_then(|ts| {
-                        let (secs, nanos) = ts.to_unix();
-                        chrono::DateTime::from_timestamp(secs as i64, nanos)
-                    })
-                    .map(|seen| seen < cutoff)
-                    .unwrap_or(true)
-            })
-            .collect())
+        Ok(self
+            .inner
+            .store
+            .undecided_firing_incidents_before(cutoff)
+            .await?)
     }
 
     /// Settles what dead replicas (this one's earlier runs included) left: interrupts

@@ -212,11 +212,28 @@ impl Store {
 
     /// Firing incidents nobody has decided for yet (acked, then salve stopped).
     pub async fn undecided_firing_incidents(&self) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id FROM incidents WHERE decision = 'undecided' AND status = 'firing' ORDER BY first_seen_at",
-        )
-        .fetch_all(&mut *self.reader().await?)
-        .await?;
+        self.undecided_firing(None).await
+    }
+
+    /// The undecided firing incidents first seen before `cutoff`, oldest first: those the
+    /// sweep and recovery decide. A storm's backlog of younger ones is on its way through
+    /// the work queue; the index on (decision, status, first_seen_at) leaves it unread.
+    pub async fn undecided_firing_incidents_before(
+        &self,
+        cutoff: DateTime<Utc>,
+    ) -> Result<Vec<String>, StoreError> {
+        self.undecided_firing(Some(cutoff)).await
+    }
+
+    async fn undecided_firing(
+        &self,
+        cutoff: Option<DateTime<Utc>>,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(undecided_firing_sql(cutoff.is_some())));
+        if let Some(cutoff) = cutoff {
+            query = query.bind(timestamp(cutoff));
+        }
+        let rows = query.fetch_all(&mut *self.reader().await?).await?;
         rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
     }
 
@@ -269,6 +286,20 @@ impl Store {
             .await?;
         Ok(row.try_get("n")?)
     }
+}
+
+/// The undecided firing incidents, oldest first; only those first seen before `$1` if
+/// `seen_before`.
+fn undecided_firing_sql(seen_before: bool) -> String {
+    format!(
+        "SELECT id FROM incidents WHERE decision = 'undecided' AND status = 'firing' {}
+         ORDER BY first_seen_at",
+        if seen_before {
+            "AND first_seen_at < $1"
+        } else {
+            ""
+        }
+    )
 }
 
 /// The webhook's deliveries, stored together: the writer gathers the deliveries that wait
@@ -524,4 +555,67 @@ async fn fold_repeat(tx: &mut WriteTx, s: &Sighting<'_>, now_s: &str) -> Result<
         .await?;
     }
     Ok(was_firing && alert.status == AlertStatus::Resolved)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{Duration, Utc};
+    use serde_json::json;
+    use sqlx::Row;
+
+    use crate::store::Store;
+
+    const FIRING: &str =
+        include_str!("../../tests/fixtures/alertmanager/firing-single-api-posted.json");
+
+    fn firing(fingerprint: &str) -> crate::alert::Delivery {
+        let mut v: serde_json::Value = serde_json::from_str(FIRING).unwrap();
+        v["alerts"][0]["fingerprint"] = json!(fingerprint);
+        crate::alert::Delivery::parse(v.to_string().as_bytes()).unwrap()
+    }
+
+    /// The sweep takes only incidents old enough that their hand-off was lost, and reads
+    /// them through the index: a storm's backlog of young ones is neither returned nor
+    /// scanned.
+    #[tokio::test]
+    async fn the_sweep_reads_only_undecided_incidents_older_than_its_cutoff() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}", dir.path().join("s.db").display()))
+            .await
+            .unwrap();
+        let now = Utc::now();
+        let mut ids = Vec::new();
+        for (fingerprint, seen) in [
+            ("00000000000000e2", now - Duration::minutes(5)),
+            ("00000000000000e1", now - Duration::minutes(10)),
+            ("00000000000000e3", now),
+        ] {
+            let stored = store.record_delivery(&firing(fingerprint), seen).await;
+            ids.push(stored.unwrap().to_decide.remove(0));
+        }
+        let cutoff = now - Duration::minutes(1);
+        let old = store
+            .undecided_firing_incidents_before(cutoff)
+            .await
+            .unwrap();
+        assert_eq!(old, [ids[1].clone(), ids[0].clone()]);
+        let all = store.undecided_firing_incidents().await.unwrap();
+        assert_eq!(all, [ids[1].clone(), ids[0].clone(), ids[2].clone()]);
+
+        let plan = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN QUERY PLAN {}",
+            super::undecided_firing_sql(true)
+        )))
+        .bind(crate::store::timestamp(cutoff))
+        .fetch_all(&mut *store.reader().await.unwrap())
+        .await
+        .unwrap();
+        let plan: Vec<String> = plan.iter().map(|r| r.get("detail")).collect();
+        assert_eq!(
+            plan,
+            [
+                "SEARCH incidents USING INDEX incidents_undecided (decision=? AND status=? AND first_seen_at<?)"
+            ]
+        );
+    }
 }
