@@ -787,6 +787,29 @@ async fn transient_api_failures_are_retried_and_a_write_that_may_have_landed_is_
     assert_ne!(r["state"], "healed", "{r:#}");
 }
 
+/// A salve with one turn to drive (`limits` otherwise), held by a remediation of
+/// shop/checkout (which `kube` must hold) verifying for 20 s; and the alert that opened it.
+async fn with_the_only_turn_held(
+    kube: &FakeKube,
+    limits: salve::engine::Limits,
+    fingerprint: &str,
+) -> (TestSalve, String) {
+    let s = spawn_salve(Options {
+        kube: Some(kube.clone()),
+        rules: Some(LADDER.replace("within: 700ms", "within: 20s")),
+        limits: salve::engine::Limits {
+            concurrency: 1,
+            ..limits
+        },
+        ..Options::default()
+    })
+    .await;
+    let blocker = firing_for("HighRequestLatency", "shop", "checkout", fingerprint);
+    s.post_alerts(&blocker).await;
+    s.reached(1, &["verifying"]).await;
+    (s, blocker)
+}
+
 #[tokio::test]
 async fn a_replica_with_every_turn_taken_keeps_its_heartbeat_and_still_decides() {
     // One turn to drive, held by a remediation verifying for 20 s, and a second incident
@@ -798,25 +821,11 @@ async fn a_replica_with_every_turn_taken_keeps_its_heartbeat_and_still_decides()
     kube.add_deployment("shop", "checkout", 2, "checkout:1.4");
     kube.add_deployment("shop", "cart", 2, "cart:1.0");
     let ttl = std::time::Duration::from_millis(900);
-    let s = spawn_salve(Options {
-        kube: Some(kube.clone()),
-        rules: Some(LADDER.replace("within: 700ms", "within: 20s")),
-        limits: salve::engine::Limits {
-            concurrency: 1,
-            heartbeat_ttl: ttl,
-            ..salve::engine::Limits::default()
-        },
-        ..Options::default()
-    })
-    .await;
-    s.post_alerts(&firing_for(
-        "HighRequestLatency",
-        "shop",
-        "checkout",
-        "00000000000000c1",
-    ))
-    .await;
-    s.reached(1, &["verifying"]).await;
+    let limits = salve::engine::Limits {
+        heartbeat_ttl: ttl,
+        ..salve::engine::Limits::default()
+    };
+    let (s, _) = with_the_only_turn_held(&kube, limits, "00000000000000c1").await;
     s.post_alerts(&firing_for(
         "HighRequestLatency",
         "shop",
@@ -853,4 +862,110 @@ async fn a_replica_with_every_turn_taken_keeps_its_heartbeat_and_still_decides()
     let items = s.remediations().await;
     assert_eq!(states("checkout", &items), ["verifying"], "{items:#?}");
     assert_eq!(states("cart", &items), ["pending"], "{items:#?}");
+}
+
+/// `salve_engine_incidents{state}` as scraped.
+fn engine_incidents(metrics: &str, state: &str) -> Option<f64> {
+    let series = format!("salve_engine_incidents{{state=\"{state}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Waits until the engine shows `(deciding, waiting)` incidents.
+async fn engine_incidents_reach(s: &TestSalve, want: (f64, f64), what: &str) {
+    support::eventually(what, std::time::Duration::from_secs(60), async || {
+        let m = s.metrics().await;
+        let seen = (
+            engine_incidents(&m, "deciding"),
+            engine_incidents(&m, "waiting"),
+        );
+        match seen {
+            (Some(d), Some(w)) if (d, w) == want => Ok(()),
+            _ => Err(format!("deciding and waiting: {seen:?}")),
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_beyond_the_engines_permits_waits_as_ids_and_is_taken_as_they_free() {
+    // Every permit to decide taken: one remediation verifying for 20 s with the only turn
+    // to drive, and a storm of others opened behind it. The rest of the storm must wait
+    // in the queue as ids (a task each would hold a decision's whole state: a storm of
+    // 100,000 alerts would hold a gigabyte), and be taken as permits come back.
+    let at_once = salve::engine::DECIDING_AT_ONCE;
+    let storm = at_once + 40;
+    let kube = FakeKube::start().await;
+    kube.add_deployment("shop", "checkout", 2, "checkout:1.4");
+    for k in 0..storm {
+        kube.add_deployment("storm", &format!("web-{k}"), 2, "web:1.0");
+    }
+    let limits = salve::engine::Limits {
+        storm_brake: None,
+        ..salve::engine::Limits::default()
+    };
+    let (s, blocker) = with_the_only_turn_held(&kube, limits, "00000000000000d0").await;
+    let mut payloads = Vec::new();
+    for chunk in (0..storm).collect::<Vec<_>>().chunks(100) {
+        let mut v: Value = serde_json::from_str(&blocker).unwrap();
+        let one = v["alerts"][0].clone();
+        v["alerts"] = chunk
+            .iter()
+            .map(|k| {
+                let mut a = one.clone();
+                a["labels"]["namespace"] = json!("storm");
+                a["labels"]["deployment"] = json!(format!("web-{k}"));
+                a["fingerprint"] = json!(format!("{:016x}", 0xd100 + k));
+                a
+            })
+            .collect();
+        let payload = v.to_string();
+        let (code, body) = s.post_alerts(&payload).await;
+        assert_eq!(code, 200, "{body}");
+        payloads.push(payload);
+    }
+
+    // Every permit is held (the blocker's included); what is left waits as ids.
+    let waiting = (storm + 1 - at_once) as f64;
+    engine_incidents_reach(
+        &s,
+        (at_once as f64, waiting),
+        "every permit held and the rest of the storm waiting in the queue",
+    )
+    .await;
+    // The queue stays put while no permit frees: the worker does not take ids ahead.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let m = s.metrics().await;
+    assert_eq!(engine_incidents(&m, "waiting"), Some(waiting));
+
+    // The storm resolves, then the blocker: the waiting incidents are settled undecided,
+    // the blocker heals, and the opened remediations end before acting. Each permit given
+    // back lets the queue go on, until nothing waits and nothing is being decided.
+    for payload in &payloads {
+        let (code, body) = s.post_alerts(&resolved(payload)).await;
+        assert_eq!(code, 200, "{body}");
+    }
+    s.post_alerts(&resolved(&blocker)).await;
+    engine_incidents_reach(&s, (0.0, 0.0), "the queue drained").await;
+    let undecided = s.salve.store.undecided_firing_incidents().await.unwrap();
+    assert!(undecided.is_empty(), "{undecided:?}");
+    // One remediation for each incident that had a permit before the storm resolved: the
+    // blocker and the storm's first ones; none left open.
+    sqlx::any::install_default_drivers();
+    let db = sqlx::AnyPool::connect(&s.database).await.unwrap();
+    let by_state: Vec<(String, i64)> =
+        sqlx::query_as("SELECT state, COUNT(*) FROM remediations GROUP BY state ORDER BY state")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    let opened: i64 = by_state.iter().map(|(_, n)| n).sum();
+    assert_eq!(opened, at_once as i64, "{by_state:?}");
+    assert!(
+        by_state
+            .iter()
+            .all(|(state, _)| !matches!(state.as_str(), "pending" | "executing" | "verifying")),
+        "{by_state:?}"
+    );
 }

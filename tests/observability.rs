@@ -281,6 +281,11 @@ async fn metrics_after_a_remediation_pass_promtool_and_say_what_salve_did() {
         let series = format!("salve_store_writes_waiting{{kind=\"{kind}\"}}");
         assert!(sample(&text, &series).is_some(), "{series} in\n{text}");
     }
+    // The engine's queue: the one incident was taken off it (and decided).
+    let waiting = "salve_engine_incidents{state=\"waiting\"}";
+    assert_eq!(sample(&text, waiting), Some(0.0), "{waiting} in\n{text}");
+    let deciding = "salve_engine_incidents{state=\"deciding\"}";
+    assert!(sample(&text, deciding).is_some(), "{deciding} in\n{text}");
     // The one step, with the outcome the record gives it.
     let detail = s.detail(done[0]["id"].as_str().unwrap()).await;
     let verification = &support::events(&detail, "verification")[0]["detail"];

@@ -235,16 +235,20 @@ pub struct Recovered {
     pub resumed: Vec<String>,
 }
 
-/// Where the webhook (and recovery) hand incidents to the engine.
+/// Where the webhook (and recovery, and the sweep) hand incidents to the engine.
 ///
-/// Each incident is queued at most once at a time: recovery offers every undecided
-/// incident again at each sweep, and a storm must not fill the queue with copies. The
+/// Each incident is queued at most once at a time: recovery and the sweep offer every
+/// old undecided incident again, and a storm must not fill the queue with copies. The
 /// queue holds ids only (the incidents are in the store), so it is not bounded: a
 /// bounded one that drops ids would leave their incidents undecided until the slow sweep.
+/// An id leaves the queue only when a permit to decide it is free (see
+/// [`DECIDING_AT_ONCE`]): a storm's backlog waits here as ids, not as tasks.
 #[derive(Clone)]
 pub struct WorkQueue {
     tx: mpsc::UnboundedSender<String>,
     queued: Arc<Mutex<HashSet<String>>>,
+    /// Where the queue shows how many incidents wait in it.
+    metrics: Arc<Metrics>,
 }
 
 impl WorkQueue {
@@ -252,6 +256,7 @@ impl WorkQueue {
     fn taken(&self, id: &str) {
         if let Ok(mut q) = self.queued.lock() {
             q.remove(id);
+            self.metrics.incidents_waiting(q.len());
         }
     }
 }
@@ -262,7 +267,11 @@ impl crate::ingest::IncidentSink for WorkQueue {
             let new = self
                 .queued
                 .lock()
-                .map(|mut q| q.insert(id.clone()))
+                .map(|mut q| {
+                    let new = q.insert(id.clone());
+                    self.metrics.incidents_waiting(q.len());
+                    new
+                })
                 .unwrap_or(true);
             // A closed queue (salve is stopping) loses nothing: the incident is stored as
             // undecided and the next start decides it.
@@ -275,7 +284,33 @@ impl crate::ingest::IncidentSink for WorkQueue {
 
 /// Incidents being decided at once (each then waits for its turn to drive): enough that
 /// a storm's decisions share the writer's batches, few enough to bound what it holds.
-const DECIDING_AT_ONCE: usize = 512;
+/// Each is a task holding a decision's whole state (about 10 KB); the rest of a storm
+/// waits in the [`WorkQueue`] as ids.
+pub const DECIDING_AT_ONCE: usize = 512;
+
+/// An incident being decided (or a resumed remediation being driven): its permit, and its
+/// place in the engine's `deciding` count, both given back when the task ends (or is
+/// aborted at shutdown).
+struct Deciding {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl Deciding {
+    fn new(permit: tokio::sync::OwnedSemaphorePermit, metrics: &Arc<Metrics>) -> Deciding {
+        metrics.incident_deciding(true);
+        Deciding {
+            _permit: permit,
+            metrics: metrics.clone(),
+        }
+    }
+}
+
+impl Drop for Deciding {
+    fn drop(&mut self) {
+        self.metrics.incident_deciding(false);
+    }
+}
 
 /// How old a stored-but-undecided incident must be before the sweep decides it.
 const SWEEP_MIN_AGE: chrono::Duration = chrono::Duration::seconds(60);
@@ -353,6 +388,7 @@ impl Engine {
         let queue = WorkQueue {
             tx,
             queued: Arc::default(),
+            metrics: self.inner.metrics.clone(),
         };
         let sink = queue.clone();
         let handle = tokio::spawn(async move {
@@ -373,7 +409,10 @@ impl Engine {
             loop {
                 let id = tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    Some(id) = rx.recv() => {
+                    // A finished task gave its permit back: the queue may go on.
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+                    // An id is taken off the queue only while a permit to decide it is free.
+                    Some(id) = rx.recv(), if permits.available_permits() > 0 => {
                         sink.taken(&id);
                         id
                     }
@@ -399,16 +438,13 @@ impl Engine {
                                 if recovered {
                                     engine.recover_into(&sink, &mut tasks, &permits).await;
                                 }
-                                engine.sweep(&mut tasks, &permits).await;
+                                engine.sweep(&sink).await;
                             })
                             .await;
                         continue;
                     }
                 };
-                engine
-                    .unless_stopping(engine.spawn_incident(&mut tasks, &permits, id))
-                    .await;
-                while tasks.try_join_next().is_some() {}
+                engine.spawn_incident(&mut tasks, &permits, id);
             }
             engine.inner.stopping.cancel();
             let drained = tokio::time::timeout(engine.inner.limits.shutdown_grace, async {
@@ -481,10 +517,10 @@ impl Engine {
                         let Ok(permit) = permits.acquire_owned().await else {
                             return;
                         };
+                        let _deciding = Deciding::new(permit, &engine.inner.metrics);
                         if let Err(e) = engine.resume(&id).await {
                             warn!(remediation = %id, error = %e, "resuming a pending remediation failed; it stays pending with this replica, whose next sweep resumes it");
                         }
-                        drop(permit);
                     });
                 }
                 if !undecided.is_empty() {
@@ -503,30 +539,35 @@ impl Engine {
         }
     }
 
-    /// Hands an incident to a task of its own, which waits for a permit: the worker loop
-    /// itself never waits, so this replica's heartbeat, recovery and outbox keep their
-    /// pace however many remediations are running or queued.
-    async fn spawn_incident(&self, tasks: &mut JoinSet<()>, permits: &Arc<Semaphore>, id: String) {
-        let (engine, permits) = (self.clone(), permits.clone());
+    /// Hands an incident to a task of its own, with a permit taken now: the worker loop
+    /// takes an id only while one is free, and never waits on a decision itself, so this
+    /// replica's heartbeat, recovery and outbox keep their pace however many remediations
+    /// are running. (Should a resumed remediation have taken the last permit meanwhile,
+    /// the task waits for the next.)
+    fn spawn_incident(&self, tasks: &mut JoinSet<()>, permits: &Arc<Semaphore>, id: String) {
+        let engine = self.clone();
+        let taken = permits.clone().try_acquire_owned().ok();
+        let permits = permits.clone();
         tasks.spawn(async move {
-            let Ok(permit) = permits.acquire_owned().await else {
-                return;
+            let permit = match taken {
+                Some(permit) => permit,
+                None => match permits.acquire_owned().await {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
             };
+            let _deciding = Deciding::new(permit, &engine.inner.metrics);
             if let Err(e) = engine.handle_incident(&id).await {
                 engine.inner.metrics.database_error("write");
                 warn!(incident = %id, error = %e, "handling this incident failed; recovery settles what it left and the sweep decides it if it is still undecided");
             }
-            drop(permit);
         });
     }
 
-    async fn sweep(&self, tasks: &mut JoinSet<()>, permits: &Arc<Semaphore>) {
+    /// Queues the undecided incidents old enough that their webhook's hand-off was lost.
+    async fn sweep(&self, queue: &WorkQueue) {
         match self.undecided_before(Utc::now() - SWEEP_MIN_AGE).await {
-            Ok(ids) => {
-                for id in ids {
-                    self.spawn_incident(tasks, permits, id).await;
-                }
-            }
+            Ok(ids) => crate::ingest::IncidentSink::submit(queue, ids),
             Err(e) => warn!(error = %e, "cannot look for undecided incidents"),
         }
     }
@@ -1009,6 +1050,7 @@ mod tests {
         let queue = WorkQueue {
             tx,
             queued: Arc::default(),
+            metrics: Arc::new(Metrics::new()),
         };
         // Recovery offers what the webhook already queued, again and again.
         queue.submit(vec!["a".into(), "b".into()]);

@@ -56,6 +56,7 @@ pub struct Metrics {
     writer_batches: Counter,
     writer_writes: Counters,
     writer_waiting: Family<Labels, Gauge>,
+    engine_incidents: Family<Labels, Gauge>,
 }
 
 /// Registers metrics and remembers the names their series take, so a check can tell
@@ -293,6 +294,12 @@ impl Metrics {
             "Writes waiting for this replica's writer, by kind: a backlog that keeps growing is a writer that cannot keep up",
             writer_waiting.clone(),
         );
+        let engine_incidents = Family::default();
+        r.register(
+            "salve_engine_incidents",
+            "Incidents this replica's engine holds, by state (waiting: queued for a decision; deciding: being decided or driven): a waiting count that keeps growing is an engine behind a storm",
+            engine_incidents.clone(),
+        );
         Metrics {
             names: r.names,
             registry: r.registry,
@@ -321,6 +328,7 @@ impl Metrics {
             writer_batches,
             writer_writes,
             writer_waiting,
+            engine_incidents,
         }
     }
 
@@ -470,6 +478,26 @@ impl Metrics {
             store(&self.writer_writes.get_or_create(&kind), committed);
             let waiting = i64::try_from(waiting).unwrap_or(i64::MAX);
             self.writer_waiting.get_or_create(&kind).set(waiting);
+        }
+    }
+
+    /// How many incidents wait in the engine's queue for a decision.
+    pub fn incidents_waiting(&self, n: usize) {
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        self.engine_incidents
+            .get_or_create(&labels([("state", "waiting")]))
+            .set(n);
+    }
+
+    /// One more (`true`) or one fewer incident being decided or driven by the engine.
+    pub fn incident_deciding(&self, started: bool) {
+        let deciding = self
+            .engine_incidents
+            .get_or_create(&labels([("state", "deciding")]));
+        if started {
+            deciding.inc();
+        } else {
+            deciding.dec();
         }
     }
 
