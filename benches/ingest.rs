@@ -1,6 +1,6 @@
 //! Alert storms: how fast salve acknowledges and decides, next to a bare server.
 //!
-//! Starts salve in-process (offline, the shipped guardrails, the walkthrough's rules: every
+//! Starts salve in-process (offline, the shipped guardrails and timers, the walkthrough's rules: every
 //! alert matches an acting rule and opens a remediation, and the storm brake is off, so
 //! each one is driven to its end: the hardest case) and a bare axum server that
 //! parses the same JSON (`Delivery::parse`) and answers 200, and drives both with the
@@ -353,8 +353,17 @@ fn writer_batches(before: WriterLoad, after: WriterLoad) -> String {
 }
 
 /// A fresh salve for each phase, so no phase pays for the backlog an earlier one left.
+/// Its timers (sweep, outbox, escalation refresh) are the shipped ones, not the tests'
+/// quick ones: the bench measures salve as it runs. Only the storm brake is off.
 async fn fresh() -> (TestSalve, String) {
-    let s = spawn_salve(Options::default()).await;
+    let s = spawn_salve(Options {
+        limits: salve::engine::Limits {
+            storm_brake: None,
+            ..salve::engine::Limits::default()
+        },
+        ..Options::default()
+    })
+    .await;
     let url = format!("{}/api/v1/alerts", s.url);
     (s, url)
 }
