@@ -309,6 +309,7 @@ pub struct Deliveries;
 impl Coalesced for Deliveries {
     type Item = (Delivery, DateTime<Utc>);
     type Stored = NewIncidents;
+    const SENDS_OPENING: bool = true;
 
     fn store<'c>(
         tx: &'c mut WriteTx,
@@ -374,30 +375,11 @@ async fn record_deliveries_in(
         })
         .collect();
     let received: Vec<String> = items.iter().map(|(_, now)| timestamp(*now)).collect();
-    let sizes = items
-        .iter()
-        .map(|(d, _)| d.raw.len() + d.group_key.len() + 128);
-    for run in insert_runs(sizes) {
-        let sql = format!(
-            "INSERT INTO deliveries (id, received_at, receiver, status, group_key, alert_count, truncated_alerts, payload)
-             VALUES {}",
-            placeholders(run.len(), 8, |p| p.to_vec())
-        );
-        let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for i in run {
-            let d = &items[i].0;
-            insert = insert
-                .bind(&out[i].delivery_id)
-                .bind(&received[i])
-                .bind(&d.receiver)
-                .bind(d.status.as_str())
-                .bind(&d.group_key)
-                .bind(d.alerts.len() as i64)
-                .bind(d.truncated_alerts as i64)
-                .bind(&d.raw);
-        }
-        insert.execute(tx.conn()).await?;
-    }
+    let delivery_runs = insert_runs(
+        items
+            .iter()
+            .map(|(d, _)| d.raw.len() + d.group_key.len() + 128),
+    );
 
     let sightings: Vec<Sighting> = items
         .iter()
@@ -431,10 +413,61 @@ async fn record_deliveries_in(
             Ok((&sightings[k], json))
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
-    let mut created = std::collections::HashSet::new();
-    for run in insert_runs(creating.iter().map(|(_, json)| json.len() + 256)) {
-        created.extend(insert_incidents(tx, &received, &out, &creating[run]).await?);
-    }
+    let incident_runs = insert_runs(creating.iter().map(|(_, json)| json.len() + 256));
+
+    // The batch's BEGIN or savepoint, if the writer left it to go with the first insert.
+    let opening = tx
+        .take_opening()
+        .map(|o| format!("{o}; "))
+        .unwrap_or_default();
+    let stored = Stored {
+        items,
+        out: &out,
+        received: &received,
+    };
+    let created: std::collections::HashSet<String> = match (&delivery_runs[..], &incident_runs[..])
+    {
+        // On SQLite a batch that fits one insert of each goes in one round trip: sqlx runs
+        // the statements of a string one after the other, each bound from the same
+        // numbered values (the second's numbers follow the first's).
+        ([deliveries], [incidents]) if !tx.is_postgres() => {
+            let first = deliveries.len() * DELIVERY_VALUES;
+            let sql = format!(
+                "{}{}; {}",
+                opening,
+                insert_deliveries_sql(deliveries.len()),
+                insert_incidents_sql(incidents.len(), first)
+            );
+            let insert = sqlx::query(sqlx::AssertSqlSafe(sql));
+            let insert = stored.bind_deliveries(insert, deliveries.clone());
+            let insert = stored.bind_incidents(insert, &creating[incidents.clone()]);
+            let rows = insert.fetch_all(tx.conn()).await?;
+            rows.iter()
+                .map(|r| Ok(r.try_get("id")?))
+                .collect::<Result<_, StoreError>>()?
+        }
+        _ => {
+            for (k, run) in delivery_runs.into_iter().enumerate() {
+                let opening = if k == 0 { opening.as_str() } else { "" };
+                let sql = format!("{opening}{}", insert_deliveries_sql(run.len()));
+                let insert = sqlx::query(sqlx::AssertSqlSafe(sql));
+                stored
+                    .bind_deliveries(insert, run)
+                    .execute(tx.conn())
+                    .await?;
+            }
+            let mut created = std::collections::HashSet::new();
+            for run in incident_runs {
+                let sql = insert_incidents_sql(run.len(), 0);
+                let insert = sqlx::query(sqlx::AssertSqlSafe(sql));
+                let insert = stored.bind_incidents(insert, &creating[run]);
+                for row in insert.fetch_all(tx.conn()).await? {
+                    created.insert(row.try_get("id")?);
+                }
+            }
+            created
+        }
+    };
 
     for s in &sightings {
         let stored = &mut out[s.delivery];
@@ -452,13 +485,19 @@ async fn record_deliveries_in(
     Ok(out)
 }
 
-/// `rows` parenthesised groups of `$N` placeholders, `per_row` numbers each; `row` maps a
-/// row's numbers to the placeholders it writes (it may repeat one or add literals).
-fn placeholders(rows: usize, per_row: usize, row: impl Fn(&[String]) -> Vec<String>) -> String {
+/// `rows` parenthesised groups of `$N` placeholders, `per_row` numbers each, numbered
+/// after `first`; `row` maps a row's numbers to the placeholders it writes (it may repeat
+/// one or add literals).
+fn placeholders(
+    rows: usize,
+    per_row: usize,
+    first: usize,
+    row: impl Fn(&[String]) -> Vec<String>,
+) -> String {
     (0..rows)
         .map(|r| {
             let numbers: Vec<String> = (1..=per_row)
-                .map(|k| format!("${}", r * per_row + k))
+                .map(|k| format!("${}", first + r * per_row + k))
                 .collect();
             format!("({})", row(&numbers).join(", "))
         })
@@ -466,21 +505,28 @@ fn placeholders(rows: usize, per_row: usize, row: impl Fn(&[String]) -> Vec<Stri
         .join(", ")
 }
 
-/// Creates the incidents of `creating` (each sighting with its alert as stored) that do
-/// not exist yet; the ids of those it created.
-async fn insert_incidents(
-    tx: &mut WriteTx,
-    received: &[String],
-    out: &[NewIncidents],
-    creating: &[(&Sighting<'_>, String)],
-) -> Result<Vec<String>, StoreError> {
-    let sql = format!(
+/// Values bound per delivery stored.
+const DELIVERY_VALUES: usize = 8;
+
+/// Stores `rows` deliveries, their values numbered from `$1`.
+fn insert_deliveries_sql(rows: usize) -> String {
+    format!(
+        "INSERT INTO deliveries (id, received_at, receiver, status, group_key, alert_count, truncated_alerts, payload)
+         VALUES {}",
+        placeholders(rows, DELIVERY_VALUES, 0, |p| p.to_vec())
+    )
+}
+
+/// Creates `rows` incidents that do not exist yet, their values numbered after `first`;
+/// returns the ids of those it created.
+fn insert_incidents_sql(rows: usize, first: usize) -> String {
+    format!(
         "INSERT INTO incidents (id, fingerprint, starts_at, alertname, status, alert, first_seen_at,
              last_seen_at, resolved_at, delivery_count, first_delivery_id, decision, decision_reason)
          VALUES {}
          ON CONFLICT (fingerprint, starts_at) DO NOTHING
          RETURNING id",
-        placeholders(creating.len(), 11, |p| {
+        placeholders(rows, 11, first, |p| {
             let mut row = p[..7].to_vec();
             row.push(p[6].clone()); // last_seen_at = first_seen_at
             row.push(p[7].clone());
@@ -488,32 +534,69 @@ async fn insert_incidents(
             row.extend_from_slice(&p[8..]);
             row
         })
-    );
-    let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for (s, json) in creating {
-        // First seen already resolved (salve was down while it fired): nothing to decide.
-        let (decision, reason) = match s.alert.status {
-            AlertStatus::Firing => ("undecided", ""),
-            AlertStatus::Resolved => (
-                Decision::ResolvedBeforeDecision.as_str(),
-                RESOLVED_BEFORE_DECISION,
-            ),
-        };
-        insert = insert
-            .bind(&s.id)
-            .bind(s.alert.fingerprint.as_str())
-            .bind(&s.starts_at)
-            .bind(s.alert.alertname())
-            .bind(s.alert.status.as_str())
-            .bind(json)
-            .bind(&received[s.delivery])
-            .bind(&s.resolved_at)
-            .bind(&out[s.delivery].delivery_id)
-            .bind(decision)
-            .bind(reason);
+    )
+}
+
+/// A multi-row statement being bound.
+type Insert<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// A batch of deliveries as they are stored: what each is, the id it is given, and when
+/// it was received.
+struct Stored<'a> {
+    items: &'a [(Delivery, DateTime<Utc>)],
+    out: &'a [NewIncidents],
+    received: &'a [String],
+}
+
+impl<'a> Stored<'a> {
+    /// Binds the deliveries of `run` in the order of [`insert_deliveries_sql`].
+    fn bind_deliveries(&self, mut insert: Insert<'a>, run: std::ops::Range<usize>) -> Insert<'a> {
+        for i in run {
+            let d = &self.items[i].0;
+            insert = insert
+                .bind(&self.out[i].delivery_id)
+                .bind(&self.received[i])
+                .bind(&d.receiver)
+                .bind(d.status.as_str())
+                .bind(&d.group_key)
+                .bind(d.alerts.len() as i64)
+                .bind(d.truncated_alerts as i64)
+                .bind(&d.raw);
+        }
+        insert
     }
-    let created = insert.fetch_all(tx.conn()).await?;
-    created.iter().map(|r| Ok(r.try_get("id")?)).collect()
+
+    /// Binds the incidents of `creating` (each sighting with its alert as stored) in the
+    /// order of [`insert_incidents_sql`].
+    fn bind_incidents(
+        &self,
+        mut insert: Insert<'a>,
+        creating: &'a [(&'a Sighting<'a>, String)],
+    ) -> Insert<'a> {
+        for (s, json) in creating {
+            // First seen already resolved (salve was down while it fired): nothing to decide.
+            let (decision, reason) = match s.alert.status {
+                AlertStatus::Firing => ("undecided", ""),
+                AlertStatus::Resolved => (
+                    Decision::ResolvedBeforeDecision.as_str(),
+                    RESOLVED_BEFORE_DECISION,
+                ),
+            };
+            insert = insert
+                .bind(&s.id)
+                .bind(s.alert.fingerprint.as_str())
+                .bind(&s.starts_at)
+                .bind(s.alert.alertname())
+                .bind(s.alert.status.as_str())
+                .bind(json)
+                .bind(&self.received[s.delivery])
+                .bind(&s.resolved_at)
+                .bind(&self.out[s.delivery].delivery_id)
+                .bind(decision)
+                .bind(reason);
+        }
+        insert
+    }
 }
 
 /// Folds a re-sent alert into its incident; whether this settled the incident resolved.

@@ -82,6 +82,10 @@ pub struct WriteTx {
     chain_moved: bool,
     discard: bool,
     seqs: Seqs,
+    /// Statements that must run before the batch's next one and have not: on SQLite a
+    /// delivery batch's `BEGIN IMMEDIATE` (or savepoint), left for the store to send in
+    /// the same string as its first statement (see [`Coalesced::SENDS_OPENING`]).
+    opening: Option<&'static str>,
 }
 
 /// Each remediation's last timeline number, so that an append need not read it first.
@@ -134,9 +138,50 @@ impl Seqs {
 }
 
 impl WriteTx {
+    /// A batch's transaction on `conn`, begun (or, with `opening`, about to be), with the
+    /// chain's head as read.
+    fn opened(
+        conn: PoolConnection<AnyDb>,
+        postgres: bool,
+        chain: Option<(i64, String)>,
+        db: &Db,
+        opening: Option<&'static str>,
+    ) -> WriteTx {
+        WriteTx {
+            conn,
+            postgres,
+            chain,
+            chain_moved: false,
+            discard: false,
+            seqs: Seqs {
+                known: db.seqs.clone(),
+                ..Seqs::default()
+            },
+            opening,
+        }
+    }
+
+    /// Whether the batch runs on PostgreSQL (where a statement string with bound values
+    /// holds one statement; SQLite runs several).
+    pub fn is_postgres(&self) -> bool {
+        self.postgres
+    }
+
     /// The connection, inside the batch's transaction.
     pub fn conn(&mut self) -> &mut AnyConnection {
+        debug_assert!(
+            self.opening.is_none(),
+            "a statement would run before the batch's opening: {:?}",
+            self.opening
+        );
         &mut self.conn
+    }
+
+    /// Takes the statements that must precede the next one, if any are left to the
+    /// caller: it sends them first in the string of its next statement (SQLite runs a
+    /// string's statements in order), one round trip instead of two.
+    pub fn take_opening(&mut self) -> Option<&'static str> {
+        self.opening.take()
     }
 
     /// Rolls this write back when it returns, though it returns `Ok` (it found it must not
@@ -217,6 +262,11 @@ pub trait Coalesced: Send + Sync + 'static {
     type Item: Send + Sync + 'static;
     /// What the caller learns once it is stored.
     type Stored: Send + 'static;
+
+    /// Whether [`Coalesced::store`] sends what [`WriteTx::take_opening`] gives before its
+    /// first statement, as it then must: on SQLite the writer leaves it the batch's
+    /// `BEGIN IMMEDIATE` (or savepoint) to send with its first insert.
+    const SENDS_OPENING: bool = false;
 
     /// Stores `items` in this order, as if one after the other: one result per item. An
     /// error fails them all; the writer then stores each alone, so one bad item cannot
@@ -589,7 +639,12 @@ async fn store_in_savepoint<C: Coalesced>(
     tx: &mut WriteTx,
     items: &[C::Item],
 ) -> Result<Vec<C::Stored>, StoreError> {
-    tx.run("SAVEPOINT salve_deliveries").await?;
+    const SAVEPOINT: &str = "SAVEPOINT salve_deliveries";
+    if C::SENDS_OPENING && !tx.postgres {
+        tx.opening = Some(SAVEPOINT);
+    } else {
+        tx.run(SAVEPOINT).await?;
+    }
     let chain_before = (tx.chain.clone(), tx.chain_moved);
     match store_each::<C>(tx, items).await {
         Ok(stored) => {
@@ -677,7 +732,10 @@ async fn store_together<C: Coalesced>(
     db: &mut Db,
     items: &[C::Item],
 ) -> Result<Vec<C::Stored>, StoreError> {
-    let mut tx = begin(db, Opening::Deliveries).await?;
+    let opening = Opening::Deliveries {
+        store_sends_it: C::SENDS_OPENING,
+    };
+    let mut tx = begin(db, opening).await?;
     match store_each::<C>(&mut tx, items).await {
         Ok(stored) => end(db, tx, Ending::Commit).await.map(|()| stored),
         Err(e) => Err(abort(db, tx, e).await),
@@ -689,7 +747,13 @@ async fn store_each<C: Coalesced>(
     tx: &mut WriteTx,
     items: &[C::Item],
 ) -> Result<Vec<C::Stored>, StoreError> {
-    let stored = C::store(tx, items).await?;
+    let stored = C::store(tx, items).await;
+    // A store that failed before its first statement did not send the opening left to
+    // it: it is sent now, so that the transaction (or savepoint) the caller ends exists.
+    if let Some(opening) = tx.opening.take() {
+        tx.run(opening).await?;
+    }
+    let stored = stored?;
     if stored.len() != items.len() {
         let wrong = "a batch answered for the wrong number of items";
         return Err(StoreError::Corrupt(wrong.into()));
@@ -736,8 +800,10 @@ fn batch_failed(e: &StoreError) -> StoreError {
 /// What a batch is about to run, which decides how it begins.
 #[derive(Clone, Copy)]
 enum Opening {
-    /// Webhook deliveries alone: they do not touch the audit chain.
-    Deliveries,
+    /// Webhook deliveries alone: they do not touch the audit chain. On SQLite, if their
+    /// store sends the opening itself ([`Coalesced::SENDS_OPENING`]), `BEGIN IMMEDIATE` is
+    /// left to it.
+    Deliveries { store_sends_it: bool },
     /// This many of the engine's writes (most append to the audit chain).
     Writes(usize),
 }
@@ -755,8 +821,19 @@ async fn begin(db: &mut Db, opening: Opening) -> Result<WriteTx, StoreError> {
     // SQLite takes the write lock at once (another process, `salve migrate` say, may hold
     // it: busy_timeout waits), rather than fail to upgrade a read later.
     let sql = match (postgres, opening) {
-        (false, Opening::Deliveries) => "BEGIN IMMEDIATE",
-        (true, Opening::Deliveries | Opening::Writes(..=1)) => {
+        (false, Opening::Deliveries { store_sends_it }) => {
+            if store_sends_it {
+                return Ok(WriteTx::opened(
+                    conn,
+                    postgres,
+                    None,
+                    db,
+                    Some("BEGIN IMMEDIATE"),
+                ));
+            }
+            "BEGIN IMMEDIATE"
+        }
+        (true, Opening::Deliveries { .. } | Opening::Writes(..=1)) => {
             "BEGIN; SELECT seq, hash FROM chain_head WHERE id = 1 FOR UPDATE"
         }
         (true, Opening::Writes(_)) => {
@@ -784,17 +861,7 @@ async fn begin(db: &mut Db, opening: Opening) -> Result<WriteTx, StoreError> {
     }
     .await;
     match head {
-        Ok(chain) => Ok(WriteTx {
-            conn,
-            postgres,
-            chain,
-            chain_moved: false,
-            discard: false,
-            seqs: Seqs {
-                known: db.seqs.clone(),
-                ..Seqs::default()
-            },
-        }),
+        Ok(chain) => Ok(WriteTx::opened(conn, postgres, chain, db, None)),
         // Whether the transaction began is not known: `roll_back` undoes what did, and
         // closes a connection that had none to undo (its state is not known either).
         Err(e) => Err(roll_back(db, conn, e).await),
@@ -1404,11 +1471,49 @@ mod tests {
         }
     }
 
+    /// [`Numbers`], but sending the batch's opening with its first insert, as the
+    /// webhook's deliveries do on SQLite; a batch led by a negative number fails before
+    /// any statement, one with a negative number after it after its inserts.
+    struct NumbersSendingOpening;
+
+    impl super::Coalesced for NumbersSendingOpening {
+        type Item = i64;
+        type Stored = i64;
+        const SENDS_OPENING: bool = true;
+
+        fn store<'c>(
+            tx: &'c mut super::WriteTx,
+            items: &'c [i64],
+        ) -> futures::future::BoxFuture<'c, Result<Vec<i64>, StoreError>> {
+            Box::pin(async move {
+                let negative = || Err(StoreError::Corrupt("a negative number".into()));
+                if items.first().is_some_and(|n| *n < 0) {
+                    return negative();
+                }
+                let mut opening = tx.take_opening().map(|o| format!("{o}; "));
+                for n in items {
+                    let sql = format!(
+                        "{}INSERT INTO numbers (n) VALUES ($1)",
+                        opening.take().unwrap_or_default()
+                    );
+                    sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .bind(*n)
+                        .execute(tx.conn())
+                        .await?;
+                }
+                if items.iter().any(|n| *n < 0) {
+                    return negative();
+                }
+                Ok(items.to_vec())
+            })
+        }
+    }
+
     /// A writer of [`Numbers`] on a fresh database, held inside another write (which
     /// first stores `written`, if given) while 1, -1 and 2 queue behind it, then let go:
     /// each number's answer, the batches committed from when they queued, and the numbers
     /// stored.
-    async fn numbers_queued_behind_a_write(
+    async fn numbers_queued_behind_a_write<C: super::Coalesced<Item = i64, Stored = i64>>(
         written: Option<i64>,
     ) -> (Vec<Result<i64, String>>, u64, Vec<i64>) {
         sqlx::any::install_default_drivers();
@@ -1428,7 +1533,7 @@ mod tests {
         .execute(&pool)
         .await
         .unwrap();
-        let writer = super::Writer::<Numbers>::start(pool.clone(), false, false).unwrap();
+        let writer = super::Writer::<C>::start(pool.clone(), false, false).unwrap();
         let (release, released) = tokio::sync::oneshot::channel::<()>();
         let (started, running) = tokio::sync::oneshot::channel::<()>();
         let held = {
@@ -1476,11 +1581,17 @@ mod tests {
     #[tokio::test]
     async fn a_bad_item_fails_alone_and_the_others_of_its_batch_are_stored() {
         // The three numbers queue up for one batch behind a write that holds the writer.
-        let (got, _, stored) = numbers_queued_behind_a_write(None).await;
-        assert_eq!(got[0], Ok(1));
-        assert!(got[1].as_ref().unwrap_err().contains("a negative number"));
-        assert_eq!(got[2], Ok(2));
-        assert_eq!(stored, [1, 2]);
+        // Whether the writer or the store sends the batch's BEGIN, and whether the store
+        // fails before or after its first statement, the same holds.
+        for (got, _, stored) in [
+            numbers_queued_behind_a_write::<Numbers>(None).await,
+            numbers_queued_behind_a_write::<NumbersSendingOpening>(None).await,
+        ] {
+            assert_eq!(got[0], Ok(1));
+            assert!(got[1].as_ref().unwrap_err().contains("a negative number"));
+            assert_eq!(got[2], Ok(2));
+            assert_eq!(stored, [1, 2]);
+        }
     }
 
     /// Deliveries that queue while the engine's writes run join their transaction; when
@@ -1488,13 +1599,18 @@ mod tests {
     /// is stored alone after.
     #[tokio::test]
     async fn a_failed_delivery_batch_in_the_engines_transaction_leaves_the_engines_writes() {
-        let (got, batches, stored) = numbers_queued_behind_a_write(Some(100)).await;
-        assert_eq!(got[0], Ok(1));
-        assert!(got[1].as_ref().unwrap_err().contains("a negative number"));
-        assert_eq!(got[2], Ok(2));
-        // The engine's batch, then 1 and 2 each alone (-1's was rolled back).
-        assert_eq!(batches, 3);
-        assert_eq!(stored, [1, 2, 100]);
+        // Also when the store sends the deliveries' savepoint with its first insert.
+        for (got, batches, stored) in [
+            numbers_queued_behind_a_write::<Numbers>(Some(100)).await,
+            numbers_queued_behind_a_write::<NumbersSendingOpening>(Some(100)).await,
+        ] {
+            assert_eq!(got[0], Ok(1));
+            assert!(got[1].as_ref().unwrap_err().contains("a negative number"));
+            assert_eq!(got[2], Ok(2));
+            // The engine's batch, then 1 and 2 each alone (-1's was rolled back).
+            assert_eq!(batches, 3);
+            assert_eq!(stored, [1, 2, 100]);
+        }
     }
 
     #[tokio::test]
