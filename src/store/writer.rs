@@ -750,8 +750,14 @@ async fn store_each<C: Coalesced>(
     let stored = C::store(tx, items).await;
     // A store that failed before its first statement did not send the opening left to
     // it: it is sent now, so that the transaction (or savepoint) the caller ends exists.
+    // One that succeeded without sending it broke its word: whatever it wrote ran
+    // outside the batch's transaction, and the batch is refused.
     if let Some(opening) = tx.opening.take() {
         tx.run(opening).await?;
+        if stored.is_ok() {
+            let unsent = "a batch's store did not send the opening left to it";
+            return Err(StoreError::Corrupt(unsent.into()));
+        }
     }
     let stored = stored?;
     if stored.len() != items.len() {
@@ -1509,22 +1515,16 @@ mod tests {
         }
     }
 
-    /// A writer of [`Numbers`] on a fresh database, held inside another write (which
-    /// first stores `written`, if given) while 1, -1 and 2 queue behind it, then let go:
-    /// each number's answer, the batches committed from when they queued, and the numbers
-    /// stored.
-    async fn numbers_queued_behind_a_write<C: super::Coalesced<Item = i64, Stored = i64>>(
-        written: Option<i64>,
-    ) -> (Vec<Result<i64, String>>, u64, Vec<i64>) {
+    /// A fresh SQLite database in `dir` with the numbers' table and the audit chain's
+    /// head (which every batch of the engine's writes reads as it begins).
+    async fn numbers_db(dir: &tempfile::TempDir) -> sqlx::AnyPool {
         sqlx::any::install_default_drivers();
-        let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("n.db").display());
         let pool = sqlx::any::AnyPoolOptions::new()
             .max_connections(1)
             .connect(&url)
             .await
             .unwrap();
-        // Every batch reads the audit chain's head as it begins.
         sqlx::raw_sql(
             "CREATE TABLE numbers (n BIGINT);
              CREATE TABLE chain_head (id INTEGER PRIMARY KEY, seq BIGINT NOT NULL, hash TEXT NOT NULL);
@@ -1533,6 +1533,50 @@ mod tests {
         .execute(&pool)
         .await
         .unwrap();
+        pool
+    }
+
+    /// Says it sends the batch's opening, and stores nothing.
+    struct ForgetsItsOpening;
+
+    impl super::Coalesced for ForgetsItsOpening {
+        type Item = i64;
+        type Stored = i64;
+        const SENDS_OPENING: bool = true;
+
+        fn store<'c>(
+            _: &'c mut super::WriteTx,
+            items: &'c [i64],
+        ) -> futures::future::BoxFuture<'c, Result<Vec<i64>, StoreError>> {
+            Box::pin(async move { Ok(items.to_vec()) })
+        }
+    }
+
+    /// A store that leaves the opening unsent cannot have written inside the batch's
+    /// transaction: its batch is refused, not acknowledged.
+    #[tokio::test]
+    async fn a_store_that_does_not_send_its_opening_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = numbers_db(&dir).await;
+        let writer = super::Writer::<ForgetsItsOpening>::start(pool, false, false).unwrap();
+        let answer = writer.store(7, None).await.map_err(|e| e.to_string());
+        assert!(
+            answer
+                .as_ref()
+                .is_err_and(|e| e.contains("did not send the opening")),
+            "{answer:?}"
+        );
+    }
+
+    /// A writer of [`Numbers`] on a fresh database, held inside another write (which
+    /// first stores `written`, if given) while 1, -1 and 2 queue behind it, then let go:
+    /// each number's answer, the batches committed from when they queued, and the numbers
+    /// stored.
+    async fn numbers_queued_behind_a_write<C: super::Coalesced<Item = i64, Stored = i64>>(
+        written: Option<i64>,
+    ) -> (Vec<Result<i64, String>>, u64, Vec<i64>) {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = numbers_db(&dir).await;
         let writer = super::Writer::<C>::start(pool.clone(), false, false).unwrap();
         let (release, released) = tokio::sync::oneshot::channel::<()>();
         let (started, running) = tokio::sync::oneshot::channel::<()>();
