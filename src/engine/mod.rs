@@ -512,12 +512,8 @@ impl Engine {
         match self.recover().await {
             Ok(Recovered { undecided, resumed }) => {
                 for id in resumed {
-                    let (engine, permits) = (self.clone(), permits.clone());
-                    tasks.spawn(async move {
-                        let Ok(permit) = permits.acquire_owned().await else {
-                            return;
-                        };
-                        let _deciding = Deciding::new(permit, &engine.inner.metrics);
+                    let engine = self.clone();
+                    self.spawn_with_permit(tasks, permits, async move {
                         if let Err(e) = engine.resume(&id).await {
                             warn!(remediation = %id, error = %e, "resuming a pending remediation failed; it stays pending with this replica, whose next sweep resumes it");
                         }
@@ -539,15 +535,31 @@ impl Engine {
         }
     }
 
-    /// Hands an incident to a task of its own, with a permit taken now: the worker loop
-    /// takes an id only while one is free, and never waits on a decision itself, so this
-    /// replica's heartbeat, recovery and outbox keep their pace however many remediations
-    /// are running. (Should a resumed remediation have taken the last permit meanwhile,
-    /// the task waits for the next.)
+    /// Hands an incident to a task of its own (see [`Engine::spawn_with_permit`]).
     fn spawn_incident(&self, tasks: &mut JoinSet<()>, permits: &Arc<Semaphore>, id: String) {
         let engine = self.clone();
+        self.spawn_with_permit(tasks, permits, async move {
+            if let Err(e) = engine.handle_incident(&id).await {
+                engine.inner.metrics.database_error("write");
+                warn!(incident = %id, error = %e, "handling this incident failed; recovery settles what it left and the sweep decides it if it is still undecided");
+            }
+        });
+    }
+
+    /// Runs `work` as a task of the worker, holding a permit: one taken now, as the worker
+    /// loop takes an id only while one is free (should a resumed remediation have taken
+    /// the last meanwhile, the task waits for the next). The loop itself never waits on a
+    /// decision, so this replica's heartbeat, recovery and outbox keep their pace however
+    /// many remediations are running. The permit and the `deciding` count are given back
+    /// when the work ends.
+    fn spawn_with_permit(
+        &self,
+        tasks: &mut JoinSet<()>,
+        permits: &Arc<Semaphore>,
+        work: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
         let taken = permits.clone().try_acquire_owned().ok();
-        let permits = permits.clone();
+        let (permits, metrics) = (permits.clone(), self.inner.metrics.clone());
         tasks.spawn(async move {
             let permit = match taken {
                 Some(permit) => permit,
@@ -556,11 +568,8 @@ impl Engine {
                     Err(_) => return,
                 },
             };
-            let _deciding = Deciding::new(permit, &engine.inner.metrics);
-            if let Err(e) = engine.handle_incident(&id).await {
-                engine.inner.metrics.database_error("write");
-                warn!(incident = %id, error = %e, "handling this incident failed; recovery settles what it left and the sweep decides it if it is still undecided");
-            }
+            let _deciding = Deciding::new(permit, &metrics);
+            work.await;
         });
     }
 
