@@ -322,20 +322,39 @@ impl Coalesced for Deliveries {
 /// Rows in one multi-row INSERT at most: well under either backend's limit of bound values.
 const ROWS_PER_INSERT: usize = 64;
 
-/// Bytes of bound values in one multi-row INSERT at most (unless one row holds more): a
-/// statement within one TLS record (16 KB) goes in one write. Over TLS, sqlx writes a
-/// larger one in several, and without `TCP_NODELAY` the last waits 40 ms for the server's
-/// delayed ACK. Salve sets that option on its connections (`nodelay`), but cannot where
-/// a proxy hides the socket's ports: there this keeps a flood's deliveries off that path.
-const BYTES_PER_INSERT: usize = 16 * 1024;
+/// Bytes of bound values in one multi-row INSERT at most (unless one row holds more),
+/// where a statement of any size goes out at once ([`WriteTx::sends_whole_statements`]):
+/// past that a round trip more is small beside the bytes, and what sqlx copies into its
+/// buffer stays bounded.
+const BYTES_PER_INSERT: usize = 1024 * 1024;
+
+/// [`BYTES_PER_INSERT`] where a statement may be sent in pieces: a statement within one
+/// TLS record (16 KB) goes in one write. Over TLS, sqlx writes a larger one in several,
+/// and without `TCP_NODELAY` the last waits 40 ms for the server's delayed ACK. Salve sets
+/// that option on its connections (`nodelay`), but cannot where a proxy hides the
+/// socket's ports: there this keeps a flood's deliveries off that path. Where it is set,
+/// a flood of single-alert webhooks on PostgreSQL is one insert of deliveries a batch,
+/// not two (16 of 1.2 KB), and one of 10-alert webhooks not eight.
+const BYTES_PER_INSERT_IN_ONE_RECORD: usize = 16 * 1024;
+
+/// Bytes of bound values in one multi-row INSERT at most in `tx`.
+fn bytes_per_insert(tx: &WriteTx) -> usize {
+    match tx.sends_whole_statements() {
+        true => BYTES_PER_INSERT,
+        false => BYTES_PER_INSERT_IN_ONE_RECORD,
+    }
+}
 
 /// Splits `0..sizes.len()` into runs of at most [`ROWS_PER_INSERT`] rows and
-/// [`BYTES_PER_INSERT`] bytes (a row larger than that is a run of its own).
-fn insert_runs(sizes: impl IntoIterator<Item = usize>) -> Vec<std::ops::Range<usize>> {
+/// `max_bytes` bytes (a row larger than that is a run of its own).
+fn insert_runs(
+    sizes: impl IntoIterator<Item = usize>,
+    max_bytes: usize,
+) -> Vec<std::ops::Range<usize>> {
     let mut runs = Vec::new();
     let (mut start, mut bytes, mut end) = (0, 0, 0);
     for size in sizes {
-        if end > start && (end - start == ROWS_PER_INSERT || bytes + size > BYTES_PER_INSERT) {
+        if end > start && (end - start == ROWS_PER_INSERT || bytes + size > max_bytes) {
             runs.push(start..end);
             (start, bytes) = (end, 0);
         }
@@ -375,10 +394,12 @@ async fn record_deliveries_in(
         })
         .collect();
     let received: Vec<String> = items.iter().map(|(_, now)| timestamp(*now)).collect();
+    let max_bytes = bytes_per_insert(tx);
     let delivery_runs = insert_runs(
         items
             .iter()
             .map(|(d, _)| d.raw.len() + d.group_key.len() + 128),
+        max_bytes,
     );
 
     let sightings: Vec<Sighting> = items
@@ -413,7 +434,7 @@ async fn record_deliveries_in(
             Ok((&sightings[k], json))
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
-    let incident_runs = insert_runs(creating.iter().map(|(_, json)| json.len() + 256));
+    let incident_runs = insert_runs(creating.iter().map(|(_, json)| json.len() + 256), max_bytes);
 
     // The batch's BEGIN or savepoint, if the writer left it to go with the first insert.
     let opening = tx
@@ -655,6 +676,28 @@ mod tests {
         let mut v: serde_json::Value = serde_json::from_str(FIRING).unwrap();
         v["alerts"][0]["fingerprint"] = json!(fingerprint);
         crate::alert::Delivery::parse(v.to_string().as_bytes()).unwrap()
+    }
+
+    /// A batch's rows go in as few inserts as the limits allow: 64 rows, and the bytes a
+    /// statement may hold where the connection sends it (a flood of 16 single-alert
+    /// webhooks is one insert where statements go whole, two where each must fit a TLS
+    /// record); a row larger than the bytes allowed is an insert of its own.
+    #[test]
+    fn inserts_are_cut_only_where_rows_or_bytes_run_out() {
+        use super::{BYTES_PER_INSERT, BYTES_PER_INSERT_IN_ONE_RECORD, insert_runs};
+        let flood = [1_300; 16];
+        let whole = insert_runs(flood, BYTES_PER_INSERT);
+        assert_eq!((whole.len(), &whole[0]), (1, &(0..16)));
+        assert_eq!(
+            insert_runs(flood, BYTES_PER_INSERT_IN_ONE_RECORD),
+            [0..12, 12..16]
+        );
+        assert_eq!(insert_runs([10; 100], BYTES_PER_INSERT), [0..64, 64..100]);
+        assert_eq!(
+            insert_runs([100, 20_000, 100, 100], BYTES_PER_INSERT_IN_ONE_RECORD),
+            [0..1, 1..2, 2..4]
+        );
+        assert!(insert_runs([0usize; 0], BYTES_PER_INSERT).is_empty());
     }
 
     /// The sweep takes only incidents old enough that their hand-off was lost, and reads

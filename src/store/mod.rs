@@ -28,6 +28,7 @@ pub mod writer;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -322,7 +323,8 @@ impl Store {
             // PostgreSQL connections are kept open ahead of need: opening one (connect,
             // authenticate) on a webhook's path cost it up to 100 ms when the engine's
             // work had taken every open connection.
-            let pool = match pool_options(Backend::Postgres, wait, 10, 10)
+            let whole_statements = Arc::new(AtomicBool::new(true));
+            let pool = match pool_options(Backend::Postgres, wait, 10, 10, whole_statements.clone())
                 .connect_with(options.clone())
                 .await
             {
@@ -340,13 +342,13 @@ impl Store {
                 }
             };
             return Ok(Store {
-                writes: writer::Writer::start(pool.clone(), true, true)?,
+                writes: writer::Writer::start(pool.clone(), true, true, whole_statements)?,
                 writer: pool.clone(),
                 reader: Readers { pool, kept: None },
                 wait,
             });
         }
-        let writer = pool_options(Backend::SqliteWriter, wait, 1, 1)
+        let writer = pool_options(Backend::SqliteWriter, wait, 1, 1, whole())
             .connect_with(options.clone())
             .await
             .map_err(unreachable)?;
@@ -360,7 +362,7 @@ impl Store {
             }
         } else {
             Readers {
-                pool: pool_options(Backend::SqliteReader, wait, SQLITE_READERS, 0)
+                pool: pool_options(Backend::SqliteReader, wait, SQLITE_READERS, 0, whole())
                     .connect_with(options)
                     .await
                     .map_err(unreachable)?,
@@ -368,7 +370,7 @@ impl Store {
             }
         };
         Ok(Store {
-            writes: writer::Writer::start(writer.clone(), false, !in_memory)?,
+            writes: writer::Writer::start(writer.clone(), false, !in_memory, whole())?,
             writer,
             reader,
             wait,
@@ -460,6 +462,12 @@ enum Backend {
     SqliteReader,
 }
 
+/// SQLite's connections have no socket: a statement of any size reaches the database at
+/// once.
+fn whole() -> Arc<AtomicBool> {
+    Arc::new(AtomicBool::new(true))
+}
+
 /// SQLite read connections at most.
 const SQLITE_READERS: u32 = 4;
 
@@ -468,7 +476,15 @@ const SQLITE_READERS: u32 = 4;
 const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
 
 /// A pool of at most `max` connections (`min` kept open), waiting at most `wait` for one.
-fn pool_options(backend: Backend, wait: Duration, max: u32, min: u32) -> AnyPoolOptions {
+/// On PostgreSQL, `whole_statements` is cleared for good once a connection opens on which
+/// Nagle's algorithm could not be turned off (see [`nodelay::disable_nagle`]).
+fn pool_options(
+    backend: Backend,
+    wait: Duration,
+    max: u32,
+    min: u32,
+    whole_statements: Arc<AtomicBool>,
+) -> AnyPoolOptions {
     let busy_ms = wait.as_millis().max(1);
     AnyPoolOptions::new()
         .max_connections(max)
@@ -490,9 +506,13 @@ fn pool_options(backend: Backend, wait: Duration, max: u32, min: u32) -> AnyPool
             })
         })
         .after_connect(move |conn, _meta| {
+            let whole_statements = whole_statements.clone();
             Box::pin(async move {
                 if backend == Backend::Postgres {
-                    return nodelay::disable_nagle(conn).await;
+                    if !nodelay::disable_nagle(conn).await? {
+                        whole_statements.store(false, Ordering::Relaxed);
+                    }
+                    return Ok(());
                 }
                 // WAL lets readers run beside the writer; FULL sync makes a commit (and so
                 // a 2xx to Alertmanager) survive power loss; busy_timeout waits for another

@@ -19,11 +19,12 @@
 use sqlx::{AnyConnection, Row};
 
 /// Sets `TCP_NODELAY` on the socket under `conn`, a new PostgreSQL connection (salve's
-/// pools call it on each; the ingest bench on its own). Only a connection that fails under
-/// the question fails it (it is no good): a server that cannot answer it (a look-alike
-/// without the functions), or a socket that cannot be found or set, is logged and left as
-/// it is.
-pub async fn disable_nagle(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+/// pools call it on each; the ingest bench on its own), and says whether it did: then a
+/// statement of any size goes out at once, and the writer need not cut its inserts to
+/// fit a TLS record. Only a connection that fails under the question fails it (it is no
+/// good): a server that cannot answer it (a look-alike without the functions), or a
+/// socket that cannot be found or set, is logged and left as it is (`false`).
+pub async fn disable_nagle(conn: &mut AnyConnection) -> Result<bool, sqlx::Error> {
     let asked = sqlx::query("SELECT inet_client_port() AS local, inet_server_port() AS remote")
         .fetch_one(&mut *conn)
         .await;
@@ -31,21 +32,22 @@ pub async fn disable_nagle(conn: &mut AnyConnection) -> Result<(), sqlx::Error> 
         Ok(ports) => ports,
         Err(sqlx::Error::Database(e)) => {
             tracing::debug!(error = %e, "the server does not say a connection's ports: TCP_NODELAY not set");
-            return Ok(());
+            return Ok(false);
         }
         Err(e) => return Err(e),
     };
     let local: Option<i32> = ports.try_get("local")?;
     let remote: Option<i32> = ports.try_get("remote")?;
-    // A Unix socket has no ports, and no Nagle.
+    // The server's end is a Unix socket, which has no Nagle; but a proxy may stand
+    // between, reached over TCP: only a socket salve set is known to have it off.
     let (Some(local), Some(remote)) = (local, remote) else {
-        return Ok(());
+        return Ok(false);
     };
     let (Ok(local), Ok(remote)) = (u16::try_from(local), u16::try_from(remote)) else {
-        return Ok(());
+        return Ok(false);
     };
     match set_nodelay(local, remote) {
-        Ok(true) => {}
+        Ok(true) => return Ok(true),
         Ok(false) => tracing::debug!(
             local,
             remote,
@@ -55,7 +57,7 @@ pub async fn disable_nagle(conn: &mut AnyConnection) -> Result<(), sqlx::Error> 
             tracing::debug!(error = %e, "could not set TCP_NODELAY on a PostgreSQL connection")
         }
     }
-    Ok(())
+    Ok(false)
 }
 
 /// Sets `TCP_NODELAY` on this process's TCP socket from port `local` to port `remote`;

@@ -37,7 +37,7 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use futures::future::BoxFuture;
 use sqlx::pool::PoolConnection;
@@ -86,6 +86,8 @@ pub struct WriteTx {
     /// delivery batch's `BEGIN IMMEDIATE` (or savepoint), left for the store to send in
     /// the same string as its first statement (see [`Coalesced::SENDS_OPENING`]).
     opening: Option<&'static str>,
+    /// See [`WriteTx::sends_whole_statements`].
+    whole_statements: bool,
 }
 
 /// Each remediation's last timeline number, so that an append need not read it first.
@@ -158,7 +160,17 @@ impl WriteTx {
                 ..Seqs::default()
             },
             opening,
+            whole_statements: db.whole_statements.load(Ordering::Relaxed),
         }
+    }
+
+    /// Whether a statement of any size reaches the database at once: on SQLite (no
+    /// socket), and on PostgreSQL where Nagle's algorithm is off on every connection the
+    /// pool opened. Otherwise one larger than a TLS record (16 KB) is sent in two writes,
+    /// and the second waits up to 40 ms for the server's delayed acknowledgement of the
+    /// first.
+    pub fn sends_whole_statements(&self) -> bool {
+        self.whole_statements
     }
 
     /// Whether the batch runs on PostgreSQL (where a statement string with bound values
@@ -360,8 +372,22 @@ impl<C: Coalesced> Writer<C> {
     /// connections are driven by the shared runtime (the readers' pool is the writer's),
     /// so there the writer stays a task of it; moved to its own thread it measured no
     /// better.
-    pub fn start(pool: AnyPool, postgres: bool, keep: bool) -> Result<Writer<C>, StoreError> {
-        Self::start_with_turn(pool, postgres, keep, JOBS_TURN_BESIDE_DELIVERIES)
+    ///
+    /// `whole_statements` says whether the pool's connections send a statement of any
+    /// size at once (see [`WriteTx::sends_whole_statements`]); the pool keeps it up to date.
+    pub fn start(
+        pool: AnyPool,
+        postgres: bool,
+        keep: bool,
+        whole_statements: Arc<AtomicBool>,
+    ) -> Result<Writer<C>, StoreError> {
+        Self::start_with_turn(
+            pool,
+            postgres,
+            keep,
+            whole_statements,
+            JOBS_TURN_BESIDE_DELIVERIES,
+        )
     }
 
     /// [`Writer::start`], with the engine's turn beside waiting deliveries `turn` long
@@ -370,6 +396,7 @@ impl<C: Coalesced> Writer<C> {
         pool: AnyPool,
         postgres: bool,
         keep: bool,
+        whole_statements: Arc<AtomicBool>,
         turn: std::time::Duration,
     ) -> Result<Writer<C>, StoreError> {
         let (jobs, job_queue) = mpsc::channel(4 * MAX_BATCH);
@@ -381,6 +408,7 @@ impl<C: Coalesced> Writer<C> {
         };
         let db = Db {
             pool,
+            whole_statements,
             postgres,
             seqs: Arc::default(),
             held: None,
@@ -489,6 +517,9 @@ fn stopped() -> StoreError {
 /// Where the writer task writes, and what it keeps between batches.
 struct Db {
     pool: AnyPool,
+    /// Whether the pool's connections send a statement of any size at once (see
+    /// [`WriteTx::sends_whole_statements`]).
+    whole_statements: Arc<AtomicBool>,
     postgres: bool,
     seqs: Arc<std::sync::Mutex<HashMap<String, i64>>>,
     /// The connection of the last batch, kept while more writes wait: sqlx pings a
@@ -1195,8 +1226,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir).await;
         let hour = std::time::Duration::from_secs(3600);
-        let writer =
-            Writer::<Deliveries>::start_with_turn(store.writer.clone(), false, true, hour).unwrap();
+        let writer = Writer::<Deliveries>::start_with_turn(
+            store.writer.clone(),
+            false,
+            true,
+            crate::store::whole(),
+            hour,
+        )
+        .unwrap();
         let (release, held) = hold(&writer).await;
         // Ten writes queue behind the held one, to run together in the next batch; the
         // first waits there until the deliveries queue.
@@ -1558,7 +1595,9 @@ mod tests {
     async fn a_store_that_does_not_send_its_opening_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let pool = numbers_db(&dir).await;
-        let writer = super::Writer::<ForgetsItsOpening>::start(pool, false, false).unwrap();
+        let writer =
+            super::Writer::<ForgetsItsOpening>::start(pool, false, false, crate::store::whole())
+                .unwrap();
         let answer = writer.store(7, None).await.map_err(|e| e.to_string());
         assert!(
             answer
@@ -1577,7 +1616,8 @@ mod tests {
     ) -> (Vec<Result<i64, String>>, u64, Vec<i64>) {
         let dir = tempfile::tempdir().unwrap();
         let pool = numbers_db(&dir).await;
-        let writer = super::Writer::<C>::start(pool.clone(), false, false).unwrap();
+        let writer =
+            super::Writer::<C>::start(pool.clone(), false, false, crate::store::whole()).unwrap();
         let (release, released) = tokio::sync::oneshot::channel::<()>();
         let (started, running) = tokio::sync::oneshot::channel::<()>();
         let held = {
