@@ -452,12 +452,11 @@ async fn record_deliveries_in(
         // the statements of a string one after the other, each bound from the same values
         // (the second's follow the first's).
         ([deliveries], [incidents]) if !tx.is_postgres() => {
-            let first = deliveries.len() * DELIVERY_VALUES;
             let sql = format!(
                 "{}{}; {}",
                 opening,
-                insert_deliveries_sql(deliveries.len(), Numbering::of(tx, 0)),
-                insert_incidents_sql(incidents.len(), Numbering::of(tx, first))
+                insert_deliveries_sql(deliveries.len(), Numbering::Anonymous),
+                insert_incidents_sql(incidents.len(), Numbering::Anonymous)
             );
             let insert = sqlx::query(sqlx::AssertSqlSafe(sql));
             let insert = stored.bind_deliveries(insert, deliveries.clone());
@@ -468,9 +467,9 @@ async fn record_deliveries_in(
                 .collect::<Result<_, StoreError>>()?
         }
         _ => {
+            let numbering = Numbering::of(tx);
             for (k, run) in delivery_runs.into_iter().enumerate() {
                 let opening = if k == 0 { opening.as_str() } else { "" };
-                let numbering = Numbering::of(tx, 0);
                 let sql = format!("{opening}{}", insert_deliveries_sql(run.len(), numbering));
                 let insert = sqlx::query(sqlx::AssertSqlSafe(sql));
                 stored
@@ -480,7 +479,7 @@ async fn record_deliveries_in(
             }
             let mut created = std::collections::HashSet::new();
             for run in incident_runs {
-                let sql = insert_incidents_sql(run.len(), Numbering::of(tx, 0));
+                let sql = insert_incidents_sql(run.len(), numbering);
                 let insert = sqlx::query(sqlx::AssertSqlSafe(sql));
                 let insert = stored.bind_incidents(insert, &creating[run]);
                 for row in insert.fetch_all(tx.conn()).await? {
@@ -510,8 +509,8 @@ async fn record_deliveries_in(
 /// How a statement names the values bound to it.
 #[derive(Clone, Copy)]
 enum Numbering {
-    /// `$1`, `$2`, ... after `first`: PostgreSQL's only form.
-    Dollar { first: usize },
+    /// `$1`, `$2`, ...: PostgreSQL's only form (one statement per string there).
+    Dollar,
     /// `?` for each, bound in order (in a string of several statements, each takes its
     /// values after the last one's). On SQLite: sqlx binds a named value by asking SQLite
     /// each name, which it finds by a scan of the statement's names, so binding a statement
@@ -521,11 +520,10 @@ enum Numbering {
 }
 
 impl Numbering {
-    /// How a statement of a batch's inserts numbers its values, `first` of them bound
-    /// before it in the same string.
-    fn of(tx: &WriteTx, first: usize) -> Numbering {
+    /// How a batch's inserts number their values.
+    fn of(tx: &WriteTx) -> Numbering {
         match tx.is_postgres() {
-            true => Numbering::Dollar { first },
+            true => Numbering::Dollar,
             false => Numbering::Anonymous,
         }
     }
@@ -543,7 +541,7 @@ fn placeholders(
         .map(|r| {
             let values: Vec<String> = (1..=per_row)
                 .map(|k| match numbering {
-                    Numbering::Dollar { first } => format!("${}", first + r * per_row + k),
+                    Numbering::Dollar => format!("${}", r * per_row + k),
                     Numbering::Anonymous => "?".to_owned(),
                 })
                 .collect();
