@@ -11,7 +11,9 @@
 //!   stalled server cannot hide its queue (no coordinated omission);
 //! - webhook → decision recorded, at 100 alerts/s, and a storm of 1,000 alerts in 1 s;
 //!   and how many alerts of the single-alert flood were decided by its end; and, for that
-//!   flood and the storm, how the writer grouped their writes (its batches, writes per batch).
+//!   flood, the phase at 1,000 req/s and the storm, how the writer grouped their writes
+//!   (its batches, writes per batch) and where its time went (the engine's writes, storing
+//!   deliveries, committing).
 //!
 //! On SQLite, and on PostgreSQL when `SALVE_TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`) answers. Also prints the raw SQLite
@@ -342,13 +344,18 @@ async fn decided_count(s: &TestSalve) -> usize {
 
 /// What the writer committed between two readings of its load, per batch: how well it
 /// grouped the phase's writes.
-fn writer_batches(before: WriterLoad, after: WriterLoad) -> String {
+fn writer_batches(before: WriterLoad, after: WriterLoad, elapsed: Duration) -> String {
     let batches = after.batches - before.batches;
     let per_batch = |n: u64| n as f64 / batches.max(1) as f64;
+    let share = |part: Duration| 100.0 * part.as_secs_f64() / elapsed.as_secs_f64();
+    let (b, a) = (before.busy, after.busy);
     format!(
-        "{batches} batches, {:.1} deliveries and {:.1} engine writes per batch",
+        "{batches} batches, {:.1} deliveries and {:.1} engine writes per batch; of the phase's time it spent {:.0}% on the engine's writes, {:.0}% storing deliveries, {:.0}% committing",
         per_batch(after.deliveries - before.deliveries),
-        per_batch(after.engine_writes - before.engine_writes)
+        per_batch(after.engine_writes - before.engine_writes),
+        share(a.engine_writes - b.engine_writes),
+        share(a.deliveries - b.deliveries),
+        share(a.commits - b.commits),
     )
 }
 
@@ -370,16 +377,18 @@ async fn fresh() -> (TestSalve, String) {
 
 async fn bench_backend(name: &str, bare_single: &Run, bare_batch: &Run, seconds: f64) {
     let (s, url) = fresh().await;
-    let before = s.salve.store.writer_load();
+    let (before, started) = (s.salve.store.writer_load(), Instant::now());
     let (single, _) = closed_loop(&url, 0, 1, seconds).await;
-    let single_writer = writer_batches(before, s.salve.store.writer_load());
+    let single_writer = writer_batches(before, s.salve.store.writer_load(), started.elapsed());
     let decided_in_flood = decided_count(&s).await;
     s.salve.stop().await;
     let (s, url) = fresh().await;
     let (batch, _) = closed_loop(&url, 0, 10, seconds).await;
     s.salve.stop().await;
     let (s, url) = fresh().await;
+    let (before, started) = (s.salve.store.writer_load(), Instant::now());
     let at_1000 = open_loop(&url, 0, 1000.0, seconds).await;
+    let writer_1000 = writer_batches(before, s.salve.store.writer_load(), started.elapsed());
     s.salve.stop().await;
     let (s, url) = fresh().await;
     let at_2000 = open_loop(&url, 0, 2000.0, seconds.min(3.0)).await;
@@ -390,9 +399,9 @@ async fn bench_backend(name: &str, bare_single: &Run, bare_batch: &Run, seconds:
     let (decided_100, _) = decisions(&s, &url, sent, seconds).await;
     s.salve.stop().await;
     let (s, url) = fresh().await;
-    let before = s.salve.store.writer_load();
+    let (before, started) = (s.salve.store.writer_load(), Instant::now());
     let (decided_storm, storm_all) = decisions(&s, &url, 1000, 1.0).await;
-    let storm_writer = writer_batches(before, s.salve.store.writer_load());
+    let storm_writer = writer_batches(before, s.salve.store.writer_load(), started.elapsed());
     let storm_done = decided_storm.len();
     s.salve.stop().await;
 
@@ -426,6 +435,9 @@ async fn bench_backend(name: &str, bare_single: &Run, bare_batch: &Run, seconds:
             run.ok + run.errors,
             run.errors
         );
+        if rate == 1000 {
+            println!("  the writer at 1000 req/s: {writer_1000}");
+        }
     }
     println!(
         "webhook -> decision recorded at 100 alerts/s: p50 {}, p99 {} ({} of {} decided)",

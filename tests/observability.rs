@@ -281,6 +281,14 @@ async fn metrics_after_a_remediation_pass_promtool_and_say_what_salve_did() {
         let series = format!("salve_store_writes_waiting{{kind=\"{kind}\"}}");
         assert!(sample(&text, &series).is_some(), "{series} in\n{text}");
     }
+    // Where the writer's time went: each part did some of the work above.
+    for part in ["engine", "delivery", "commit"] {
+        let series = format!("salve_store_busy_seconds_total{{part=\"{part}\"}}");
+        assert!(
+            sample(&text, &series).is_some_and(|s| s > 0.0),
+            "{series} in\n{text}"
+        );
+    }
     // The engine's queue: the one incident was taken off it (and decided).
     let waiting = "salve_engine_incidents{state=\"waiting\"}";
     assert_eq!(sample(&text, waiting), Some(0.0), "{waiting} in\n{text}");

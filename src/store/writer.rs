@@ -38,6 +38,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use sqlx::pool::PoolConnection;
@@ -59,7 +60,7 @@ const MAX_JOBS: usize = 32;
 /// good share of the writer (a fixed few writes per turn starved it: a storm's decisions
 /// trailed its acknowledgements by seconds). 2 ms measured worse for acknowledgements
 /// (p50 7.4 against 5.1 ms at 1,000 webhooks/s) and no better for decisions.
-const JOBS_TURN_BESIDE_DELIVERIES: std::time::Duration = std::time::Duration::from_millis(1);
+const JOBS_TURN_BESIDE_DELIVERIES: Duration = Duration::from_millis(1);
 
 /// How many waiting deliveries end a turn of the engine's writes before its time is up.
 /// In a flood of webhooks many wait at once, and each waited out the whole turn: cut
@@ -316,12 +317,47 @@ struct Tally {
     engine_writes: AtomicU64,
     /// Webhook deliveries stored in committed transactions.
     deliveries: AtomicU64,
+    /// Nanoseconds the writer spent on each part of its work (see [`WriterBusy`]).
+    engine_nanos: AtomicU64,
+    deliveries_nanos: AtomicU64,
+    commit_nanos: AtomicU64,
 }
 
 impl Tally {
     fn add(counter: &AtomicU64, n: usize) {
         counter.fetch_add(n as u64, Ordering::Relaxed);
     }
+
+    /// Adds the time since `since` to `counter`, and returns now (where the next part starts).
+    fn spent(counter: &AtomicU64, since: Instant) -> Instant {
+        let now = Instant::now();
+        let nanos = u64::try_from((now - since).as_nanos()).unwrap_or(u64::MAX);
+        counter.fetch_add(nanos, Ordering::Relaxed);
+        now
+    }
+
+    fn busy(&self) -> WriterBusy {
+        let read = |c: &AtomicU64| Duration::from_nanos(c.load(Ordering::Relaxed));
+        WriterBusy {
+            engine_writes: read(&self.engine_nanos),
+            deliveries: read(&self.deliveries_nanos),
+            commits: read(&self.commit_nanos),
+        }
+    }
+}
+
+/// Where the writer's time went, added up since it started: under load, whether the
+/// engine's writes, storing deliveries or the commits (the writes to disk and their sync)
+/// hold the line up. What is not counted here the writer spent waiting for work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterBusy {
+    /// Opening a batch for the engine's writes, and running them (savepoints included).
+    pub engine_writes: Duration,
+    /// Opening a batch of deliveries (or their savepoint), and storing them.
+    pub deliveries: Duration,
+    /// Ending the batches: the audit chain's head, and the commit with its sync to disk
+    /// (on SQLite also the checkpoints of its log that a commit runs); or the rollback.
+    pub commits: Duration,
 }
 
 /// What a writer has committed, and what waits for it: in a storm, a backlog that grows
@@ -339,6 +375,8 @@ pub struct WriterLoad {
     pub engine_writes_waiting: usize,
     /// Deliveries waiting in the writer's queue.
     pub deliveries_waiting: usize,
+    /// Where the writer's time went.
+    pub busy: WriterBusy,
 }
 
 impl<C: Coalesced> Clone for Writer<C> {
@@ -397,7 +435,7 @@ impl<C: Coalesced> Writer<C> {
         postgres: bool,
         keep: bool,
         whole_statements: Arc<AtomicBool>,
-        turn: std::time::Duration,
+        turn: Duration,
     ) -> Result<Writer<C>, StoreError> {
         let (jobs, job_queue) = mpsc::channel(4 * MAX_BATCH);
         let (floods, flood_queue) = mpsc::channel(4 * MAX_BATCH);
@@ -449,6 +487,7 @@ impl<C: Coalesced> Writer<C> {
             deliveries: self.tally.deliveries.load(Ordering::Relaxed),
             engine_writes_waiting: waiting(self.jobs.max_capacity(), self.jobs.capacity()),
             deliveries_waiting: waiting(self.floods.max_capacity(), self.floods.capacity()),
+            busy: self.tally.busy(),
         }
     }
 
@@ -604,21 +643,24 @@ async fn commit_cycle<C: Coalesced>(
     jobs: &mut Vec<Job>,
     tally: &Tally,
 ) {
+    let started = Instant::now();
     let mut tx = match begin(db, Opening::Writes(jobs.len())).await {
         Ok(tx) => tx,
         Err(e) => {
+            Tally::spent(&tally.engine_nanos, started);
             let ran = jobs.len();
             return answer_jobs(jobs, ran, Err(e), tally);
         }
     };
-    let turn_ends = std::time::Instant::now() + db.turn;
+    let turn_ends = Instant::now() + db.turn;
     let taken = floods.len();
     let over = || {
         let deliveries = taken + waiting.len();
-        deliveries >= DELIVERIES_END_THE_TURN
-            || (deliveries > 0 && std::time::Instant::now() >= turn_ends)
+        deliveries >= DELIVERIES_END_THE_TURN || (deliveries > 0 && Instant::now() >= turn_ends)
     };
-    let (results, ran) = match run_jobs(&mut tx, jobs, over).await {
+    let ran_jobs = run_jobs(&mut tx, jobs, over).await;
+    let jobs_ended = Tally::spent(&tally.engine_nanos, started);
+    let (results, ran) = match ran_jobs {
         Ok((results, Ending::Commit)) => {
             let ran = results.len();
             (results, ran)
@@ -627,10 +669,12 @@ async fn commit_cycle<C: Coalesced>(
             // A lone write that failed or asked to be discarded: the transaction was its
             // own. The deliveries go next.
             let ended = end(db, tx, Ending::RollBack).await.map(|()| results);
+            Tally::spent(&tally.commit_nanos, jobs_ended);
             return answer_jobs(jobs, 1, ended, tally);
         }
         Err(e) => {
             let e = abort(db, tx, e).await;
+            Tally::spent(&tally.commit_nanos, jobs_ended);
             let ran = jobs.len();
             return answer_jobs(jobs, ran, Err(e), tally);
         }
@@ -642,11 +686,16 @@ async fn commit_cycle<C: Coalesced>(
         true => Ok(Vec::new()),
         false => store_in_savepoint::<C>(&mut tx, &items).await,
     };
+    let deliveries_stored = match items.is_empty() {
+        true => jobs_ended,
+        false => Tally::spent(&tally.deliveries_nanos, jobs_ended),
+    };
     let ended = match stored {
         // The connection failed under them: nothing of the transaction is sure.
         Err(e) if e.is_transient() => Err(abort(db, tx, e).await),
         stored => end(db, tx, Ending::Commit).await.map(|()| stored),
     };
+    Tally::spent(&tally.commit_nanos, deliveries_stored);
     match ended {
         Ok(stored) => {
             Tally::add(&tally.engine_writes, ran);
@@ -704,7 +753,7 @@ async fn store_floods<C: Coalesced>(
     callers: Vec<FloodCaller<C>>,
     tally: &Tally,
 ) {
-    let stored = store_together::<C>(db, &items).await;
+    let stored = store_together::<C>(db, &items, tally).await;
     if stored.is_ok() {
         Tally::add(&tally.batches, 1);
         Tally::add(&tally.deliveries, items.len());
@@ -736,7 +785,7 @@ async fn answer_floods<C: Coalesced>(
         Err(_) => {
             let mut answers = Vec::with_capacity(items.len());
             for item in &items {
-                let alone = store_together::<C>(db, std::slice::from_ref(item)).await;
+                let alone = store_together::<C>(db, std::slice::from_ref(item), tally).await;
                 if alone.is_ok() {
                     Tally::add(&tally.batches, 1);
                     Tally::add(&tally.deliveries, 1);
@@ -762,15 +811,27 @@ async fn answer_floods<C: Coalesced>(
 async fn store_together<C: Coalesced>(
     db: &mut Db,
     items: &[C::Item],
+    tally: &Tally,
 ) -> Result<Vec<C::Stored>, StoreError> {
     let opening = Opening::Deliveries {
         store_sends_it: C::SENDS_OPENING,
     };
-    let mut tx = begin(db, opening).await?;
-    match store_each::<C>(&mut tx, items).await {
+    let started = Instant::now();
+    let mut tx = match begin(db, opening).await {
+        Ok(tx) => tx,
+        Err(e) => {
+            Tally::spent(&tally.deliveries_nanos, started);
+            return Err(e);
+        }
+    };
+    let stored = store_each::<C>(&mut tx, items).await;
+    let stored_at = Tally::spent(&tally.deliveries_nanos, started);
+    let ended = match stored {
         Ok(stored) => end(db, tx, Ending::Commit).await.map(|()| stored),
         Err(e) => Err(abort(db, tx, e).await),
-    }
+    };
+    Tally::spent(&tally.commit_nanos, stored_at);
+    ended
 }
 
 /// Stores `items` in the open transaction: one result per item, or an error.
@@ -1160,6 +1221,40 @@ mod tests {
         // The write that held the writer, and the three behind it.
         assert_eq!(after.engine_writes - before.engine_writes, 4);
         assert!(after.batches > before.batches);
+    }
+
+    /// The writer's time is counted in the part that took it: a write of the engine's that
+    /// runs for a while shows as the engine's, not as storing deliveries; each batch's end
+    /// as a commit; a delivery's storing as its own.
+    #[tokio::test]
+    async fn the_writers_busy_time_is_counted_in_the_part_that_took_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let before = store.writer_load().busy;
+        let slow = std::time::Duration::from_millis(30);
+        store
+            .write(move |_tx| {
+                Box::pin(async move {
+                    tokio::time::sleep(slow).await;
+                    Ok(())
+                })
+            })
+            .await
+            .unwrap();
+        let engine = store.writer_load().busy;
+        assert!(
+            engine.engine_writes - before.engine_writes >= slow,
+            "{engine:?}"
+        );
+        assert_eq!(engine.deliveries, before.deliveries, "{engine:?}");
+        assert!(engine.commits > before.commits, "{engine:?}");
+
+        let d = crate::alert::Delivery::parse(FIRING.as_bytes()).unwrap();
+        store.record_delivery(&d, Utc::now()).await.unwrap();
+        let after = store.writer_load().busy;
+        assert!(after.deliveries > engine.deliveries, "{after:?}");
+        assert_eq!(after.engine_writes, engine.engine_writes, "{after:?}");
+        assert!(after.commits > engine.commits, "{after:?}");
     }
 
     #[tokio::test]

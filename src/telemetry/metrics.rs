@@ -56,6 +56,7 @@ pub struct Metrics {
     writer_batches: Counter,
     writer_writes: Counters,
     writer_waiting: Family<Labels, Gauge>,
+    writer_busy: Family<Labels, Counter<f64, std::sync::atomic::AtomicU64>>,
     engine_incidents: Family<Labels, Gauge>,
 }
 
@@ -294,6 +295,13 @@ impl Metrics {
             "Writes waiting for this replica's writer, by kind: a backlog that keeps growing is a writer that cannot keep up",
             writer_waiting.clone(),
         );
+        let writer_busy = Family::default();
+        r.register_with_unit(
+            "salve_store_busy",
+            "Time this replica's writer spent, by part (engine: the engine's writes; delivery: storing webhook deliveries; commit: ending batches, with their sync to disk): under load, which of them holds acknowledgements and decisions up",
+            Unit::Seconds,
+            writer_busy.clone(),
+        );
         let engine_incidents = Family::default();
         r.register(
             "salve_engine_incidents",
@@ -328,6 +336,7 @@ impl Metrics {
             writer_batches,
             writer_writes,
             writer_waiting,
+            writer_busy,
             engine_incidents,
         }
     }
@@ -478,6 +487,17 @@ impl Metrics {
             store(&self.writer_writes.get_or_create(&kind), committed);
             let waiting = i64::try_from(waiting).unwrap_or(i64::MAX);
             self.writer_waiting.get_or_create(&kind).set(waiting);
+        }
+        for (part, spent) in [
+            ("engine", load.busy.engine_writes),
+            ("delivery", load.busy.deliveries),
+            ("commit", load.busy.commits),
+        ] {
+            let seconds = self.writer_busy.get_or_create(&labels([("part", part)]));
+            seconds.inner().store(
+                spent.as_secs_f64().to_bits(),
+                std::sync::atomic::Ordering::Relaxed,
+            );
         }
     }
 
@@ -696,12 +716,18 @@ mod tests {
             deliveries: 5,
             engine_writes_waiting: 2,
             deliveries_waiting: 0,
+            busy: crate::store::writer::WriterBusy {
+                engine_writes: std::time::Duration::from_millis(1500),
+                deliveries: std::time::Duration::from_millis(250),
+                commits: std::time::Duration::from_secs(2),
+            },
         };
         m.observe_writer(&load);
         load.batches = 4;
         load.deliveries = 9;
         load.engine_writes_waiting = 0;
         load.deliveries_waiting = 6;
+        load.busy.commits = std::time::Duration::from_millis(3250);
         m.observe_writer(&load);
         let text = m.encode(Exposition::Text);
         for want in [
@@ -710,6 +736,9 @@ mod tests {
             "salve_store_writes_total{kind=\"engine\"} 7\n",
             "salve_store_writes_waiting{kind=\"delivery\"} 6\n",
             "salve_store_writes_waiting{kind=\"engine\"} 0\n",
+            "salve_store_busy_seconds_total{part=\"engine\"} 1.5\n",
+            "salve_store_busy_seconds_total{part=\"delivery\"} 0.25\n",
+            "salve_store_busy_seconds_total{part=\"commit\"} 3.25\n",
         ] {
             assert!(text.contains(want), "{want} in {text}");
         }
