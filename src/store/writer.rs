@@ -348,7 +348,8 @@ impl Tally {
 
 /// Where the writer's time went, added up since it started: under load, whether the
 /// engine's writes, storing deliveries or the commits (the writes to disk and their sync)
-/// hold the line up. What is not counted here the writer spent waiting for work.
+/// hold the line up. What is not counted here the writer spent waiting for work, taking it
+/// off its queues, or answering its callers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriterBusy {
     /// Opening a batch for the engine's writes, and running them (savepoints included).
