@@ -683,13 +683,12 @@ async fn commit_cycle<C: Coalesced>(
     // Every delivery waiting by now, in a savepoint: if storing them together fails,
     // the engine's writes still commit, and the deliveries are stored each alone after.
     let (items, callers) = take_deliveries(waiting, floods);
-    let stored = match items.is_empty() {
-        true => Ok(Vec::new()),
-        false => store_in_savepoint::<C>(&mut tx, &items).await,
-    };
-    let deliveries_stored = match items.is_empty() {
-        true => jobs_ended,
-        false => Tally::spent(&tally.deliveries_nanos, jobs_ended),
+    let (stored, deliveries_stored) = match items.is_empty() {
+        true => (Ok(Vec::new()), jobs_ended),
+        false => {
+            let stored = store_in_savepoint::<C>(&mut tx, &items).await;
+            (stored, Tally::spent(&tally.deliveries_nanos, jobs_ended))
+        }
     };
     let ended = match stored {
         // The connection failed under them: nothing of the transaction is sure.
